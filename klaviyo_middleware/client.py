@@ -1,0 +1,226 @@
+"""A small client for the few Klaviyo server-side endpoints we call (DESIGN §4).
+
+Plain ``requests`` rather than Klaviyo's 14 MB SDK: we need five endpoints,
+exact control over retries and timeouts, and a pinned revision as a setting.
+Sessions are per thread because ``requests.Session`` is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+DEFAULT_API_URL = "https://a.klaviyo.com"
+DEFAULT_REVISION = "2026-07-15"
+# (connect, read) seconds: Klaviyo answers in well under a second normally;
+# anything slower is better retried than waited on.
+DEFAULT_TIMEOUT = (5.0, 15.0)
+
+_JSON_API = "application/vnd.api+json"
+_EXPECTED_IN = re.compile(r"available in (\d+(?:\.\d+)?) second", re.IGNORECASE)
+
+
+class KlaviyoError(Exception):
+    """Klaviyo did not do what was asked.
+
+    ``transient`` says whether asking again later may work (429, 5xx other
+    than 501, timeouts, connection errors). ``detail`` is Klaviyo's own
+    explanation, kept for dead-letter records; ``str()`` stays free of it
+    because it may echo personal data back.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        detail: str | None = None,
+        pointer: str | None = None,
+        retry_after: float | None = None,
+        transient: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.pointer = pointer
+        self.retry_after = retry_after
+        self.transient = transient
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "message": str(self),
+            "status": self.status,
+            "code": self.code,
+            "detail": self.detail,
+            "pointer": self.pointer,
+        }
+
+
+class KlaviyoClient:
+    """Calls Klaviyo's REST API with the headers of DESIGN §4."""
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        api_url: str = DEFAULT_API_URL,
+        revision: str = DEFAULT_REVISION,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._api_key = api_key
+        self.api_url = api_url.rstrip("/")
+        self.revision = revision
+        self.timeout = timeout
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        # Never the key: reprs end up in logs and error pages.
+        return f"<KlaviyoClient {self.api_url} revision={self.revision}>"
+
+    @property
+    def session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers.update(
+                {
+                    "Authorization": f"Klaviyo-API-Key {self._api_key}",
+                    "revision": self.revision,
+                    "Content-Type": _JSON_API,
+                    "Accept": _JSON_API,
+                    "User-Agent": "klaviyo_middleware",
+                }
+            )
+            self._local.session = session
+        return session
+
+    def close(self) -> None:
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
+            self._local.session = None
+
+    def import_profile(self, body: dict[str, Any]) -> str:
+        """Create or update a profile; returns its Klaviyo id."""
+        answer = self._post("/api/profile-import", body)
+        try:
+            profile_id = answer["data"]["id"]
+        except (KeyError, TypeError):
+            profile_id = None
+        if not isinstance(profile_id, str) or not profile_id:
+            raise KlaviyoError(
+                "Klaviyo accepted the profile but did not return its id",
+                status=None,
+                transient=True,
+            )
+        return profile_id
+
+    def subscribe(self, body: dict[str, Any]) -> None:
+        self._post("/api/profile-subscription-bulk-create-jobs", body)
+
+    def add_to_list(self, list_id: str, body: dict[str, Any]) -> None:
+        self._post(f"/api/lists/{quote(list_id, safe='')}/relationships/profiles", body)
+
+    def create_event(self, body: dict[str, Any]) -> None:
+        self._post("/api/events", body)
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        try:
+            response = self.session.post(self.api_url + path, json=body, timeout=self.timeout)
+        except requests.Timeout:
+            raise KlaviyoError(
+                f"Klaviyo did not answer POST {path} in time", transient=True
+            ) from None
+        except requests.RequestException as exc:
+            # The exception text can hold the URL but never the key (it is a
+            # header); keep only its class name to be safe.
+            raise KlaviyoError(
+                f"Could not reach Klaviyo for POST {path} ({type(exc).__name__})",
+                transient=True,
+            ) from None
+        if response.status_code >= 400:
+            raise error_from_response(path, response)
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            return None
+
+
+def error_from_response(path: str, response: requests.Response) -> KlaviyoError:
+    """A :class:`KlaviyoError` from any failed answer, JSON:API or not.
+
+    Klaviyo's errors are ``{"errors": [{code, title, detail, source}]}``, but a
+    CDN in front of it may answer with an HTML page (e.g. a 403 bot
+    challenge), so nothing about the body is assumed.
+    """
+    status = response.status_code
+    first: dict[str, Any] = {}
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        errors = payload.get("errors")
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            first = errors[0]
+    code = _string(first.get("code"))
+    title = _string(first.get("title"))
+    detail = _string(first.get("detail"))
+    source = first.get("source")
+    pointer = _string(source.get("pointer")) if isinstance(source, dict) else None
+    if not first and "html" in response.headers.get("Content-Type", ""):
+        title = "an HTML page instead of an API answer"
+        if response.headers.get("cf-mitigated"):
+            title += " (a bot challenge)"
+    retry_after = None
+    if status == 429:
+        retry_after = _retry_after(response.headers.get("Retry-After"), detail)
+    transient = status == 429 or (status >= 500 and status != 501)
+    summary = f"Klaviyo answered {status}"
+    if code:
+        summary += f" {code}"
+    if title:
+        summary += f": {title}"
+    return KlaviyoError(
+        f"{summary} (POST {path})",
+        status=status,
+        code=code,
+        detail=detail,
+        pointer=pointer,
+        retry_after=retry_after,
+        transient=transient,
+    )
+
+
+def _string(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _retry_after(header: str | None, detail: str | None) -> float | None:
+    if header:
+        try:
+            return max(0.0, float(header))
+        except ValueError:
+            pass
+        try:
+            # HTTP also allows a date; Klaviyo sends seconds, proxies may not.
+            when = parsedate_to_datetime(header)
+        except (TypeError, ValueError):
+            when = None
+        if when is not None and when.tzinfo is not None:
+            return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    if detail:
+        match = _EXPECTED_IN.search(detail)
+        if match:
+            return float(match.group(1))
+    return None

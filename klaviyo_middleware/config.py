@@ -1,0 +1,197 @@
+"""Checking configuration once, at start-up (DESIGN §8).
+
+Every option is checked when the middleware is built, so a typo fails the
+deployment with a clear message instead of the first visitor's request.
+Messages never repeat the API key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import phonenumbers
+
+from .client import DEFAULT_API_URL, DEFAULT_REVISION, DEFAULT_TIMEOUT
+from .formdata import Limits
+
+ENV_API_KEY = "KLAVIYO_PRIVATE_API_KEY"
+ENV_API_URL = "KLAVIYO_API_URL"
+ENV_REVISION = "KLAVIYO_REVISION"
+
+DELIVERIES = ("sync",)
+_REVISION = re.compile(r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")
+# Klaviyo's public keys (site ids) are six characters; sending one as a
+# private key fails every call with 401, so catch it at start-up.
+_PUBLIC_KEY = re.compile(r"^[A-Za-z0-9]{6}$")
+
+
+class ConfigurationError(ValueError):
+    """The middleware was configured in a way that cannot work."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    api_key: str
+    api_url: str
+    revision: str
+    delivery: str
+    allowed_hosts: tuple[str, ...]
+    secret: str | None
+    action_field: bool
+    phone_region: str | None
+    custom_source: str | None
+    timeout: tuple[float, float]
+    sync_retry_budget: float
+    limits: Limits
+
+    def __repr__(self) -> str:
+        return f"<Settings api_url={self.api_url!r} delivery={self.delivery!r}>"
+
+
+def build_settings(
+    *,
+    api_key: str | None,
+    api_url: str | None,
+    revision: str | None,
+    delivery: str,
+    allowed_hosts: str | Iterable[str],
+    secret: str | None,
+    action_field: bool,
+    phone_region: str | None,
+    custom_source: str | None,
+    timeout: float | tuple[float, float] | None,
+    sync_retry_budget: float,
+    max_body_size: int,
+    max_fields: int,
+    max_depth: int,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    env = os.environ if environ is None else environ
+    return Settings(
+        api_key=_api_key(api_key or env.get(ENV_API_KEY)),
+        api_url=_api_url(api_url or env.get(ENV_API_URL) or DEFAULT_API_URL),
+        revision=_revision(revision or env.get(ENV_REVISION) or DEFAULT_REVISION),
+        delivery=_choice("delivery", delivery, DELIVERIES),
+        allowed_hosts=split_list(allowed_hosts),
+        secret=_secret(secret),
+        action_field=_bool("action_field", action_field),
+        phone_region=_phone_region(phone_region),
+        custom_source=custom_source or None,
+        timeout=_timeout(timeout),
+        sync_retry_budget=_non_negative("sync_retry_budget", sync_retry_budget),
+        limits=Limits(
+            max_body_size=_positive_int("max_body_size", max_body_size),
+            max_fields=_positive_int("max_fields", max_fields),
+            max_depth=_positive_int("max_depth", max_depth),
+        ),
+    )
+
+
+def split_list(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    """``"a b, c"`` or ``["a", "b"]`` → ``("a", "b", "c")``."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(part for part in re.split(r"[\s,]+", value) if part)
+    items = tuple(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigurationError(f"allowed_hosts must hold host names, not {item!r}")
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def _api_key(value: str | None) -> str:
+    if not value or not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(
+            f"A Klaviyo private API key is required: pass api_key=... or set {ENV_API_KEY}."
+        )
+    value = value.strip()
+    if _PUBLIC_KEY.match(value):
+        raise ConfigurationError(
+            "api_key looks like a Klaviyo public key (site id); the middleware needs a "
+            "private API key (it starts with 'pk_')."
+        )
+    if any(char.isspace() for char in value):
+        raise ConfigurationError("api_key contains white space; check how it was copied.")
+    return value
+
+
+def _api_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(f"api_url must be an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _revision(value: str) -> str:
+    if not _REVISION.match(value):
+        raise ConfigurationError(
+            f"revision must be a Klaviyo API revision date like {DEFAULT_REVISION!r}, "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigurationError(
+            f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
+        )
+    return value
+
+
+def _secret(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigurationError("secret must be a string")
+    if len(value) < 16:
+        raise ConfigurationError("secret must be at least 16 characters long")
+    return value
+
+
+def _bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _phone_region(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    region = value.upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ConfigurationError(
+            f"phone_region must be a two-letter region code such as 'US' or 'GB', got {value!r}"
+        )
+    return region
+
+
+def _timeout(value: float | tuple[float, float] | None) -> tuple[float, float]:
+    if value is None:
+        return DEFAULT_TIMEOUT
+    pair = (value, value) if isinstance(value, (int, float)) else tuple(value)
+    if len(pair) != 2 or not all(
+        isinstance(part, (int, float)) and not isinstance(part, bool) and part > 0
+        for part in pair
+    ):
+        raise ConfigurationError(
+            f"timeout must be seconds > 0 or a (connect, read) pair, got {value!r}"
+        )
+    return float(pair[0]), float(pair[1])
+
+
+def _positive_int(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigurationError(f"{name} must be a whole number above 0, got {value!r}")
+    return value
+
+
+def _non_negative(name: str, value: object) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ConfigurationError(f"{name} must be a number of seconds ≥ 0, got {value!r}")
+    return float(value)

@@ -1,0 +1,109 @@
+"""Delivery backends (DESIGN §7): who sends a submission to Klaviyo, and when.
+
+Every backend has the same small interface, :class:`Delivery`. This module
+holds the synchronous one: it sends inline, before the visitor gets an
+answer, with a bounded retry budget so a slow Klaviyo costs the visitor a few
+seconds at most.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from . import steps
+from .client import KlaviyoClient, KlaviyoError
+from .hooks import Hooks
+from .retry import RetryPolicy
+from .submission import Submission
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What a backend did with a submission.
+
+    ``accepted`` means the submission is safe: delivered, or durably queued
+    for delivery. When it is not, ``error`` says why.
+    """
+
+    accepted: bool
+    delivered: bool = False
+    profile_id: str | None = None
+    error: KlaviyoError | None = None
+
+
+class Delivery(Protocol):
+    def submit(self, submission: Submission) -> Outcome: ...
+
+    def flush(self, timeout: float | None = None) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class SyncDelivery:
+    """Send inline (``delivery="sync"``): for tests and small sites.
+
+    A transient failure is retried within ``retry.budget`` seconds; after
+    that the visitor is asked to try again, so nothing is silently lost.
+    """
+
+    def __init__(
+        self,
+        client: KlaviyoClient,
+        hooks: Hooks,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = client
+        self.hooks = hooks
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+
+    def submit(self, submission: Submission) -> Outcome:
+        progress = steps.Progress()
+        attempt = 0
+        waited = 0.0
+        while True:
+            attempt += 1
+            try:
+                steps.deliver(self.client, submission, progress)
+            except KlaviyoError as error:
+                delay = self.retry.next_delay(error, attempt, waited)
+                if delay is None:
+                    return self._failed(submission, progress, error)
+                log.warning(
+                    "klaviyo_middleware: retrying submission %s in %.2fs: %s",
+                    submission.id,
+                    delay,
+                    error,
+                )
+                self.hooks.retrying(submission, error, delay)
+                self._sleep(delay)
+                waited += delay
+                continue
+            self.hooks.delivered(submission)
+            return Outcome(accepted=True, delivered=True, profile_id=progress.profile_id)
+
+    def _failed(
+        self, submission: Submission, progress: steps.Progress, error: KlaviyoError
+    ) -> Outcome:
+        log.error(
+            "klaviyo_middleware: submission %s not delivered (steps done: %s): %s",
+            submission.id,
+            ", ".join(progress.done) or "none",
+            error,
+        )
+        if not error.transient:
+            self.hooks.dead(submission, error)
+        return Outcome(accepted=False, profile_id=progress.profile_id, error=error)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True  # nothing is ever pending
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,129 @@
+"""Validators for single form fields, each returning the clean value or raising.
+
+They are small on purpose: well-kept libraries do the real work
+(email-validator for addresses, phonenumbers for E.164), and every message
+is written for the visitor who has to fix the field.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+# Klaviyo list ids are short alphanumeric strings ("Y6nRLr"); anything else
+# would end up in a URL path, so the pattern is deliberately strict.
+_LIST_ID = re.compile(r"^[A-Za-z0-9]{1,64}$")
+_CURRENCY = re.compile(r"^[A-Za-z]{3}$")
+_TRUE = frozenset({"1", "true", "on", "yes", "y"})
+_FALSE = frozenset({"0", "false", "off", "no", "n", ""})
+
+# Klaviyo's limit for metric names.
+MAX_EVENT_NAME = 127
+
+
+class FieldError(ValueError):
+    """A value the visitor must correct; the message is shown to them."""
+
+
+def text(value: Any) -> str:
+    """A form value as stripped text; numbers from JSON bodies are accepted."""
+    if isinstance(value, bool) or value is None:
+        raise FieldError("Enter text.")
+    if isinstance(value, (int, float)):
+        return str(value)
+    if not isinstance(value, str):
+        raise FieldError("Enter text, not a list or group of values.")
+    if any(ord(char) < 32 and char not in "\t\r\n" for char in value):
+        raise FieldError("Remove the control characters.")
+    return value.strip()
+
+
+def email(value: Any) -> str:
+    raw = text(value)
+    try:
+        # Syntax only: a DNS look-up would make the visitor wait on the network.
+        return validate_email(raw, check_deliverability=False).normalized
+    except EmailNotValidError:
+        raise FieldError("Enter a valid email address.") from None
+
+
+def phone_number(value: Any, region: str | None) -> str:
+    raw = text(value)
+    try:
+        parsed = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException:
+        raise FieldError(_phone_message(region)) from None
+    if not phonenumbers.is_valid_number(parsed):
+        raise FieldError(_phone_message(region))
+    return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+
+
+def _phone_message(region: str | None) -> str:
+    if region is None:
+        return "Enter a valid phone number in international format, e.g. +44 20 7946 0958."
+    return "Enter a valid phone number."
+
+
+def number(value: Any) -> int | float:
+    """A finite number, from a JSON number or a form string like ``"9.99"``."""
+    if isinstance(value, bool):
+        raise FieldError("Enter a number.")
+    if isinstance(value, (int, float)):
+        result: int | float = value
+    else:
+        try:
+            parsed = Decimal(text(value))
+        except InvalidOperation:
+            raise FieldError("Enter a number.") from None
+        if not parsed.is_finite():
+            raise FieldError("Enter a number.")
+        result = int(parsed) if parsed == parsed.to_integral_value() else float(parsed)
+    if isinstance(result, float) and not math.isfinite(result):
+        raise FieldError("Enter a number.")
+    return result
+
+
+def currency(value: Any) -> str:
+    raw = text(value)
+    if not _CURRENCY.match(raw):
+        raise FieldError("Enter a three-letter currency code, e.g. USD.")
+    return raw.upper()
+
+
+def list_id(value: Any) -> str:
+    raw = text(value)
+    if not _LIST_ID.match(raw):
+        raise FieldError("Unknown list.")
+    return raw
+
+
+def boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raw = text(value).lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise FieldError("Choose yes or no.")
+
+
+def event_name(value: Any) -> str:
+    raw = "" if value is None else text(value)
+    if not raw:
+        raise FieldError("Name the event.")
+    if len(raw) > MAX_EVENT_NAME:
+        raise FieldError(f"Use at most {MAX_EVENT_NAME} characters.")
+    return raw
+
+
+def url(value: Any) -> str:
+    raw = text(value)
+    if not re.match(r"^https?://[^\s/]+", raw, re.IGNORECASE):
+        raise FieldError("Enter a web address starting with https://.")
+    return raw

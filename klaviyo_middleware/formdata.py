@@ -1,0 +1,246 @@
+"""Reading a submission body into nested data (DESIGN §3).
+
+Forms name their fields with PHP's bracket syntax (``extra[color]``,
+``lists[]``, ``event[extra][items][0][sku]``) because the Craft plugin did;
+this module turns them into the dicts and lists a JSON body would carry, so
+everything downstream sees one shape whatever the content type.
+
+Everything here is bounded: the body is never read past ``max_body_size``,
+and the number of fields and the nesting depth are capped before any
+structure is built, so a hostile body costs at most a bounded amount of work.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from webob import Request
+
+FORM_URLENCODED = "application/x-www-form-urlencoded"
+MULTIPART = "multipart/form-data"
+JSON_TYPES = ("application/json", "application/vnd.api+json")
+
+# ``name[a][b][]`` → ``name`` and ``[a][b][]``. PHP ignores anything after
+# the last closing bracket, and so do we.
+_KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)")
+_SEGMENT = re.compile(r"\[([^\[\]]*)\]")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds applied to every intercepted body."""
+
+    max_body_size: int = 256 * 1024
+    max_fields: int = 1000
+    max_depth: int = 10
+
+
+class BodyError(Exception):
+    """A body the middleware refuses, with the HTTP status that says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def media_type(content_type: str | None) -> str:
+    """``'text/html; charset=utf-8'`` → ``'text/html'``."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def read_body(environ: dict[str, Any], limits: Limits) -> bytes:
+    """Read the request body once, within the size limit, and make it re-readable.
+
+    ``wsgi.input`` is replaced by an in-memory copy so that the inner app, when
+    the request is forwarded, reads the same bytes from the start.
+    """
+    raw_length = environ.get("CONTENT_LENGTH") or ""
+    stream = environ["wsgi.input"]
+    if raw_length:
+        try:
+            length = int(raw_length)
+        except ValueError:
+            raise BodyError(400, "The Content-Length header is not a number.") from None
+        if length < 0:
+            raise BodyError(400, "The Content-Length header is negative.")
+        if length > limits.max_body_size:
+            raise BodyError(413, _too_large(limits))
+        body = stream.read(length) if length else b""
+    elif environ.get("wsgi.input_terminated"):
+        # Chunked uploads: the server promises EOF, so read one byte past
+        # the limit to tell "exactly at the limit" from "too large".
+        body = stream.read(limits.max_body_size + 1)
+        if len(body) > limits.max_body_size:
+            raise BodyError(413, _too_large(limits))
+    else:
+        # PEP 3333: without a Content-Length there is no body to read.
+        body = b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    return body
+
+
+def _too_large(limits: Limits) -> str:
+    return f"The submission is larger than {limits.max_body_size} bytes."
+
+
+def parse_body(request: Request, body: bytes, limits: Limits) -> dict[str, Any]:
+    """Nested data from an urlencoded, multipart or JSON body."""
+    kind = media_type(request.content_type)
+    if kind in JSON_TYPES:
+        return parse_json(body, limits)
+    if kind == FORM_URLENCODED:
+        return nest_pairs(parse_urlencoded(body, limits), limits)
+    if kind == MULTIPART:
+        return nest_pairs(_multipart_pairs(request, limits), limits)
+    if not body:
+        return {}
+    raise BodyError(
+        415,
+        "Send the form as application/x-www-form-urlencoded, multipart/form-data "
+        "or application/json.",
+    )
+
+
+def parse_urlencoded(body: bytes, limits: Limits) -> list[tuple[str, str]]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BodyError(400, "The submission is not valid UTF-8.") from None
+    try:
+        return parse_qsl(
+            text,
+            keep_blank_values=True,
+            max_num_fields=limits.max_fields,
+            errors="strict",
+        )
+    except ValueError as exc:
+        if "max_num_fields" in str(exc) or "Max number of fields" in str(exc):
+            raise BodyError(413, _too_many_fields(limits)) from None
+        raise BodyError(400, "The submission is not valid form data.") from None
+
+
+def _multipart_pairs(request: Request, limits: Limits) -> list[tuple[str, str]]:
+    try:
+        items = list(request.POST.items())
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        raise BodyError(400, "The submission is not valid multipart form data.") from None
+    if len(items) > limits.max_fields:
+        raise BodyError(413, _too_many_fields(limits))
+    # Uploaded files are not ours to send anywhere: only text fields count.
+    return [(key, value) for key, value in items if isinstance(value, str)]
+
+
+def _too_many_fields(limits: Limits) -> str:
+    return f"The submission has more than {limits.max_fields} fields."
+
+
+def parse_json(body: bytes, limits: Limits) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BodyError(400, "The submission is not valid UTF-8.") from None
+    except RecursionError:
+        raise BodyError(400, _too_deep(limits)) from None
+    except ValueError:
+        raise BodyError(400, "The submission is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise BodyError(400, "The JSON submission must be an object.")
+    _check_json_bounds(data, limits)
+    return data
+
+
+def _check_json_bounds(data: dict[str, Any], limits: Limits) -> None:
+    # Iterative walk: the depth limit must hold without relying on recursion.
+    count = 0
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limits.max_depth:
+            raise BodyError(400, _too_deep(limits))
+        children: Iterable[Any]
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            count += 1
+            if count > limits.max_fields:
+                raise BodyError(413, _too_many_fields(limits))
+            continue
+        stack.extend((child, depth + 1) for child in children)
+
+
+def _too_deep(limits: Limits) -> str:
+    return f"The submission is nested more than {limits.max_depth} levels deep."
+
+
+def split_key(key: str) -> tuple[str, list[str]] | None:
+    """``'a[b][]'`` → ``('a', ['b', ''])``; ``None`` for a key with no name."""
+    match = _KEY.match(key)
+    if match is None:
+        return None
+    name, brackets = match.groups()
+    return name, _SEGMENT.findall(brackets)
+
+
+def nest_pairs(pairs: Iterable[tuple[str, str]], limits: Limits) -> dict[str, Any]:
+    """Build nested data from ``(key, value)`` pairs, PHP style.
+
+    A later value for the same key wins; ``[]`` appends; a dict whose keys are
+    exactly ``0..n-1`` becomes a list.
+    """
+    root: dict[str, Any] = {}
+    for count, (key, value) in enumerate(pairs, start=1):
+        if count > limits.max_fields:
+            raise BodyError(413, _too_many_fields(limits))
+        parsed = split_key(key)
+        if parsed is None:
+            continue
+        name, segments = parsed
+        if len(segments) + 1 > limits.max_depth:
+            raise BodyError(400, _too_deep(limits))
+        _assign(root, [name, *segments], value)
+    # The top level stays a dict even if every field name is a number.
+    return {key: _listify(value) for key, value in root.items()}
+
+
+def _assign(node: dict[str, Any], path: list[str], value: str) -> None:
+    for position, segment in enumerate(path):
+        key = _next_index(node) if segment == "" else segment
+        if position == len(path) - 1:
+            node[key] = value
+            return
+        child = node.get(key)
+        if not isinstance(child, dict):
+            # PHP semantics: a later bracketed key replaces an earlier scalar.
+            child = {}
+            node[key] = child
+        node = child
+
+
+def _next_index(node: dict[str, Any]) -> str:
+    indexes = [int(key) for key in node if key.isdigit()]
+    return str(max(indexes) + 1 if indexes else 0)
+
+
+def _listify(node: Any) -> Any:
+    if not isinstance(node, dict):
+        return node
+    converted = {key: _listify(value) for key, value in node.items()}
+    if converted and all(key.isdigit() for key in converted):
+        indexes = sorted(converted, key=int)
+        if [int(key) for key in indexes] == list(range(len(indexes))) and all(
+            key == str(int(key)) for key in indexes
+        ):
+            return [converted[key] for key in indexes]
+    return converted

@@ -1,0 +1,93 @@
+"""Hooks (DESIGN §6): change or cancel a submission, observe its delivery.
+
+``before_send(submission, request)`` runs after validation and before the
+submission is queued. It may edit ``submission.profile`` (Klaviyo profile
+attributes), ``submission.event.properties``, ``submission.lists`` … and
+cancels the send by returning ``False`` or raising :class:`CancelSubmission`;
+any other exception is logged and the submission is sent as it stands.
+A cancelled submission still gets the normal success answer: the visitor did
+nothing wrong, the site chose not to send.
+
+``on_delivered(submission)``, ``on_retry(submission, error, delay)`` and
+``on_dead(submission, error)`` observe delivery. They run on whichever thread
+delivers, and an exception in one is logged, never propagated: an observer
+must not be able to lose a submission.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from webob import Request
+
+from .client import KlaviyoError
+from .submission import Submission
+
+log = logging.getLogger(__name__)
+
+BeforeSend = Callable[[Submission, Request], Any]
+OnDelivered = Callable[[Submission], Any]
+OnRetry = Callable[[Submission, KlaviyoError, float], Any]
+OnDead = Callable[[Submission, KlaviyoError], Any]
+
+
+class CancelSubmission(Exception):
+    """Raise from a ``before_send`` hook to drop the submission quietly."""
+
+
+def _as_list(value: Callable[..., Any] | Iterable[Callable[..., Any]] | None) -> list[Any]:
+    if value is None:
+        return []
+    if callable(value):
+        return [value]
+    hooks = list(value)
+    for hook in hooks:
+        if not callable(hook):
+            raise TypeError(f"hook {hook!r} is not callable")
+    return hooks
+
+
+class Hooks:
+    def __init__(
+        self,
+        before_send: BeforeSend | Iterable[BeforeSend] | None = None,
+        on_delivered: OnDelivered | Iterable[OnDelivered] | None = None,
+        on_retry: OnRetry | Iterable[OnRetry] | None = None,
+        on_dead: OnDead | Iterable[OnDead] | None = None,
+    ) -> None:
+        self.before_send_hooks: list[BeforeSend] = _as_list(before_send)
+        self.delivered_hooks: list[OnDelivered] = _as_list(on_delivered)
+        self.retry_hooks: list[OnRetry] = _as_list(on_retry)
+        self.dead_hooks: list[OnDead] = _as_list(on_dead)
+
+    def run_before_send(self, submission: Submission, request: Request) -> bool:
+        """Run the ``before_send`` hooks; ``False`` means the send is cancelled."""
+        for hook in self.before_send_hooks:
+            try:
+                if hook(submission, request) is False:
+                    return False
+            except CancelSubmission:
+                return False
+            except Exception:
+                # A buggy hook must not lose the submission: send it as it is.
+                log.exception("klaviyo_middleware: before_send hook %r failed", hook)
+        return True
+
+    def delivered(self, submission: Submission) -> None:
+        self._observe(self.delivered_hooks, submission)
+
+    def retrying(self, submission: Submission, error: KlaviyoError, delay: float) -> None:
+        self._observe(self.retry_hooks, submission, error, delay)
+
+    def dead(self, submission: Submission, error: KlaviyoError) -> None:
+        self._observe(self.dead_hooks, submission, error)
+
+    @staticmethod
+    def _observe(hooks: list[Callable[..., Any]], *args: Any) -> None:
+        for hook in hooks:
+            try:
+                hook(*args)
+            except Exception:
+                log.exception("klaviyo_middleware: delivery observer %r failed", hook)

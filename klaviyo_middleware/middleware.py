@@ -1,0 +1,395 @@
+"""The WSGI middleware: intercept Klaviyo Connect form posts, pass the rest through."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from webob import Request, Response
+
+from . import fields, redirects, responses
+from .client import KlaviyoClient, KlaviyoError
+from .config import build_settings
+from .delivery import Delivery, Outcome, SyncDelivery
+from .fields import FieldError
+from .formdata import FORM_URLENCODED, MULTIPART, BodyError, media_type, parse_body, read_body
+from .hooks import BeforeSend, Hooks, OnDead, OnDelivered, OnRetry
+from .mappings import (
+    DEFAULT_MAPPING,
+    FORM_ENVIRON_KEY,
+    MappingError,
+    MappingRegistry,
+    ProfileMapping,
+    UserLoader,
+)
+from .paths import ACTION_PATHS, Action, action_for_field
+from .retry import RetryPolicy
+from .submission import Submission
+from .validation import Errors, ValidationOptions, build_submission
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+log = logging.getLogger(__name__)
+
+RESULT_KEY = "klaviyo.result"
+ERRORS_KEY = "klaviyo.errors"
+
+_FORM_TYPES = (FORM_URLENCODED, MULTIPART)
+# How long a visitor is told to wait when Klaviyo cannot take a submission.
+_RETRY_AFTER_SECONDS = "60"
+# Klaviyo error pointers (/data/attributes/...) back to the form field names.
+_POINTER_FIELDS = {
+    "external_id": "id",
+    "location": None,
+    "properties": "extra",
+}
+
+
+class KlaviyoMiddleware:
+    """Send Klaviyo Connect form posts to Klaviyo; pass every other request through.
+
+    Wrap any WSGI application in one line::
+
+        app.wsgi_app = KlaviyoMiddleware(app.wsgi_app, api_key="pk_...")
+
+    Every option is keyword-only, and is checked here, at start-up.
+
+    :param app: the WSGI application to wrap.
+    :param api_key: Klaviyo private API key; default ``$KLAVIYO_PRIVATE_API_KEY``.
+    :param api_url: Klaviyo's base URL; default ``$KLAVIYO_API_URL`` or
+        ``https://a.klaviyo.com`` (point it at a fake Klaviyo in tests).
+    :param revision: the Klaviyo API revision sent with every call.
+    :param delivery: ``"sync"`` sends before answering the visitor.
+    :param allowed_hosts: hosts that absolute ``redirect`` targets may use
+        (``"shop.example.com"``, ``".example.com"`` for subdomains too).
+    :param secret: when set, ``redirect`` values must be signed with
+        :func:`klaviyo_middleware.sign_redirect`.
+    :param action_field: also honour a hidden ``action`` field posted to any
+        path (Craft's way of posting forms to the current page).
+    :param phone_region: region for phone numbers written without ``+``
+        (e.g. ``"US"``); without it they must be international.
+    :param custom_source: stored on Klaviyo's consent record of subscriptions.
+    :param user_loader: ``user_loader(environ)`` returns the signed-in user
+        for the ``user`` profile mapping.
+    :param mappings: extra profile mappings, ``{name: func(request)}``.
+    :param before_send: hook(s) ``f(submission, request)`` that may change a
+        submission or cancel it by returning ``False``.
+    :param on_delivered: observer(s) ``f(submission)``.
+    :param on_retry: observer(s) ``f(submission, error, delay)``.
+    :param on_dead: observer(s) ``f(submission, error)`` for submissions
+        Klaviyo refused for good.
+    :param timeout: seconds for Klaviyo calls, or a ``(connect, read)`` pair.
+    :param sync_retry_budget: seconds a synchronous delivery may spend
+        waiting between retries before the visitor is asked to try again.
+    :param max_body_size: bytes; larger submissions are answered with 413.
+    :param max_fields: form fields (or JSON values) in one submission.
+    :param max_depth: nesting depth of bracketed names or JSON.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        revision: str | None = None,
+        # "sync" until the durable spool is available.
+        delivery: str = "sync",
+        allowed_hosts: str | Iterable[str] = (),
+        secret: str | None = None,
+        action_field: bool = False,
+        phone_region: str | None = None,
+        custom_source: str | None = None,
+        user_loader: UserLoader | None = None,
+        mappings: Mapping[str, ProfileMapping] | None = None,
+        before_send: BeforeSend | Iterable[BeforeSend] | None = None,
+        on_delivered: OnDelivered | Iterable[OnDelivered] | None = None,
+        on_retry: OnRetry | Iterable[OnRetry] | None = None,
+        on_dead: OnDead | Iterable[OnDead] | None = None,
+        timeout: float | tuple[float, float] | None = None,
+        # Long enough to ride out a brief Klaviyo hiccup, short enough that a
+        # visitor is not left staring at a spinner.
+        sync_retry_budget: float = 5.0,
+        # Bigger than any real form (Klaviyo's own profile limit is 100 KB).
+        max_body_size: int = 256 * 1024,
+        max_fields: int = 1000,
+        # Klaviyo documents 10 levels of nesting for properties.
+        max_depth: int = 10,
+    ) -> None:
+        if not callable(app):
+            raise TypeError("KlaviyoMiddleware wraps a WSGI application (a callable)")
+        self.app = app
+        self.settings = build_settings(
+            api_key=api_key,
+            api_url=api_url,
+            revision=revision,
+            delivery=delivery,
+            allowed_hosts=allowed_hosts,
+            secret=secret,
+            action_field=action_field,
+            phone_region=phone_region,
+            custom_source=custom_source,
+            timeout=timeout,
+            sync_retry_budget=sync_retry_budget,
+            max_body_size=max_body_size,
+            max_fields=max_fields,
+            max_depth=max_depth,
+        )
+        self.hooks = Hooks(before_send, on_delivered, on_retry, on_dead)
+        self.mappings = MappingRegistry(user_loader=user_loader, mappings=mappings)
+        self._hosts = redirects.HostPolicy(self.settings.allowed_hosts)
+        self._validation = ValidationOptions(
+            phone_region=self.settings.phone_region,
+            custom_source=self.settings.custom_source,
+        )
+        client = KlaviyoClient(
+            self.settings.api_key,
+            api_url=self.settings.api_url,
+            revision=self.settings.revision,
+            timeout=self.settings.timeout,
+        )
+        self.delivery: Delivery = SyncDelivery(
+            client,
+            self.hooks,
+            RetryPolicy(budget=self.settings.sync_retry_budget),
+        )
+        self._action_field = self.settings.action_field
+
+    def __repr__(self) -> str:
+        return f"<KlaviyoMiddleware {self.app!r} delivery={self.settings.delivery!r}>"
+
+    # -- registration -----------------------------------------------------
+
+    def mapping(self, name: str) -> Callable[[ProfileMapping], ProfileMapping]:
+        """Decorator registering a profile mapping under ``name``."""
+        return self.mappings.register(name)
+
+    def before_send(self, hook: BeforeSend) -> BeforeSend:
+        """Decorator adding a ``before_send`` hook."""
+        self.hooks.before_send_hooks.append(hook)
+        return hook
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every accepted submission is delivered or dead-lettered."""
+        return self.delivery.flush(timeout)
+
+    def close(self) -> None:
+        self.delivery.close()
+
+    # -- WSGI ---------------------------------------------------------------
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        # The hot path: one dict lookup, no Request object, for every request
+        # that is not a Klaviyo action.
+        action = ACTION_PATHS.get(environ.get("PATH_INFO", ""))
+        if action is None:
+            if self._action_field and environ.get("REQUEST_METHOD") == "POST":
+                return self._maybe_action_field(environ, start_response)
+            return self.app(environ, start_response)
+        if environ.get("REQUEST_METHOD") != "POST":
+            return responses.method_not_allowed()(environ, start_response)
+        return self._handle(environ, start_response, action, None)
+
+    def _maybe_action_field(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """Craft-style posts to any page with a hidden ``action`` field."""
+        if media_type(environ.get("CONTENT_TYPE")) not in _FORM_TYPES:
+            return self.app(environ, start_response)
+        limits = self.settings.limits
+        try:
+            declared = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            declared = -1
+        if declared < 0 or declared > limits.max_body_size:
+            # Not readable within our limits, so not ours to judge: the app
+            # gets the untouched stream (a large upload, most likely).
+            return self.app(environ, start_response)
+        try:
+            body = read_body(environ, limits)
+            form = parse_body(Request(environ), body, limits)
+        except BodyError:
+            environ["wsgi.input"].seek(0)
+            return self.app(environ, start_response)
+        raw_action = form.get("action")
+        action = action_for_field(raw_action) if isinstance(raw_action, str) else None
+        if action is None:
+            environ["wsgi.input"] = io.BytesIO(body)
+            return self.app(environ, start_response)
+        return self._handle(environ, start_response, action, (body, form))
+
+    def _handle(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        action: Action,
+        parsed: tuple[bytes, dict[str, Any]] | None,
+    ) -> Iterable[bytes]:
+        request = Request(environ)
+        try:
+            body, form = parsed or self._read(request)
+        except BodyError as exc:
+            return self._refuse(request, exc.status, {"form": [exc.message]})(
+                environ, start_response
+            )
+        environ[FORM_ENVIRON_KEY] = form
+        submission, errors = self._validate(request, action, form)
+        forward, redirect = self._targets(request, form, errors)
+        if submission is None or errors:
+            return self._invalid(request, body, forward, errors or {}, 400, start_response)
+        outcome = self._send(request, submission)
+        if outcome is not None and not outcome.accepted:
+            status, failure = self._failure(outcome.error)
+            return self._invalid(request, body, forward, failure, status, start_response)
+        result = {
+            "success": True,
+            "action": action,
+            "submission_id": submission.id,
+            "cancelled": outcome is None,
+            "delivered": bool(outcome and outcome.delivered),
+            "profile_id": outcome.profile_id if outcome else None,
+        }
+        environ[RESULT_KEY] = result
+        if forward is not None:
+            return self._forward(environ, body, forward, start_response)
+        response = self._success(request, redirect, result)
+        return response(environ, start_response)
+
+    def _read(self, request: Request) -> tuple[bytes, dict[str, Any]]:
+        limits = self.settings.limits
+        body = read_body(request.environ, limits)
+        return body, parse_body(request, body, limits)
+
+    # -- validation -------------------------------------------------------
+
+    def _validate(
+        self, request: Request, action: Action, form: dict[str, Any]
+    ) -> tuple[Submission | None, Errors]:
+        name = form.get("klaviyoProfileMapping") or DEFAULT_MAPPING
+        mapping = self.mappings.get(name) if isinstance(name, str) else None
+        if mapping is None:
+            return None, {"klaviyoProfileMapping": ["Unknown profile mapping."]}
+        try:
+            profile_fields = mapping(request)
+        except MappingError as exc:
+            return None, {exc.field: [exc.message]}
+        return build_submission(action, profile_fields, form, self._validation)
+
+    def _targets(
+        self, request: Request, form: dict[str, Any], errors: Errors
+    ) -> tuple[tuple[str, str] | None, str | None]:
+        """Check ``forward`` and ``redirect``, adding any problem to ``errors``."""
+        forward = redirect = None
+        raw_forward = form.get("forward")
+        if raw_forward not in (None, ""):
+            try:
+                forward = redirects.forward_target(fields.text(raw_forward))
+            except FieldError as exc:
+                errors.setdefault("forward", []).append(str(exc))
+        raw_redirect = form.get("redirect")
+        if raw_redirect not in (None, ""):
+            try:
+                target = fields.text(raw_redirect)
+                if self.settings.secret is not None:
+                    target = redirects.unsign_redirect(target, self.settings.secret)
+                redirect = redirects.safe_redirect(target, self._hosts)
+            except FieldError as exc:
+                errors.setdefault("redirect", []).append(str(exc))
+        return forward, redirect
+
+    # -- delivery -----------------------------------------------------------
+
+    def _send(self, request: Request, submission: Submission) -> Outcome | None:
+        """Hand the submission to delivery; ``None`` when a hook cancelled it."""
+        if not self.hooks.run_before_send(submission, request):
+            log.info("klaviyo_middleware: submission %s cancelled by a hook", submission.id)
+            return None
+        try:
+            return self.delivery.submit(submission)
+        except Exception as exc:
+            # Whatever went wrong, the visitor gets a clear "try again", and
+            # the log gets the traceback (submissions' reprs hold no personal data).
+            log.exception("klaviyo_middleware: delivery of %s failed", submission.id)
+            return Outcome(accepted=False, error=KlaviyoError(f"delivery failed: {exc!r}"))
+
+    @staticmethod
+    def _failure(error: KlaviyoError | None) -> tuple[int, Errors]:
+        """What the visitor sees when a submission could not be accepted."""
+        if error is not None and error.status in (400, 409, 422) and not error.transient:
+            field = _field_for_pointer(error.pointer)
+            return 400, {field: ["This value was not accepted. Please check it."]}
+        return 503, {
+            "form": ["We could not save your details just now. Please try again in a minute."]
+        }
+
+    # -- answers ------------------------------------------------------------
+
+    def _success(self, request: Request, redirect: str | None, result: dict[str, Any]) -> Response:
+        if responses.wants_json(request):
+            return responses.json_response(200, result)
+        if redirect is not None:
+            return responses.see_other(redirect)
+        referer = redirects.same_origin_referer(request.referer, request.host_url)
+        if referer is not None:
+            return responses.see_other(referer)
+        return responses.success_page()
+
+    def _invalid(
+        self,
+        request: Request,
+        body: bytes,
+        forward: tuple[str, str] | None,
+        errors: Errors,
+        status: int,
+        start_response: StartResponse,
+    ) -> Iterable[bytes]:
+        environ = request.environ
+        environ[ERRORS_KEY] = errors
+        environ[RESULT_KEY] = {"success": False, "errors": errors}
+        if forward is not None:
+            return self._forward(environ, body, forward, start_response)
+        return self._refuse(request, status, errors)(environ, start_response)
+
+    @staticmethod
+    def _refuse(request: Request, status: int, errors: Errors) -> Response:
+        headers = {"Retry-After": _RETRY_AFTER_SECONDS} if status == 503 else {}
+        if responses.wants_json(request):
+            return responses.json_response(status, {"success": False, "errors": errors}, **headers)
+        return responses.errors_page(status, errors, **headers)
+
+    def _forward(
+        self,
+        environ: WSGIEnvironment,
+        body: bytes,
+        target: tuple[str, str],
+        start_response: StartResponse,
+    ) -> Iterable[bytes]:
+        """Run the inner app on ``target`` with the same method and a fresh body."""
+        forwarded = dict(environ)
+        forwarded["PATH_INFO"], forwarded["QUERY_STRING"] = target
+        forwarded["wsgi.input"] = io.BytesIO(body)
+        forwarded["CONTENT_LENGTH"] = str(len(body))
+        # WebOb caches parsed bodies and query strings in the environ; the
+        # inner app must parse its own request, not ours.
+        for key in [key for key in forwarded if key.startswith("webob.")]:
+            del forwarded[key]
+        return self.app(forwarded, start_response)
+
+
+def _field_for_pointer(pointer: str | None) -> str:
+    """``/data/attributes/location/city`` → ``city``; unknown → ``form``."""
+    if not pointer:
+        return "form"
+    parts = [part for part in pointer.split("/") if part]
+    if len(parts) < 3 or parts[:2] != ["data", "attributes"]:
+        return "form"
+    name = parts[2]
+    if name in _POINTER_FIELDS:
+        mapped = _POINTER_FIELDS[name]
+        if mapped is None:
+            return parts[3] if len(parts) > 3 else "form"
+        return mapped
+    return name

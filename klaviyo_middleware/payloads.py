@@ -1,0 +1,67 @@
+"""The JSON:API bodies sent to Klaviyo (DESIGN §4).
+
+Pure functions from a :class:`~klaviyo_middleware.submission.Submission` to
+request bodies, kept apart from HTTP so the tests can validate every one of
+them against Klaviyo's OpenAPI request schemas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .submission import Event, Submission
+
+
+def profile_import(submission: Submission) -> dict[str, Any]:
+    """``POST /api/profile-import``: create or update the profile."""
+    return {"data": {"type": "profile", "attributes": dict(submission.profile)}}
+
+
+def subscribe(submission: Submission, list_id: str) -> dict[str, Any]:
+    """``POST /api/profile-subscription-bulk-create-jobs`` for one list.
+
+    Only the email channel is consented: the form asked for an email
+    address, and SMS consent has legal requirements a generic form cannot
+    promise. Whether Klaviyo sends a confirmation is the list's own setting.
+    """
+    attributes: dict[str, Any] = {"profiles": {"data": [subscriber(submission)]}}
+    if submission.custom_source:
+        attributes["custom_source"] = submission.custom_source
+    return {
+        "data": {
+            "type": "profile-subscription-bulk-create-job",
+            "attributes": attributes,
+            "relationships": {"list": {"data": {"type": "list", "id": list_id}}},
+        }
+    }
+
+
+def subscriber(submission: Submission) -> dict[str, Any]:
+    return {
+        "type": "profile",
+        "attributes": {
+            "email": submission.profile["email"],
+            "subscriptions": {"email": {"marketing": {"consent": "SUBSCRIBED"}}},
+        },
+    }
+
+
+def add_to_list(profile_ids: list[str]) -> dict[str, Any]:
+    """``POST /api/lists/{id}/relationships/profiles``: membership without consent."""
+    return {"data": [{"type": "profile", "id": profile_id} for profile_id in profile_ids]}
+
+
+def event(submission: Submission, event: Event) -> dict[str, Any]:
+    """``POST /api/events`` with the profile inline and a ``unique_id`` always set."""
+    attributes: dict[str, Any] = {
+        "properties": dict(event.properties),
+        "metric": {"data": {"type": "metric", "attributes": {"name": event.name}}},
+        "profile": {"data": {"type": "profile", "attributes": dict(submission.profile)}},
+        "time": submission.submitted_at,
+        "unique_id": event.unique_id,
+    }
+    if event.value is not None:
+        attributes["value"] = event.value
+    if event.value_currency is not None:
+        attributes["value_currency"] = event.value_currency
+    return {"data": {"type": "event", "attributes": attributes}}

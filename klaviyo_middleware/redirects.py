@@ -1,0 +1,135 @@
+"""Where a visitor may be sent next: redirect and forward targets (DESIGN §5).
+
+A public form that redirects to whatever it is told is an open redirect, so
+targets are refused unless they are plainly same-site paths or absolute URLs
+on ``allowed_hosts``. Browsers are lenient in ways that matter here — they
+treat ``\\`` like ``/`` and drop tabs and newlines inside URLs, so
+``/\\evil.example`` and ``/\\t/evil.example`` both become ``//evil.example`` —
+so backslashes and control characters are refused outright rather than
+cleaned up.
+
+When a ``secret`` is configured, ``redirect`` values must be signed with
+:func:`sign_redirect` (an HMAC-SHA256 hex digest in front of the URL, the
+layout of Craft's ``redirectInput``), so a form cannot be re-pointed by
+whoever posts to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+from urllib.parse import unquote_to_bytes, urlsplit
+
+from .fields import FieldError
+from .paths import action_for_path
+
+MAX_TARGET_LENGTH = 2048
+_DIGEST_LENGTH = 64  # hex SHA-256
+
+
+def sign_redirect(url: str, secret: str) -> str:
+    """Sign ``url`` for a hidden ``redirect`` field when ``secret`` is set.
+
+    >>> sign_redirect("/thanks", "s3cret")[64:]
+    '/thanks'
+    """
+    return _digest(url, secret) + url
+
+
+def unsign_redirect(value: str, secret: str) -> str:
+    """The URL inside a signed value; raises :class:`FieldError` if tampered with."""
+    digest, url = value[:_DIGEST_LENGTH], value[_DIGEST_LENGTH:]
+    if len(value) <= _DIGEST_LENGTH or not hmac.compare_digest(digest, _digest(url, secret)):
+        raise FieldError("The redirect is not signed by this site.")
+    return url
+
+
+def _digest(url: str, secret: str) -> str:
+    return hmac.new(secret.encode("utf-8"), url.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+class HostPolicy:
+    """Hosts that absolute redirect targets may point at.
+
+    Entries are host names (``shop.example.com``), host:port pairs, or a
+    leading-dot wildcard (``.example.com`` for the domain and every subdomain).
+    """
+
+    def __init__(self, hosts: Iterable[str]) -> None:
+        self.hosts = tuple(host.strip().lower() for host in hosts if host.strip())
+
+    def allows(self, netloc: str) -> bool:
+        netloc = netloc.lower()
+        host = netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+        for allowed in self.hosts:
+            if allowed.startswith("."):
+                if host == allowed[1:] or host.endswith(allowed):
+                    return True
+            elif allowed in (netloc, host):
+                return True
+        return False
+
+
+def _check_characters(value: str) -> None:
+    if len(value) > MAX_TARGET_LENGTH:
+        raise FieldError("The address is too long.")
+    if any(ord(char) < 0x21 or ord(char) == 0x7F for char in value):
+        raise FieldError("The address contains characters that are not allowed.")
+    if "\\" in value:
+        raise FieldError("The address contains characters that are not allowed.")
+
+
+def _is_same_site_path(value: str) -> bool:
+    return value.startswith("/") and not value.startswith("//")
+
+
+def safe_redirect(value: str, hosts: HostPolicy) -> str:
+    """``value`` if it is a safe redirect target; raises :class:`FieldError`."""
+    _check_characters(value)
+    if _is_same_site_path(value):
+        return value
+    parts = urlsplit(value)
+    if (
+        parts.scheme in ("http", "https")
+        and parts.netloc
+        and "@" not in parts.netloc
+        and parts.netloc.isascii()
+        and hosts.allows(parts.netloc)
+    ):
+        return value
+    raise FieldError("Redirects may only go to a page on this site.")
+
+
+def forward_target(value: str) -> tuple[str, str]:
+    """``(PATH_INFO, QUERY_STRING)`` for a ``forward`` value; raises :class:`FieldError`.
+
+    The path is percent-decoded the way a server decodes a request line, and
+    it must not name a Klaviyo action: forwarding into one would submit twice.
+    """
+    _check_characters(value)
+    if not _is_same_site_path(value):
+        raise FieldError("Forward to a path on this site, starting with /.")
+    path, _, query = value.partition("?")
+    path = path.split("#", 1)[0]
+    path_info = unquote_to_bytes(path).decode("latin-1")
+    if action_for_path(path_info) is not None:
+        raise FieldError("Forward to a page of the site, not to another Klaviyo action.")
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in path_info):
+        raise FieldError("The address contains characters that are not allowed.")
+    return path_info, query.split("#", 1)[0]
+
+
+def same_origin_referer(referer: str | None, host_url: str) -> str | None:
+    """The Referer if it is a page of this very site (scheme, host and port)."""
+    if not referer:
+        return None
+    try:
+        _check_characters(referer)
+    except FieldError:
+        return None
+    parts = urlsplit(referer)
+    own = urlsplit(host_url)
+    if (parts.scheme, parts.netloc.lower()) == (own.scheme, own.netloc.lower()):
+        return referer
+    return None

@@ -1,0 +1,49 @@
+"""When to ask Klaviyo again (klaviyo-api.md §4).
+
+Exponential backoff with full jitter, except that a 429's ``Retry-After`` is
+honoured exactly: Klaviyo says when capacity returns, and asking earlier only
+burns the shared account quota.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .client import KlaviyoError
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try before giving up.
+
+    :param base: first backoff ceiling in seconds.
+    :param cap: largest backoff ceiling in seconds.
+    :param max_attempts: attempts in all, the first one included.
+    :param budget: seconds of waiting allowed in all; a wait that would go
+        past it ends the attempts (keeps a synchronous visitor's wait bounded).
+    """
+
+    base: float = 0.5
+    cap: float = 30.0
+    max_attempts: int = 3
+    budget: float = 5.0
+
+    def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Full-jitter delay before attempt ``attempt + 1`` (``attempt`` ≥ 1)."""
+        ceiling = min(self.cap, self.base * (2 ** (attempt - 1)))
+        return (rng or random).uniform(0, ceiling)
+
+    def delay(self, error: KlaviyoError, attempt: int, rng: random.Random | None = None) -> float:
+        if error.retry_after is not None:
+            return error.retry_after
+        return self.backoff(attempt, rng)
+
+    def next_delay(self, error: KlaviyoError, attempt: int, waited: float) -> float | None:
+        """Seconds to wait before trying again, or ``None`` to stop trying."""
+        if not error.transient or attempt >= self.max_attempts:
+            return None
+        delay = self.delay(error, attempt)
+        if waited + delay > self.budget:
+            return None
+        return delay

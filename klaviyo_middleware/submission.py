@@ -1,0 +1,60 @@
+"""A validated form submission: the unit of work handed to a delivery backend.
+
+It is plain data (JSON-serialisable through :meth:`Submission.to_dict`) so
+that a durable spool or a task queue can store it and a worker in another
+process can deliver it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .paths import Action
+
+
+@dataclass
+class Event:
+    """What ``event[...]`` asked Klaviyo to record."""
+
+    name: str
+    unique_id: str
+    properties: dict[str, Any] = field(default_factory=dict)
+    value: int | float | None = None
+    value_currency: str | None = None
+
+
+@dataclass
+class Submission:
+    """Everything needed to send one form post to Klaviyo.
+
+    ``profile`` holds Klaviyo profile attributes (``email``, ``location``,
+    ``properties`` …) exactly as they will be sent; hooks may edit it and
+    ``event.properties`` before the submission is queued.
+    """
+
+    action: Action
+    profile: dict[str, Any]
+    lists: list[str] = field(default_factory=list)
+    confirm_opt_in: bool = True
+    event: Event | None = None
+    custom_source: str | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    submitted_at: str = field(
+        default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Submission:
+        values = dict(data)
+        event = values.pop("event", None)
+        return cls(event=Event(**event) if event else None, **values)
+
+    def __repr__(self) -> str:
+        # Personal data stays out of reprs, which end up in logs and tracebacks.
+        return f"<Submission {self.id} {self.action} lists={len(self.lists)}>"

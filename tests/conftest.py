@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from wsgiref.validate import validator
+
+import pytest
+import responses
+from webtest import TestApp
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from klaviyo_fake import API_KEY, API_URL, FakeKlaviyo  # noqa: E402
+from openapi_contract import spec_path  # noqa: E402
+
+from klaviyo_middleware import KlaviyoMiddleware  # noqa: E402
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # In CI the contract tests are the point: a missing spec fails the run.
+    if os.environ.get("CI") and not spec_path().exists():
+        raise pytest.UsageError(f"Klaviyo's OpenAPI spec is missing: {spec_path()}")
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("KLAVIYO_PRIVATE_API_KEY", "KLAVIYO_API_URL", "KLAVIYO_REVISION"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def klaviyo() -> Iterator[FakeKlaviyo]:
+    if not spec_path().exists():
+        pytest.skip(f"Klaviyo's OpenAPI spec is not at {spec_path()}")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        fake = FakeKlaviyo(mock)
+        yield fake
+    assert fake.violations == [], "requests that Klaviyo would reject"
+
+
+class RecordingApp:
+    """An inner WSGI app that records what reached it and echoes it back."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        self.calls.append(
+            {
+                "method": environ["REQUEST_METHOD"],
+                "path": environ.get("PATH_INFO", ""),
+                "query": environ.get("QUERY_STRING", ""),
+                "body": body,
+                "result": environ.get("klaviyo.result"),
+                "errors": environ.get("klaviyo.errors"),
+                "environ": environ,
+            }
+        )
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-Inner", "yes")])
+        return [b"inner:", environ.get("PATH_INFO", "").encode("latin-1"), b":", body]
+
+
+@pytest.fixture
+def inner() -> RecordingApp:
+    return RecordingApp()
+
+
+@pytest.fixture
+def make_app(inner: RecordingApp) -> Callable[..., TestApp]:
+    """``make_app(**options)`` → a webtest TestApp around a validated stack."""
+
+    def build(**options: Any) -> TestApp:
+        options.setdefault("api_key", API_KEY)
+        options.setdefault("api_url", API_URL)
+        options.setdefault("sync_retry_budget", 0)
+        middleware = KlaviyoMiddleware(validator(inner), **options)
+        build.middleware = middleware  # type: ignore[attr-defined]
+        return TestApp(validator(middleware))
+
+    return build
+
+
+@pytest.fixture
+def app(make_app: Callable[..., TestApp], klaviyo: FakeKlaviyo) -> TestApp:
+    return make_app()

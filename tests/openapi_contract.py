@@ -1,0 +1,80 @@
+"""Validate request bodies against Klaviyo's official OpenAPI spec.
+
+The spec is read from ``../shared/klaviyo-openapi/`` (or
+``$KLAVIYO_OPENAPI_SPEC``); it is never copied into this project.
+
+Klaviyo rejects attributes it does not know, but its spec does not say
+``additionalProperties: false``. To test the way Klaviyo behaves, every
+object schema that lists its properties is made closed here; free-form
+objects (``properties``, the custom-property bag) stay open.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from jsonschema.exceptions import ValidationError
+from openapi_schema_validator import OAS30WriteValidator, oas30_format_checker
+
+SPEC_NAME = "stable-forms-subset.json"
+
+
+def spec_path() -> Path:
+    override = os.environ.get("KLAVIYO_OPENAPI_SPEC")
+    if override:
+        return Path(override)
+    root = Path(__file__).resolve().parents[1]
+    return root.parent / "shared" / "klaviyo-openapi" / SPEC_NAME
+
+
+@lru_cache(maxsize=1)
+def load_spec() -> dict[str, Any]:
+    with spec_path().open(encoding="utf-8") as handle:
+        spec: dict[str, Any] = json.load(handle)
+    spec["components"] = _closed(spec["components"])
+    return spec
+
+
+def _closed(node: Any) -> Any:
+    if isinstance(node, dict):
+        closed = {key: _closed(value) for key, value in node.items()}
+        if isinstance(closed.get("properties"), dict) and "additionalProperties" not in closed:
+            closed["additionalProperties"] = False
+        return closed
+    if isinstance(node, list):
+        return [_closed(item) for item in node]
+    return node
+
+
+def operation_for(method: str, path: str) -> tuple[str, dict[str, Any]]:
+    """The spec's path template and operation for a concrete request path."""
+    spec = load_spec()
+    for template, operations in spec["paths"].items():
+        pattern = "^" + re.sub(r"\{[^}]+\}", "[^/]+", template) + "$"
+        if re.match(pattern, path) and method.lower() in operations:
+            return template, operations[method.lower()]
+    raise LookupError(f"{method} {path} is not an operation in Klaviyo's spec")
+
+
+def request_errors(method: str, path: str, body: Any) -> list[str]:
+    """Every way ``body`` breaks the request schema of ``method path``."""
+    spec = load_spec()
+    _, operation = operation_for(method, path)
+    content = operation["requestBody"]["content"]["application/vnd.api+json"]
+    root = copy.deepcopy(content["schema"])
+    root["components"] = spec["components"]
+    validator = OAS30WriteValidator(root, format_checker=oas30_format_checker)
+    errors: list[ValidationError] = sorted(validator.iter_errors(body), key=str)
+    return [f"{'/'.join(map(str, error.absolute_path))}: {error.message}" for error in errors]
+
+
+def rate_limit(method: str, path: str) -> dict[str, str]:
+    _, operation = operation_for(method, path)
+    limit: dict[str, str] = operation["x-klaviyo-ratelimit"]
+    return limit
