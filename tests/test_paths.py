@@ -1,0 +1,112 @@
+"""DESIGN §2: which paths and methods are intercepted."""
+
+from __future__ import annotations
+
+import pytest
+
+IDENTIFY_PATHS = [
+    "/klaviyoConnect/api/identify",
+    "/klaviyo-connect/api/identify",
+    "/actions/klaviyoConnect/api/identify",
+    "/actions/klaviyo-connect/api/identify/",
+    "/klaviyoConnect/api/identify/",
+]
+UPDATE_PATHS = [
+    "/klaviyoConnect/api/updateProfile",
+    "/klaviyo-connect/api/update-profile",
+    "/klaviyoConnect/api/track",
+    "/klaviyo-connect/api/track/",
+    "/actions/klaviyoConnect/api/updateProfile/",
+    "/actions/klaviyo-connect/api/update-profile",
+]
+
+
+@pytest.mark.parametrize("path", IDENTIFY_PATHS)
+def test_identify_paths(app, klaviyo, inner, path):
+    response = app.post(path, {"email": "a@example.com", "lists[]": "ListA"},
+                        headers={"Accept": "application/json"})
+    assert response.json["action"] == "identify"
+    # identify sends the profile only, whatever else the form carries.
+    assert klaviyo.paths() == ["/api/profile-import"]
+    assert inner.calls == []
+
+
+@pytest.mark.parametrize("path", UPDATE_PATHS)
+def test_update_profile_paths(app, klaviyo, path):
+    response = app.post(path, {"email": "a@example.com", "lists[]": "ListA"},
+                        headers={"Accept": "application/json"})
+    assert response.json["action"] == "updateProfile"
+    assert klaviyo.paths() == [
+        "/api/profile-import", "/api/profile-subscription-bulk-create-jobs"
+    ]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"])
+@pytest.mark.parametrize("path", [IDENTIFY_PATHS[0], UPDATE_PATHS[2]])
+def test_other_methods_get_405_with_allow(app, klaviyo, inner, method, path):
+    response = app.request(path, method=method, expect_errors=True)
+    assert response.status_int == 405
+    assert response.headers["Allow"] == "POST"
+    assert klaviyo.calls == [] and inner.calls == []
+
+
+class TestActionField:
+    def test_off_by_default(self, app, klaviyo, inner):
+        response = app.post("/newsletter", {"action": "klaviyoConnect/api/identify",
+                                            "email": "a@example.com"})
+        assert response.body.startswith(b"inner:/newsletter:")
+        assert klaviyo.calls == []
+
+    @pytest.mark.parametrize(
+        "value", ["klaviyoConnect/api/identify", "/klaviyo-connect/api/identify",
+                  "actions/klaviyoConnect/api/identify"]
+    )
+    def test_urlencoded_action_field_on_any_path(self, make_app, klaviyo, inner, value):
+        app = make_app(action_field=True)
+        response = app.post("/newsletter", {"action": value, "email": "a@example.com"},
+                            headers={"Accept": "application/json"})
+        assert response.json["action"] == "identify"
+        assert klaviyo.paths() == ["/api/profile-import"]
+        assert inner.calls == []
+
+    def test_multipart_action_field(self, make_app, klaviyo):
+        app = make_app(action_field=True)
+        response = app.post(
+            "/page",
+            {"action": "klaviyoConnect/api/updateProfile", "email": "a@example.com",
+             "list": "ListA"},
+            upload_files=[("cv", "cv.txt", b"file content ignored")],
+            headers={"Accept": "application/json"},
+        )
+        assert response.json["action"] == "updateProfile"
+        assert klaviyo.paths()[0] == "/api/profile-import"
+        assert "cv" not in str(klaviyo.calls[0].body)
+
+    def test_other_form_posts_still_reach_the_app_with_their_body(self, make_app, klaviyo,
+                                                                  inner):
+        app = make_app(action_field=True)
+        response = app.post("/contact", {"action": "contact/send", "message": "hi"})
+        assert response.body == b"inner:/contact:action=contact%2Fsend&message=hi"
+        assert klaviyo.calls == []
+
+    def test_json_bodies_are_not_inspected(self, make_app, klaviyo, inner):
+        app = make_app(action_field=True)
+        app.post_json("/api/thing", {"action": "klaviyoConnect/api/identify",
+                                     "email": "a@example.com"})
+        assert klaviyo.calls == [] and len(inner.calls) == 1
+
+    def test_oversized_bodies_pass_through_unread(self, make_app, klaviyo, inner):
+        app = make_app(action_field=True, max_body_size=100)
+        body = "action=klaviyoConnect/api/identify&email=a@example.com&pad=" + "x" * 200
+        response = app.post("/upload", body,
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert response.body == b"inner:/upload:" + body.encode()
+        assert klaviyo.calls == []
+
+    def test_unparseable_bodies_pass_through(self, make_app, klaviyo, inner):
+        app = make_app(action_field=True)
+        body = b"action=klaviyoConnect/api/identify&bad=\xff\xfe"
+        response = app.post("/page", body,
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert response.body == b"inner:/page:" + body
+        assert klaviyo.calls == []
