@@ -13,10 +13,10 @@ from webtest import TestApp
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from klaviyo_fake import API_KEY, API_URL, FakeKlaviyo  # noqa: E402
-from openapi_contract import spec_path  # noqa: E402
+from klaviyo_middleware import KlaviyoMiddleware
 
-from klaviyo_middleware import KlaviyoMiddleware  # noqa: E402
+from klaviyo_fake import API_KEY, API_URL, FakeKlaviyo
+from openapi_contract import spec_path
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

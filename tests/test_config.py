@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from klaviyo_fake import API_KEY
 from klaviyo_middleware import ConfigurationError, KlaviyoMiddleware
+
+from klaviyo_fake import API_KEY
 
 
 def inner(environ, start_response):

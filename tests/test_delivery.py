@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 import responses
 
-from klaviyo_fake import API_KEY, API_URL
 from klaviyo_middleware.client import KlaviyoClient, KlaviyoError, error_from_response
 from klaviyo_middleware.delivery import SyncDelivery
 from klaviyo_middleware.hooks import Hooks
 from klaviyo_middleware.retry import RetryPolicy
 from klaviyo_middleware.submission import Event, Submission
+
+from klaviyo_fake import API_KEY, API_URL
 
 UPDATE = "/klaviyoConnect/api/updateProfile"
 
@@ -86,6 +87,7 @@ class TestSyncDelivery:
         delivery, recorder, sleeps = sync()
         assert delivery.submit(submission(lists=[], event=None)).delivered
         assert sleeps == [3.0]
+        assert recorder.retries == [(429, 3.0)]
 
     def test_429_retry_after_from_detail_when_header_missing(self, klaviyo):
         klaviyo.fail("/api/profile-import", 429, body={"errors": [{
@@ -126,6 +128,7 @@ class TestSyncDelivery:
         delivery, _, sleeps = sync(attempts=3)
         assert not delivery.submit(submission()).accepted
         assert klaviyo.paths().count("/api/profile-import") == 3
+        assert len(sleeps) == 2
 
     def test_an_observer_that_raises_loses_nothing(self, klaviyo, caplog):
         def explode(_: Submission) -> None:

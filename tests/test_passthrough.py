@@ -10,8 +10,9 @@ import pytest
 import webob
 from webtest import TestApp
 
-from klaviyo_fake import API_KEY
 from klaviyo_middleware import KlaviyoMiddleware
+
+from klaviyo_fake import API_KEY
 
 
 class ClosingBody:
