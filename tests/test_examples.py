@@ -1,0 +1,129 @@
+"""examples/ and the README's Flask one-liner, each exercised for real."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+import threading
+from pathlib import Path
+from wsgiref.simple_server import make_server
+
+import pytest
+import requests
+from paste.deploy import loadapp
+from webtest import TestApp
+
+from klaviyo_middleware import KlaviyoMiddleware
+from klaviyo_middleware.demo import _QuietHandler, _ThreadingServer, build_demo
+
+from klaviyo_fake import API_KEY, API_URL
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def klaviyo_env(monkeypatch, klaviyo):
+    monkeypatch.setenv("KLAVIYO_PRIVATE_API_KEY", API_KEY)
+    monkeypatch.setenv("KLAVIYO_API_URL", API_URL)
+    monkeypatch.syspath_prepend(str(ROOT))
+    for name in [name for name in sys.modules if name.startswith("examples")]:
+        del sys.modules[name]
+    return klaviyo
+
+
+def signup(app: TestApp, path: str, **fields: str):
+    page = app.get("/")
+    assert page.status_int == 200
+    return app.post(path, {"email": "reader@example.com", **fields})
+
+
+def test_flask_example(klaviyo_env):
+    module = importlib.import_module("examples.flask_app")
+    assert isinstance(module.app.wsgi_app, KlaviyoMiddleware)
+    app = TestApp(module.app)
+    form = app.get("/").forms[0]
+    form["email"] = "reader@example.com"
+    response = form.submit()
+    assert response.status_int == 303 and response.location.endswith("/thanks")
+    assert "Thanks" in response.follow().text
+    assert klaviyo_env.paths() == ["/api/profile-import",
+                                   "/api/profile-subscription-bulk-create-jobs", "/api/events"]
+    contact = app.post("/klaviyoConnect/api/updateProfile",
+                       {"email": "reader@example.com", "forward": "/contact"})
+    assert contact.text == "Message received from reader@example.com"
+    bad = app.post("/klaviyoConnect/api/updateProfile",
+                   {"email": "nope", "forward": "/contact"}, status=400)
+    assert bad.text == "Please check: email"
+
+
+def test_pyramid_example(klaviyo_env):
+    module = importlib.import_module("examples.pyramid_app")
+    app = TestApp(module.main())
+    form = app.get("/").forms[0]
+    form["email"] = "reader@example.com"
+    response = form.submit()
+    assert response.location.endswith("/thanks")
+    assert "Thanks" in response.follow().text
+    assert klaviyo_env.paths()[0] == "/api/profile-import"
+
+
+def test_pyramid_development_ini(klaviyo_env):
+    middleware = loadapp("config:examples/development.ini", relative_to=str(ROOT))
+    assert isinstance(middleware, KlaviyoMiddleware)
+    assert middleware.settings.action_field is True
+    app = TestApp(middleware)
+    assert "Newsletter" in app.get("/").text
+    response = app.post("/", {"action": "klaviyoConnect/api/identify",
+                              "email": "reader@example.com",
+                              "redirect": "http://localhost/thanks"})
+    assert response.location == "http://localhost/thanks"
+    assert klaviyo_env.paths() == ["/api/profile-import"]
+
+
+def test_bottle_example(klaviyo_env):
+    module = importlib.import_module("examples.bottle_app")
+    app = TestApp(module.app)
+    response = signup(app, "/klaviyoConnect/api/identify", redirect="/thanks")
+    assert response.location.endswith("/thanks")
+    assert klaviyo_env.paths() == ["/api/profile-import"]
+
+
+def test_readme_flask_one_liner_works_as_pasted(klaviyo_env):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"<!-- flask-quickstart -->\s*```python\n(.*?)```", readme, re.S)
+    assert match, "README lost its Flask quick start"
+    namespace: dict[str, object] = {"__name__": "readme_quickstart"}
+    exec(compile(match.group(1), "README.md", "exec"), namespace)  # noqa: S102
+    flask_app = namespace["app"]
+    app = TestApp(flask_app)
+    response = app.post("/klaviyoConnect/api/updateProfile",
+                        {"email": "reader@example.com", "list": "Y6nRLr"},
+                        headers={"Accept": "application/json"})
+    assert response.json["success"] is True
+    assert klaviyo_env.paths()[0] == "/api/profile-import"
+
+
+def test_demo_over_a_real_socket(monkeypatch):
+    monkeypatch.delenv("KLAVIYO_PRIVATE_API_KEY", raising=False)
+    server = make_server("127.0.0.1", 0, lambda e, s: [], _ThreadingServer, _QuietHandler)
+    base = f"http://127.0.0.1:{server.server_port}"
+    server.set_app(build_demo(base, environ={}))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with requests.Session() as browser:
+            assert "recording stand-in" in browser.get(base + "/").text
+            answer = browser.post(base + "/klaviyoConnect/api/updateProfile",
+                                  data={"email": "demo@example.com", "list": "Y6nRLr",
+                                        "redirect": "/thanks"})
+            assert answer.url == base + "/thanks" and "Thank you" in answer.text
+            bad = browser.post(base + "/klaviyoConnect/api/updateProfile",
+                               data={"email": "bad"}, headers={"Accept": "application/json"})
+            assert bad.status_code == 400
+            state = browser.get(base + "/_fake-klaviyo/_state").json()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [item["path"] for item in state["received"]] == [
+        "/api/profile-import", "/api/profile-subscription-bulk-create-jobs"]
