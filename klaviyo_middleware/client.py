@@ -102,6 +102,11 @@ class KlaviyoClient:
             self._local.session = session
         return session
 
+    def reset(self) -> None:
+        """Drop every thread's session without closing it (after a fork,
+        they hold the parent's sockets)."""
+        self._local = threading.local()
+
     def close(self) -> None:
         session = getattr(self._local, "session", None)
         if session is not None:

@@ -17,12 +17,14 @@ import phonenumbers
 
 from .client import DEFAULT_API_URL, DEFAULT_REVISION, DEFAULT_TIMEOUT
 from .formdata import Limits
+from .spool import DURABILITY, ENV_SPOOL_PATH, default_spool_path
+from .worker import WorkerOptions
 
 ENV_API_KEY = "KLAVIYO_PRIVATE_API_KEY"
 ENV_API_URL = "KLAVIYO_API_URL"
 ENV_REVISION = "KLAVIYO_REVISION"
 
-DELIVERIES = ("sync",)
+DELIVERIES = ("spool", "sync")
 _REVISION = re.compile(r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")
 # Klaviyo's public keys (site ids) are six characters; sending one as a
 # private key fails every call with 401, so catch it at start-up.
@@ -47,6 +49,10 @@ class Settings:
     timeout: tuple[float, float]
     sync_retry_budget: float
     limits: Limits
+    spool_path: str
+    spool_durability: str
+    spool_max_size: int
+    worker: WorkerOptions
 
     def __repr__(self) -> str:
         return f"<Settings api_url={self.api_url!r} delivery={self.delivery!r}>"
@@ -68,6 +74,12 @@ def build_settings(
     max_body_size: int,
     max_fields: int,
     max_depth: int,
+    spool_path: str | os.PathLike[str] | None = None,
+    spool_durability: str = "full",
+    spool_max_size: int = 256 * 1024 * 1024,
+    worker_threads: int = 2,
+    retry_max_age: float = 3 * 24 * 3600.0,
+    rate_limit_share: float = 0.9,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     env = os.environ if environ is None else environ
@@ -87,6 +99,14 @@ def build_settings(
             max_body_size=_positive_int("max_body_size", max_body_size),
             max_fields=_positive_int("max_fields", max_fields),
             max_depth=_positive_int("max_depth", max_depth),
+        ),
+        spool_path=str(spool_path or env.get(ENV_SPOOL_PATH) or default_spool_path()),
+        spool_durability=_choice("spool_durability", spool_durability, tuple(DURABILITY)),
+        spool_max_size=_positive_int("spool_max_size", spool_max_size),
+        worker=WorkerOptions(
+            threads=_positive_int("worker_threads", worker_threads),
+            max_age=_non_negative("retry_max_age", retry_max_age),
+            rate_share=_share("rate_limit_share", rate_limit_share),
         ),
     )
 
@@ -194,4 +214,10 @@ def _positive_int(name: str, value: object) -> int:
 def _non_negative(name: str, value: object) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
         raise ConfigurationError(f"{name} must be a number of seconds ≥ 0, got {value!r}")
+    return float(value)
+
+
+def _share(name: str, value: object) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
+        raise ConfigurationError(f"{name} must be a fraction above 0 and at most 1, got {value!r}")
     return float(value)

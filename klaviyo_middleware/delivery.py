@@ -1,14 +1,17 @@
 """Delivery backends (DESIGN §7): who sends a submission to Klaviyo, and when.
 
-Every backend has the same small interface, :class:`Delivery`. This module
-holds the synchronous one: it sends inline, before the visitor gets an
-answer, with a bounded retry budget so a slow Klaviyo costs the visitor a few
-seconds at most.
+Every backend has the same small interface, :class:`Delivery`:
+
+- :class:`SpoolDelivery` (the default) commits the submission to the SQLite
+  spool and answers at once; a background worker delivers it.
+- :class:`SyncDelivery` sends inline, before the visitor gets an answer, with
+  a bounded retry budget so a slow Klaviyo costs the visitor seconds at most.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +21,9 @@ from . import steps
 from .client import KlaviyoClient, KlaviyoError
 from .hooks import Hooks
 from .retry import RetryPolicy
+from .spool import Spool, SpoolFull
 from .submission import Submission
+from .worker import SpoolWorker, WorkerOptions
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +38,7 @@ class Outcome:
 
     accepted: bool
     delivered: bool = False
+    queued: bool = False
     profile_id: str | None = None
     error: KlaviyoError | None = None
 
@@ -107,3 +113,39 @@ class SyncDelivery:
 
     def close(self) -> None:
         self.client.close()
+
+
+class SpoolDelivery:
+    """Commit to the spool, answer at once, deliver in the background."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        client: KlaviyoClient,
+        hooks: Hooks,
+        options: WorkerOptions | None = None,
+    ) -> None:
+        self.spool = spool
+        self.worker = SpoolWorker(spool, client, hooks, options)
+        # Started now rather than at the first submission, so that a
+        # restarted process delivers what an earlier one left in the spool.
+        self.worker.ensure_running()
+
+    def submit(self, submission: Submission) -> Outcome:
+        try:
+            self.spool.enqueue(submission)
+        except SpoolFull as exc:
+            log.error("klaviyo_middleware: refusing submission %s: %s", submission.id, exc)
+            return Outcome(accepted=False, error=KlaviyoError(str(exc), transient=True))
+        except sqlite3.Error as exc:
+            log.error("klaviyo_middleware: could not spool %s: %r", submission.id, exc)
+            return Outcome(accepted=False, error=KlaviyoError("spool unavailable", transient=True))
+        self.worker.ensure_running()
+        self.worker.notify()
+        return Outcome(accepted=True, queued=True)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return self.worker.flush(timeout)
+
+    def close(self) -> None:
+        self.worker.close()

@@ -185,6 +185,7 @@ def build_demo(base_url: str, environ: dict[str, str] | None = None) -> WSGIAppl
             return recorder(environ, start_response)
         return wrapped(environ, start_response)
 
+    demo.middleware = wrapped  # type: ignore[attr-defined]
     return demo
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -11,8 +13,8 @@ from webob import Request, Response
 
 from . import fields, redirects, responses
 from .client import KlaviyoClient, KlaviyoError
-from .config import build_settings
-from .delivery import Delivery, Outcome, SyncDelivery
+from .config import ConfigurationError, Settings, build_settings
+from .delivery import Delivery, Outcome, SpoolDelivery, SyncDelivery
 from .fields import FieldError
 from .formdata import FORM_URLENCODED, MULTIPART, BodyError, media_type, parse_body, read_body
 from .hooks import BeforeSend, Hooks, OnDead, OnDelivered, OnRetry
@@ -26,6 +28,7 @@ from .mappings import (
 )
 from .paths import ACTION_PATHS, Action, action_for_field
 from .retry import RetryPolicy
+from .spool import Spool, account_fingerprint
 from .submission import Submission
 from .validation import Errors, ValidationOptions, build_submission
 
@@ -62,7 +65,9 @@ class KlaviyoMiddleware:
     :param api_url: Klaviyo's base URL; default ``$KLAVIYO_API_URL`` or
         ``https://a.klaviyo.com`` (point it at a fake Klaviyo in tests).
     :param revision: the Klaviyo API revision sent with every call.
-    :param delivery: ``"sync"`` sends before answering the visitor.
+    :param delivery: ``"spool"`` commits each submission to a local SQLite
+        spool and delivers in the background; ``"sync"`` sends before
+        answering the visitor (tests, tiny sites).
     :param allowed_hosts: hosts that absolute ``redirect`` targets may use
         (``"shop.example.com"``, ``".example.com"`` for subdomains too).
     :param secret: when set, ``redirect`` values must be signed with
@@ -87,6 +92,15 @@ class KlaviyoMiddleware:
     :param max_body_size: bytes; larger submissions are answered with 413.
     :param max_fields: form fields (or JSON values) in one submission.
     :param max_depth: nesting depth of bracketed names or JSON.
+    :param spool_path: the spool file; default ``$KLAVIYO_SPOOL_PATH`` or
+        ``~/.cache/klaviyo_middleware/spool.sqlite3``. Processes of one site
+        share it.
+    :param spool_durability: ``"full"`` or ``"normal"`` (SQLite synchronous).
+    :param spool_max_size: bytes; when full, visitors get 503 + Retry-After.
+    :param worker_threads: delivery threads per process.
+    :param retry_max_age: seconds a failing submission is retried before it
+        goes to the dead letters.
+    :param rate_limit_share: share of Klaviyo's per-account rate limits used.
     """
 
     def __init__(
@@ -96,8 +110,9 @@ class KlaviyoMiddleware:
         api_key: str | None = None,
         api_url: str | None = None,
         revision: str | None = None,
-        # "sync" until the durable spool is available.
-        delivery: str = "sync",
+        # Commit to a local spool and deliver in the background: the visitor
+        # never waits on Klaviyo, and nothing accepted is lost.
+        delivery: str = "spool",
         allowed_hosts: str | Iterable[str] = (),
         secret: str | None = None,
         action_field: bool = False,
@@ -118,6 +133,15 @@ class KlaviyoMiddleware:
         max_fields: int = 1000,
         # Klaviyo documents 10 levels of nesting for properties.
         max_depth: int = 10,
+        spool_path: str | os.PathLike[str] | None = None,
+        # "full" survives power loss; "normal" only process crashes, but is faster.
+        spool_durability: str = "full",
+        spool_max_size: int = 256 * 1024 * 1024,
+        worker_threads: int = 2,
+        # Klaviyo outages rarely last hours; three days covers a long weekend.
+        retry_max_age: float = 3 * 24 * 3600.0,
+        # Klaviyo's limits are per account; leave headroom for other integrations.
+        rate_limit_share: float = 0.9,
     ) -> None:
         if not callable(app):
             raise TypeError("KlaviyoMiddleware wraps a WSGI application (a callable)")
@@ -137,6 +161,12 @@ class KlaviyoMiddleware:
             max_body_size=max_body_size,
             max_fields=max_fields,
             max_depth=max_depth,
+            spool_path=spool_path,
+            spool_durability=spool_durability,
+            spool_max_size=spool_max_size,
+            worker_threads=worker_threads,
+            retry_max_age=retry_max_age,
+            rate_limit_share=rate_limit_share,
         )
         self.hooks = Hooks(before_send, on_delivered, on_retry, on_dead)
         self.mappings = MappingRegistry(user_loader=user_loader, mappings=mappings)
@@ -145,17 +175,7 @@ class KlaviyoMiddleware:
             phone_region=self.settings.phone_region,
             custom_source=self.settings.custom_source,
         )
-        client = KlaviyoClient(
-            self.settings.api_key,
-            api_url=self.settings.api_url,
-            revision=self.settings.revision,
-            timeout=self.settings.timeout,
-        )
-        self.delivery: Delivery = SyncDelivery(
-            client,
-            self.hooks,
-            RetryPolicy(budget=self.settings.sync_retry_budget),
-        )
+        self.delivery: Delivery = build_delivery(self.settings, self.hooks)
         self._action_field = self.settings.action_field
 
     def __repr__(self) -> str:
@@ -250,6 +270,7 @@ class KlaviyoMiddleware:
             "submission_id": submission.id,
             "cancelled": outcome is None,
             "delivered": bool(outcome and outcome.delivered),
+            "queued": bool(outcome and outcome.queued),
             "profile_id": outcome.profile_id if outcome else None,
         }
         environ[RESULT_KEY] = result
@@ -377,6 +398,30 @@ class KlaviyoMiddleware:
         for key in [key for key in forwarded if key.startswith("webob.")]:
             del forwarded[key]
         return self.app(forwarded, start_response)
+
+
+def build_delivery(settings: Settings, hooks: Hooks) -> Delivery:
+    client = KlaviyoClient(
+        settings.api_key,
+        api_url=settings.api_url,
+        revision=settings.revision,
+        timeout=settings.timeout,
+    )
+    if settings.delivery == "sync":
+        return SyncDelivery(client, hooks, RetryPolicy(budget=settings.sync_retry_budget))
+    try:
+        spool = Spool(
+            settings.spool_path,
+            account_fingerprint(settings.api_url, settings.api_key),
+            durability=settings.spool_durability,
+            max_bytes=settings.spool_max_size,
+        )
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigurationError(
+            f"cannot use the spool at {settings.spool_path!r} ({exc}); set spool_path "
+            "or KLAVIYO_SPOOL_PATH to a writable file"
+        ) from None
+    return SpoolDelivery(spool, client, hooks, settings.worker)
 
 
 def _field_for_pointer(pointer: str | None) -> str:

@@ -76,6 +76,12 @@ _CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     "max_body_size": asint,
     "max_fields": asint,
     "max_depth": asint,
+    "spool_path": _as_str,
+    "spool_durability": _as_str,
+    "spool_max_size": asint,
+    "worker_threads": asint,
+    "retry_max_age": asfloat,
+    "rate_limit_share": asfloat,
 }
 
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,8 @@ import pytest
 import responses
 from webtest import TestApp
 
-sys.path.insert(0, str(Path(__file__).parent))
-
 from klaviyo_middleware import KlaviyoMiddleware
+from klaviyo_middleware.worker import SpoolWorker
 
 from klaviyo_fake import API_KEY, API_URL, FakeKlaviyo
 from openapi_contract import spec_path
@@ -26,9 +24,27 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("KLAVIYO_PRIVATE_API_KEY", "KLAVIYO_API_URL", "KLAVIYO_REVISION"):
         monkeypatch.delenv(name, raising=False)
+    # Every test gets its own spool file; none touches ~/.cache.
+    monkeypatch.setenv("KLAVIYO_SPOOL_PATH", str(tmp_path / "spool.sqlite3"))
+
+
+@pytest.fixture(autouse=True)
+def _close_workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[SpoolWorker]]:
+    """Stop every spool worker a test started, so none outlives its test."""
+    started: list[SpoolWorker] = []
+    original = SpoolWorker.__init__
+
+    def recording_init(self: SpoolWorker, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        started.append(self)
+
+    monkeypatch.setattr(SpoolWorker, "__init__", recording_init)
+    yield started
+    for worker in started:
+        worker.close(timeout=5)
 
 
 @pytest.fixture
@@ -77,6 +93,9 @@ def make_app(inner: RecordingApp) -> Callable[..., TestApp]:
         options.setdefault("api_key", API_KEY)
         options.setdefault("api_url", API_URL)
         options.setdefault("sync_retry_budget", 0)
+        # Most tests check what Klaviyo received as soon as the answer is
+        # back; the spool's own tests ask for it explicitly.
+        options.setdefault("delivery", "sync")
         middleware = KlaviyoMiddleware(validator(inner), **options)
         build.middleware = middleware  # type: ignore[attr-defined]
         return TestApp(validator(middleware))

@@ -39,7 +39,7 @@ def test_defaults():
     settings = KlaviyoMiddleware(inner, api_key=API_KEY).settings
     assert settings.api_url == "https://a.klaviyo.com"
     assert settings.revision == "2026-07-15"
-    assert settings.delivery == "sync"
+    assert settings.delivery == "spool"
     assert settings.action_field is False
     assert settings.allowed_hosts == ()
 

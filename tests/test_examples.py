@@ -47,10 +47,12 @@ def test_flask_example(klaviyo_env):
     response = form.submit()
     assert response.status_int == 303 and response.location.endswith("/thanks")
     assert "Thanks" in response.follow().text
+    assert module.app.wsgi_app.flush(10)
     assert klaviyo_env.paths() == ["/api/profile-import",
                                    "/api/profile-subscription-bulk-create-jobs", "/api/events"]
     contact = app.post("/klaviyoConnect/api/updateProfile",
                        {"email": "reader@example.com", "forward": "/contact"})
+    assert module.app.wsgi_app.flush(10)
     assert contact.text == "Message received from reader@example.com"
     bad = app.post("/klaviyoConnect/api/updateProfile",
                    {"email": "nope", "forward": "/contact"}, status=400)
@@ -59,12 +61,14 @@ def test_flask_example(klaviyo_env):
 
 def test_pyramid_example(klaviyo_env):
     module = importlib.import_module("examples.pyramid_app")
-    app = TestApp(module.main())
+    middleware = module.main()
+    app = TestApp(middleware)
     form = app.get("/").forms[0]
     form["email"] = "reader@example.com"
     response = form.submit()
     assert response.location.endswith("/thanks")
     assert "Thanks" in response.follow().text
+    assert middleware.flush(10)
     assert klaviyo_env.paths()[0] == "/api/profile-import"
 
 
@@ -78,6 +82,7 @@ def test_pyramid_development_ini(klaviyo_env):
                               "email": "reader@example.com",
                               "redirect": "http://localhost/thanks"})
     assert response.location == "http://localhost/thanks"
+    assert middleware.flush(10)
     assert klaviyo_env.paths() == ["/api/profile-import"]
 
 
@@ -86,6 +91,7 @@ def test_bottle_example(klaviyo_env):
     app = TestApp(module.app)
     response = signup(app, "/klaviyoConnect/api/identify", redirect="/thanks")
     assert response.location.endswith("/thanks")
+    assert module.app.flush(10)
     assert klaviyo_env.paths() == ["/api/profile-import"]
 
 
@@ -101,6 +107,7 @@ def test_readme_flask_one_liner_works_as_pasted(klaviyo_env):
                         {"email": "reader@example.com", "list": "Y6nRLr"},
                         headers={"Accept": "application/json"})
     assert response.json["success"] is True
+    assert flask_app.wsgi_app.flush(10)
     assert klaviyo_env.paths()[0] == "/api/profile-import"
 
 
@@ -121,6 +128,7 @@ def test_demo_over_a_real_socket(monkeypatch):
             bad = browser.post(base + "/klaviyoConnect/api/updateProfile",
                                data={"email": "bad"}, headers={"Accept": "application/json"})
             assert bad.status_code == 400
+            assert server.get_app().middleware.flush(10)
             state = browser.get(base + "/_fake-klaviyo/_state").json()
     finally:
         server.shutdown()

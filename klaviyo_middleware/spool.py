@@ -1,0 +1,430 @@
+"""The durable spool: submissions in SQLite until Klaviyo has them (DESIGN §7).
+
+One file, in WAL mode, shared by every process of a site (gunicorn workers,
+uWSGI processes, the CLI). A submission is committed here before the visitor
+gets an answer. Workers *lease* what they deliver: a lease names its owner
+and expires, so a worker killed with SIGKILL loses nothing — its submissions
+become claimable again when the lease runs out, or at once when the owner is
+seen to be dead.
+
+Rows carry an ``account`` fingerprint (a hash of API URL and key) so that two
+sites sharing a spool file by mistake never deliver each other's submissions
+with the wrong key.
+
+Everything that must be consistent across processes — claims, the
+account-wide pause after a 429, rate-limit bookkeeping — happens inside
+``BEGIN IMMEDIATE`` transactions, which SQLite serialises between processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .steps import Progress
+from .submission import Submission
+
+ENV_SPOOL_PATH = "KLAVIYO_SPOOL_PATH"
+DURABILITY = {"full": "FULL", "normal": "NORMAL"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS submissions (
+    id TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    progress TEXT NOT NULL DEFAULT '{}',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    due_at REAL NOT NULL,
+    lease_owner TEXT,
+    lease_until REAL NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS submissions_due ON submissions (account, due_at);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    progress TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    dead_at REAL NOT NULL,
+    error TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS workers (
+    owner TEXT PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    heartbeat_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pauses (
+    account TEXT PRIMARY KEY,
+    until REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rate_log (
+    account TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rate_log_at ON rate_log (account, endpoint, at);
+CREATE TABLE IF NOT EXISTS counters (
+    account TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (account, name)
+);
+"""
+
+
+def default_spool_path() -> Path:
+    """Where the spool lives unless ``spool_path`` or ``$KLAVIYO_SPOOL_PATH`` says:
+    ``$XDG_CACHE_HOME/klaviyo_middleware/spool.sqlite3`` (``~/.cache/...``)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "klaviyo_middleware" / "spool.sqlite3"
+
+
+def account_fingerprint(api_url: str, api_key: str) -> str:
+    return hashlib.sha256(f"{api_url}\n{api_key}".encode()).hexdigest()[:16]
+
+
+class SpoolFull(Exception):
+    """The spool reached ``max_bytes``; the visitor is asked to retry later."""
+
+
+@dataclass
+class Claimed:
+    """A submission leased to one worker."""
+
+    submission: Submission
+    progress: Progress
+    attempts: int
+    created_at: float
+
+
+@dataclass
+class DeadLetter:
+    id: str
+    submission: Submission
+    progress: Progress
+    attempts: int
+    created_at: float
+    dead_at: float
+    error: dict[str, Any]
+
+
+class Spool:
+    """The SQLite file and every query against it.
+
+    :param path: the spool file; its directory is created if missing.
+    :param account: the fingerprint this process delivers for.
+    :param durability: ``"full"`` fsyncs every commit (survives power loss);
+        ``"normal"`` survives a crashed or killed process but may lose the
+        last commits on power loss, and accepts submissions faster.
+    :param max_bytes: when the file holds this much, new submissions are
+        refused with :class:`SpoolFull`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        account: str,
+        *,
+        durability: str = "full",
+        max_bytes: int = 256 * 1024 * 1024,
+        busy_timeout: float = 30.0,
+    ) -> None:
+        self.path = Path(path)
+        self.account = account
+        self.durability = DURABILITY[durability]
+        self.max_bytes = max_bytes
+        self.busy_timeout = busy_timeout
+        self._local = threading.local()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._connection().executescript(_SCHEMA)
+
+    def __repr__(self) -> str:
+        return f"<Spool {str(self.path)!r}>"
+
+    # -- connections --------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        # One connection per thread and per process: SQLite connections must
+        # not cross a fork, and sqlite3 objects are not shared between threads.
+        pid = os.getpid()
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None or self._local.pid != pid:
+            db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.durability}")
+            self._local.db = db
+            self._local.pid = pid
+        return db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is not None and self._local.pid == os.getpid():
+            db.close()
+        self._local.db = None
+
+    # -- the web side -------------------------------------------------------
+
+    def enqueue(self, submission: Submission, now: float | None = None) -> None:
+        """Commit a submission; raises :class:`SpoolFull` or ``sqlite3.Error``."""
+        now = time.time() if now is None else now
+        payload = json.dumps(submission.to_dict(), separators=(",", ":"))
+        with self._transaction() as db:
+            (used,) = db.execute(
+                "SELECT (page_count - freelist_count) * page_size "
+                "FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()"
+            ).fetchone()
+            if used + len(payload) > self.max_bytes:
+                raise SpoolFull(f"the spool holds {used} bytes (max {self.max_bytes})")
+            db.execute(
+                "INSERT INTO submissions (id, account, payload, created_at, due_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (submission.id, self.account, payload, now, now),
+            )
+
+    # -- the worker side ----------------------------------------------------
+
+    def register_worker(self, owner: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO workers (owner, hostname, pid, heartbeat_at) "
+                "VALUES (?, ?, ?, ?)",
+                (owner, socket.gethostname(), os.getpid(), now),
+            )
+
+    def unregister_worker(self, owner: str) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE submissions SET lease_until = 0 WHERE lease_owner = ?", (owner,))
+            db.execute("DELETE FROM workers WHERE owner = ?", (owner,))
+
+    def release_dead_owners(self) -> int:
+        """Free at once the leases of workers on this host whose process is gone."""
+        released = 0
+        host = socket.gethostname()
+        with self._transaction() as db:
+            rows = db.execute("SELECT owner, pid FROM workers WHERE hostname = ?", (host,))
+            for owner, pid in rows.fetchall():
+                if _alive(pid):
+                    continue
+                released += db.execute(
+                    "UPDATE submissions SET lease_until = 0 WHERE lease_owner = ?", (owner,)
+                ).rowcount
+                db.execute("DELETE FROM workers WHERE owner = ?", (owner,))
+        return released
+
+    def claim(
+        self, owner: str, limit: int, lease: float, now: float | None = None
+    ) -> list[Claimed]:
+        """Lease up to ``limit`` due submissions to ``owner`` for ``lease`` seconds."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            rows = db.execute(
+                "UPDATE submissions SET lease_owner = ?, lease_until = ? "
+                "WHERE id IN (SELECT id FROM submissions WHERE account = ? AND due_at <= ? "
+                "AND lease_until < ? ORDER BY due_at LIMIT ?) "
+                "RETURNING payload, progress, attempts, created_at",
+                (owner, now + lease, self.account, now, now, limit),
+            ).fetchall()
+        claimed = [
+            Claimed(
+                Submission.from_dict(json.loads(payload)),
+                Progress.from_dict(json.loads(progress)),
+                attempts,
+                created_at,
+            )
+            for payload, progress, attempts, created_at in rows
+        ]
+        claimed.sort(key=lambda item: item.created_at)
+        return claimed
+
+    def save_progress(
+        self, owner: str, claimed: Claimed, lease: float, now: float | None = None
+    ) -> bool:
+        """Record finished steps and extend the lease; ``False`` if the lease was lost."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            updated = db.execute(
+                "UPDATE submissions SET progress = ?, lease_until = ? "
+                "WHERE id = ? AND lease_owner = ? AND lease_until >= ?",
+                (
+                    json.dumps(claimed.progress.to_dict()),
+                    now + lease,
+                    claimed.submission.id,
+                    owner,
+                    now,
+                ),
+            ).rowcount
+        return updated == 1
+
+    def complete(self, owner: str, claimed: Claimed) -> None:
+        with self._transaction() as db:
+            removed = db.execute(
+                "DELETE FROM submissions WHERE id = ? AND lease_owner = ?",
+                (claimed.submission.id, owner),
+            ).rowcount
+            if removed:
+                db.execute(
+                    "INSERT INTO counters (account, name, value) VALUES (?, 'delivered', 1) "
+                    "ON CONFLICT (account, name) DO UPDATE SET value = value + 1",
+                    (self.account,),
+                )
+
+    def reschedule(
+        self, owner: str, claimed: Claimed, due_at: float, error: dict[str, Any]
+    ) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE submissions SET progress = ?, attempts = attempts + 1, due_at = ?, "
+                "lease_owner = NULL, lease_until = 0, last_error = ? "
+                "WHERE id = ? AND lease_owner = ?",
+                (
+                    json.dumps(claimed.progress.to_dict()),
+                    due_at,
+                    json.dumps(error),
+                    claimed.submission.id,
+                    owner,
+                ),
+            )
+
+    def bury(
+        self, owner: str, claimed: Claimed, error: dict[str, Any], now: float | None = None
+    ) -> None:
+        """Move a submission to the dead letters with Klaviyo's error."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            removed = db.execute(
+                "DELETE FROM submissions WHERE id = ? AND lease_owner = ?",
+                (claimed.submission.id, owner),
+            ).rowcount
+            if removed:
+                db.execute(
+                    "INSERT OR REPLACE INTO dead_letters (id, account, payload, progress, "
+                    "attempts, created_at, dead_at, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        claimed.submission.id,
+                        self.account,
+                        json.dumps(claimed.submission.to_dict(), separators=(",", ":")),
+                        json.dumps(claimed.progress.to_dict()),
+                        claimed.attempts + 1,
+                        claimed.created_at,
+                        now,
+                        json.dumps(error),
+                    ),
+                )
+
+    # -- account-wide pause after a 429 ------------------------------------
+
+    def pause(self, until: float) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO pauses (account, until) VALUES (?, ?) "
+                "ON CONFLICT (account) DO UPDATE SET until = max(until, excluded.until)",
+                (self.account, until),
+            )
+
+    def paused_until(self) -> float:
+        row = (
+            self._connection()
+            .execute("SELECT until FROM pauses WHERE account = ?", (self.account,))
+            .fetchone()
+        )
+        return float(row[0]) if row else 0.0
+
+    # -- rate limits --------------------------------------------------------
+
+    def take_rate_slot(
+        self, endpoint: str, limits: tuple[tuple[float, int], ...], now: float | None = None
+    ) -> float:
+        """Record a call to ``endpoint`` if every ``(window, limit)`` allows it.
+
+        Returns 0 when the call may go ahead (and counts it), else the seconds
+        until it may. The log is a sliding window, so no interval of any
+        alignment holds more than ``limit`` calls — Klaviyo's fixed windows
+        cannot be exceeded whatever their phase.
+        """
+        now = time.time() if now is None else now
+        longest = max(window for window, _ in limits)
+        with self._transaction() as db:
+            db.execute(
+                "DELETE FROM rate_log WHERE account = ? AND endpoint = ? AND at <= ?",
+                (self.account, endpoint, now - longest),
+            )
+            wait = 0.0
+            for window, limit in limits:
+                rows = db.execute(
+                    "SELECT at FROM rate_log WHERE account = ? AND endpoint = ? AND at > ? "
+                    "ORDER BY at DESC LIMIT 1 OFFSET ?",
+                    (self.account, endpoint, now - window, limit - 1),
+                ).fetchone()
+                if rows is not None:
+                    # The limit-th most recent call leaves the window at at + window.
+                    wait = max(wait, rows[0] + window - now)
+            if wait > 0:
+                return wait
+            db.execute(
+                "INSERT INTO rate_log (account, endpoint, at) VALUES (?, ?, ?)",
+                (self.account, endpoint, now),
+            )
+        return 0.0
+
+    # -- inspection and operations -----------------------------------------
+
+    def outstanding(self, now: float | None = None) -> int:
+        """Submissions not yet delivered or dead (for ``flush``)."""
+        (count,) = (
+            self._connection()
+            .execute("SELECT count(*) FROM submissions WHERE account = ?", (self.account,))
+            .fetchone()
+        )
+        return int(count)
+
+    def next_due(self) -> float | None:
+        row = (
+            self._connection()
+            .execute(
+                "SELECT min(max(due_at, lease_until)) FROM submissions WHERE account = ?",
+                (self.account,),
+            )
+            .fetchone()
+        )
+        return float(row[0]) if row and row[0] is not None else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def new_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

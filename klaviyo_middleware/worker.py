@@ -1,0 +1,279 @@
+"""The background worker that drains the spool into Klaviyo.
+
+It follows the habits of Sentry's and PostHog's clients: threads started
+lazily and restarted in a forked child (``os.register_at_fork`` plus a PID
+check, so gunicorn ``--preload`` and uWSGI work), a bounded flush at
+interpreter exit, and observers that can never stop delivery. What differs is
+that nothing lives only in memory: the spool holds every submission until
+Klaviyo has it, so an exit, a crash or ``kill -9`` only delays delivery.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+
+from . import steps
+from .client import KlaviyoClient, KlaviyoError
+from .hooks import Hooks
+from .ratelimits import ENDPOINT_LIMITS, Limits, endpoint_for, scaled
+from .retry import RetryPolicy
+from .spool import Claimed, Spool, new_owner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How the worker behaves.
+
+    :param threads: delivery threads in each process.
+    :param batch: submissions a thread leases at a time.
+    :param lease: seconds a lease lasts before another worker may take over;
+        renewed after every step.
+    :param poll: seconds between looks at the spool when idle (submissions
+        from this process wake the worker at once).
+    :param max_age: seconds after which a submission that still fails
+        transiently goes to the dead letters.
+    :param retry_base: first backoff ceiling in seconds (full jitter).
+    :param retry_cap: largest backoff ceiling in seconds.
+    :param rate_share: share of Klaviyo's per-account limits this site uses.
+    :param exit_timeout: seconds spent delivering at interpreter exit.
+    """
+
+    threads: int = 2
+    batch: int = 20
+    lease: float = 60.0
+    poll: float = 1.0
+    max_age: float = 3 * 24 * 3600.0
+    retry_base: float = 1.0
+    retry_cap: float = 600.0
+    rate_share: float = 0.9
+    exit_timeout: float = 2.0
+
+
+class SpoolWorker:
+    def __init__(
+        self,
+        spool: Spool,
+        client: KlaviyoClient,
+        hooks: Hooks,
+        options: WorkerOptions | None = None,
+    ) -> None:
+        self.spool = spool
+        self.client = client
+        self.hooks = hooks
+        self.options = options or WorkerOptions()
+        self._limits: dict[str, Limits] = {
+            name: scaled(limits, self.options.rate_share)
+            for name, limits in ENDPOINT_LIMITS.items()
+        }
+        self._retry = RetryPolicy(base=self.options.retry_base, cap=self.options.retry_cap)
+        self._reset()
+        self._closed = False
+        # Weak references: registering the worker must not keep it alive.
+        reference = weakref.ref(self)
+
+        def after_fork() -> None:
+            worker = reference()
+            if worker is not None:
+                worker._reset()
+
+        os.register_at_fork(after_in_child=after_fork)
+        atexit.register(_close_at_exit, reference)
+
+    def _reset(self) -> None:
+        """Forget threads and locks: after a fork they belong to the parent."""
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._pid: int | None = None
+        self._owner = ""
+        self._last_housekeeping = 0.0
+        # Re-seeded per process: forked workers must not share their jitter.
+        self._rng = random.Random()  # noqa: S311 - jitter, not security
+        self.client.reset()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def ensure_running(self) -> None:
+        if self._pid == os.getpid() and not self._closed:
+            return
+        with self._lock:
+            if self._pid == os.getpid() or self._closed:
+                return
+            self._owner = new_owner()
+            self.spool.register_worker(self._owner)
+            self._stopping.clear()
+            for number in range(self.options.threads):
+                thread = threading.Thread(
+                    target=self._run, name=f"klaviyo-spool-{number}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+            self._pid = os.getpid()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the spool holds nothing for this account; ``False`` on timeout."""
+        self.ensure_running()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.spool.outstanding() > 0:
+            self.notify()
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the threads; undelivered submissions stay in the spool."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._pid != os.getpid():
+            return
+        self._stopping.set()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        try:
+            self.spool.unregister_worker(self._owner)
+        finally:
+            self.client.close()
+            self.spool.close()
+
+    # -- the loop -----------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                busy = self._tick()
+            except Exception:
+                # A broken spool file or a bug must not kill the thread for
+                # good; the work stays in the spool and is tried again.
+                log.exception("klaviyo_middleware: spool worker error")
+                busy = False
+                self._stopping.wait(self.options.poll)
+            if not busy:
+                self._wake.wait(self._idle_wait())
+                # Once stopping, the event stays set so that every thread,
+                # not only the first to wake, sees it at once.
+                if not self._stopping.is_set():
+                    self._wake.clear()
+
+    def _idle_wait(self) -> float:
+        next_due = self.spool.next_due()
+        if next_due is None:
+            return self.options.poll
+        return min(self.options.poll, max(0.0, next_due - time.time()))
+
+    def _tick(self) -> bool:
+        now = time.time()
+        if now - self._last_housekeeping > 5.0:
+            self._last_housekeeping = now
+            self.spool.register_worker(self._owner, now)
+            self.spool.release_dead_owners()
+        pause = self.spool.paused_until() - now
+        if pause > 0:
+            self._stopping.wait(min(pause, self.options.poll))
+            return True
+        claimed = self.spool.claim(self._owner, self.options.batch, self.options.lease)
+        for item in claimed:
+            if self._stopping.is_set():
+                break
+            self._deliver(item)
+        return bool(claimed)
+
+    def _deliver(self, item: Claimed) -> None:
+        submission = item.submission
+        for step in steps.pending(submission, item.progress):
+            if not self._wait_for_capacity(item, endpoint_for(step)):
+                return
+            try:
+                steps.run_step(self.client, submission, step, item.progress)
+            except KlaviyoError as error:
+                self._failed(item, error)
+                return
+            except Exception as exc:
+                log.exception("klaviyo_middleware: unexpected error delivering %s", submission.id)
+                self._failed(item, KlaviyoError(f"unexpected {type(exc).__name__}", transient=True))
+                return
+            if not self.spool.save_progress(self._owner, item, self.options.lease):
+                log.warning(
+                    "klaviyo_middleware: lost the lease on %s; another worker has it",
+                    submission.id,
+                )
+                return
+        self.spool.complete(self._owner, item)
+        self.hooks.delivered(submission)
+
+    def _wait_for_capacity(self, item: Claimed, endpoint: str) -> bool:
+        """Wait out a shared pause and the rate limit; ``False`` if stopping."""
+        while not self._stopping.is_set():
+            pause = self.spool.paused_until() - time.time()
+            wait = pause if pause > 0 else self.spool.take_rate_slot(
+                endpoint, self._limits[endpoint]
+            )
+            if wait <= 0:
+                return True
+            # Keep the lease while waiting, so nobody else picks this up.
+            if not self.spool.save_progress(self._owner, item, self.options.lease + wait):
+                return False
+            self._stopping.wait(min(wait, self.options.lease / 2))
+        return False
+
+    def _failed(self, item: Claimed, error: KlaviyoError) -> None:
+        submission = item.submission
+        now = time.time()
+        if error.status == 429:
+            self.spool.pause(now + (error.retry_after or self._backoff(1)))
+        if not error.transient:
+            self._bury(item, error)
+            return
+        attempt = item.attempts + 1
+        delay = error.retry_after if error.retry_after is not None else self._backoff(attempt)
+        if now + delay - item.created_at > self.options.max_age:
+            self._bury(item, error)
+            return
+        log.warning(
+            "klaviyo_middleware: submission %s will be retried in %.1fs: %s",
+            submission.id,
+            delay,
+            error,
+        )
+        self.spool.reschedule(self._owner, item, now + delay, error.to_dict())
+        self.hooks.retrying(submission, error, delay)
+
+    def _bury(self, item: Claimed, error: KlaviyoError) -> None:
+        log.error(
+            "klaviyo_middleware: submission %s dead-lettered (steps done: %s): %s",
+            item.submission.id,
+            ", ".join(item.progress.done) or "none",
+            error,
+        )
+        self.spool.bury(self._owner, item, error.to_dict())
+        self.hooks.dead(item.submission, error)
+
+    def _backoff(self, attempt: int) -> float:
+        return self._retry.backoff(attempt, self._rng)
+
+
+def _close_at_exit(reference: weakref.ReferenceType[SpoolWorker]) -> None:
+    worker = reference()
+    if worker is None or worker._closed or worker._pid != os.getpid():
+        return
+    # A bounded flush: deliver what can go in a moment, leave the rest in the
+    # spool for the next process instead of holding up the shutdown.
+    if worker.spool.outstanding():
+        worker.flush(worker.options.exit_timeout)
+    worker.close(timeout=1.0)
