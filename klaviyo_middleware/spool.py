@@ -247,7 +247,7 @@ class Spool:
             rows = db.execute(
                 "UPDATE submissions SET lease_owner = ?, lease_until = ? "
                 "WHERE id IN (SELECT id FROM submissions WHERE account = ? AND due_at <= ? "
-                "AND lease_until < ? ORDER BY due_at LIMIT ?) "
+                "AND lease_until <= ? ORDER BY due_at LIMIT ?) "
                 "RETURNING payload, progress, attempts, created_at",
                 (owner, now + lease, self.account, now, now, limit),
             ).fetchall()
@@ -271,7 +271,7 @@ class Spool:
         with self._transaction() as db:
             updated = db.execute(
                 "UPDATE submissions SET progress = ?, lease_until = ? "
-                "WHERE id = ? AND lease_owner = ? AND lease_until >= ?",
+                "WHERE id = ? AND lease_owner = ? AND lease_until > ?",
                 (
                     json.dumps(claimed.progress.to_dict()),
                     now + lease,
@@ -393,7 +393,15 @@ class Spool:
             )
         return 0.0
 
-    # -- inspection and operations -----------------------------------------
+    # -- inspection ---------------------------------------------------------
+
+    def dead_letters(self) -> list[DeadLetter]:
+        rows = self._connection().execute(
+            "SELECT id, payload, progress, attempts, created_at, dead_at, error "
+            "FROM dead_letters WHERE account = ? ORDER BY dead_at",
+            (self.account,),
+        )
+        return [_dead_letter(row) for row in rows.fetchall()]
 
     def outstanding(self, now: float | None = None) -> int:
         """Submissions not yet delivered or dead (for ``flush``)."""
@@ -414,6 +422,105 @@ class Spool:
             .fetchone()
         )
         return float(row[0]) if row and row[0] is not None else None
+
+
+class SpoolAdmin:
+    """Operator queries over a whole spool file, every account included.
+
+    Used by ``klaviyo-middleware spool ...``; no API key is needed, and the
+    worker processes may keep running meanwhile.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"no spool at {path}")
+        self.spool = Spool(path, account="")
+
+    def stats(self, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        db = self.spool._connection()
+        pending, due, leased, retrying, oldest = db.execute(
+            "SELECT count(*), coalesce(sum(due_at <= ?), 0), coalesce(sum(lease_until >= ?), 0), "
+            "coalesce(sum(attempts > 0), 0), min(created_at) FROM submissions",
+            (now, now),
+        ).fetchone()
+        (dead,) = db.execute("SELECT count(*) FROM dead_letters").fetchone()
+        (delivered,) = db.execute(
+            "SELECT coalesce(sum(value), 0) FROM counters WHERE name = 'delivered'"
+        ).fetchone()
+        (paused,) = db.execute("SELECT coalesce(max(until), 0) FROM pauses").fetchone()
+        (workers,) = db.execute("SELECT count(*) FROM workers").fetchone()
+        return {
+            "pending": pending,
+            "due": due,
+            "in_flight": leased,
+            "retrying": retrying,
+            "dead": dead,
+            "delivered": delivered,
+            "oldest_pending_age": None if oldest is None else round(now - oldest, 3),
+            "paused_for": max(0.0, round(paused - now, 3)),
+            "workers": workers,
+        }
+
+    def dead_letters(self) -> list[DeadLetter]:
+        rows = self.spool._connection().execute(
+            "SELECT id, payload, progress, attempts, created_at, dead_at, error "
+            "FROM dead_letters ORDER BY dead_at"
+        )
+        return [_dead_letter(row) for row in rows.fetchall()]
+
+    def retry(self, ids: list[str] | None = None, now: float | None = None) -> int:
+        """Move dead letters (all, or ``ids``) back into the spool, due at once."""
+        now = time.time() if now is None else now
+        where, params = _id_filter(ids)
+        with self.spool._transaction() as db:
+            rows = db.execute(
+                f"SELECT id, account, payload, progress FROM dead_letters{where}", params
+            ).fetchall()
+            for submission_id, account, payload, progress in rows:
+                # Finished steps stay finished: a retry never re-subscribes.
+                db.execute(
+                    "INSERT OR REPLACE INTO submissions (id, account, payload, progress, "
+                    "created_at, due_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (submission_id, account, payload, progress, now, now),
+                )
+                db.execute("DELETE FROM dead_letters WHERE id = ?", (submission_id,))
+        return len(rows)
+
+    def purge(
+        self, ids: list[str] | None = None, older_than: float | None = None,
+        now: float | None = None,
+    ) -> int:
+        """Delete dead letters (all, ``ids``, or dead for over ``older_than`` seconds)."""
+        now = time.time() if now is None else now
+        where, params = _id_filter(ids)
+        if older_than is not None:
+            where += (" AND" if where else " WHERE") + " dead_at <= ?"
+            params.append(now - older_than)
+        with self.spool._transaction() as db:
+            return int(db.execute(f"DELETE FROM dead_letters{where}", params).rowcount)
+
+    def close(self) -> None:
+        self.spool.close()
+
+
+def _id_filter(ids: list[str] | None) -> tuple[str, list[Any]]:
+    if ids is None:
+        return "", []
+    return f" WHERE id IN ({', '.join('?' for _ in ids)})", list(ids)
+
+
+def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
+    submission_id, payload, progress, attempts, created_at, dead_at, error = row
+    return DeadLetter(
+        submission_id,
+        Submission.from_dict(json.loads(payload)),
+        Progress.from_dict(json.loads(progress)),
+        attempts,
+        created_at,
+        dead_at,
+        json.loads(error),
+    )
 
 
 def _alive(pid: int) -> bool:

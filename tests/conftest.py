@@ -13,7 +13,7 @@ from webtest import TestApp
 from klaviyo_middleware import KlaviyoMiddleware
 from klaviyo_middleware.worker import SpoolWorker
 
-from klaviyo_fake import API_KEY, API_URL, FakeKlaviyo
+from klaviyo_fake import API_KEY, API_URL, FakeKlaviyo, LoopbackKlaviyo
 from openapi_contract import spec_path
 
 
@@ -106,3 +106,13 @@ def make_app(inner: RecordingApp) -> Callable[..., TestApp]:
 @pytest.fixture
 def app(make_app: Callable[..., TestApp], klaviyo: FakeKlaviyo) -> TestApp:
     return make_app()
+
+
+@pytest.fixture
+def loopback_klaviyo() -> Iterator[LoopbackKlaviyo]:
+    """A fake Klaviyo on a real 127.0.0.1 port, reachable from other processes."""
+    if not spec_path().exists():
+        pytest.skip(f"Klaviyo's OpenAPI spec is not at {spec_path()}")
+    with LoopbackKlaviyo() as server:
+        yield server
+    assert server.fake.violations == [], "requests that Klaviyo would reject"

@@ -1,8 +1,12 @@
-"""A fake Klaviyo for the tests, built on ``responses``.
+"""A fake Klaviyo for the tests.
 
-It records every call, checks headers and validates each body against
-Klaviyo's OpenAPI request schema (violations are collected and fail the test
-at teardown), and answers like Klaviyo unless a test scripts a failure.
+:class:`FakeKlaviyo` is the behaviour: it records every call, checks headers
+and validates each body against Klaviyo's OpenAPI request schema (violations
+are collected and fail the test at teardown), keeps events the way Klaviyo
+does (the first per ``unique_id`` wins) and answers like Klaviyo unless a
+test scripts failures or latency. It is served either through ``responses``
+(in-process) or by :class:`LoopbackKlaviyo`, a real HTTP server on
+127.0.0.1 that other processes can reach.
 """
 
 from __future__ import annotations
@@ -10,8 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import requests
@@ -23,6 +30,8 @@ API_URL = "https://klaviyo.test"
 API_KEY = "pk_test_0123456789abcdef"
 REVISION = "2026-07-15"
 
+Answer = tuple[int, dict[str, str], str]
+
 
 @dataclass
 class Call:
@@ -30,6 +39,7 @@ class Call:
     path: str
     headers: dict[str, str]
     body: Any
+    at: float = 0.0
 
 
 @dataclass
@@ -41,14 +51,18 @@ class Scripted:
 
 
 class FakeKlaviyo:
-    def __init__(self, mock: responses.RequestsMock, api_url: str = API_URL) -> None:
+    def __init__(self, mock: responses.RequestsMock | None = None, api_url: str = API_URL):
         self.api_url = api_url
         self.calls: list[Call] = []
         self.violations: list[str] = []
+        self.events: dict[str, Any] = {}
+        self.latency = 0.0
         self._script: dict[str, deque[Scripted]] = {}
-        mock.add_callback(
-            responses.POST, re.compile(re.escape(api_url) + r"/.*"), callback=self._answer
-        )
+        self._lock = threading.Lock()
+        if mock is not None:
+            mock.add_callback(
+                responses.POST, re.compile(re.escape(api_url) + r"/.*"), callback=self._callback
+            )
 
     # -- scripting ----------------------------------------------------------
 
@@ -63,39 +77,46 @@ class FakeKlaviyo:
         exception: Exception | None = None,
     ) -> None:
         """Answer the next ``times`` calls to ``path`` (a regex) with a failure."""
-        queue = self._script.setdefault(path, deque())
-        for _ in range(times):
-            queue.append(Scripted(status, body, headers or {}, exception))
+        with self._lock:
+            queue = self._script.setdefault(path, deque())
+            for _ in range(times):
+                queue.append(Scripted(status, body, headers or {}, exception))
 
     # -- inspection ---------------------------------------------------------
 
     def paths(self) -> list[str]:
-        return [call.path for call in self.calls]
+        with self._lock:
+            return [call.path for call in self.calls]
 
     def bodies(self, path: str) -> list[Any]:
-        return [call.body for call in self.calls if re.fullmatch(path, call.path)]
+        with self._lock:
+            return [call.body for call in self.calls if re.fullmatch(path, call.path)]
+
+    def times(self, path: str) -> list[float]:
+        with self._lock:
+            return [call.at for call in self.calls if re.fullmatch(path, call.path)]
 
     # -- the server side ----------------------------------------------------
 
-    def _answer(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
-        path = "/" + request.url.split("/", 3)[3].split("?", 1)[0]  # type: ignore[union-attr]
+    def _callback(self, request: requests.PreparedRequest) -> Answer:
+        path = "/" + (request.url or "").split("/", 3)[3].split("?", 1)[0]
         raw = request.body or b""
         body = json.loads(raw if isinstance(raw, (bytes, str)) else b"")
-        headers = dict(request.headers)
-        self.calls.append(Call(request.method or "", path, headers, body))
-        self._check(request.method or "", path, headers, body)
-        for pattern, queue in self._script.items():
-            if queue and re.fullmatch(pattern, path):
-                scripted = queue.popleft()
-                if scripted.exception is not None:
-                    raise scripted.exception
-                text = scripted.body if isinstance(scripted.body, str) else json.dumps(
-                    scripted.body
-                    if scripted.body is not None
-                    else {"errors": [_error(scripted.status)]}
-                )
-                return scripted.status, scripted.headers, text
-        return self._success(path, body)
+        return self.handle(request.method or "", path, dict(request.headers), body)
+
+    def handle(self, method: str, path: str, headers: dict[str, str], body: Any) -> Answer:
+        if self.latency:
+            time.sleep(self.latency)
+        with self._lock:
+            self.calls.append(Call(method, path, headers, body, time.monotonic()))
+            self._check(method, path, headers, body)
+            for pattern, queue in self._script.items():
+                if queue and re.fullmatch(pattern, path):
+                    scripted = queue.popleft()
+                    if scripted.exception is not None:
+                        raise scripted.exception
+                    return scripted.status, scripted.headers, _error_text(scripted)
+            return self._success(path, body)
 
     def _check(self, method: str, path: str, headers: dict[str, str], body: Any) -> None:
         expected = {
@@ -104,9 +125,10 @@ class FakeKlaviyo:
             "Content-Type": "application/vnd.api+json",
             "Accept": "application/vnd.api+json",
         }
+        lowered = {name.lower(): value for name, value in headers.items()}
         for name, value in expected.items():
-            if headers.get(name) != value:
-                self.violations.append(f"{method} {path}: header {name}={headers.get(name)!r}")
+            if lowered.get(name.lower()) != value:
+                self.violations.append(f"{method} {path}: header {name}={lowered.get(name)!r}")
         try:
             operation_for(method, path)
         except LookupError as exc:
@@ -115,16 +137,26 @@ class FakeKlaviyo:
         for error in request_errors(method, path, body):
             self.violations.append(f"{method} {path}: {error}")
 
-    @staticmethod
-    def _success(path: str, body: Any) -> tuple[int, dict[str, str], str]:
+    def _success(self, path: str, body: Any) -> Answer:
         if path == "/api/profile-import":
             email = body["data"]["attributes"].get("email", "")
             profile_id = "01" + hashlib.sha256(email.encode()).hexdigest()[:24].upper()
             answer = {"data": {"type": "profile", "id": profile_id, "attributes": {}}}
             return 201, {"Content-Type": "application/vnd.api+json"}, json.dumps(answer)
+        if path == "/api/events":
+            # Klaviyo keeps the first event per unique_id and drops repeats.
+            attributes = body["data"]["attributes"]
+            self.events.setdefault(attributes["unique_id"], attributes)
         if re.fullmatch(r"/api/lists/[^/]+/relationships/profiles", path):
             return 204, {}, ""
         return 202, {}, ""
+
+
+def _error_text(scripted: Scripted) -> str:
+    if isinstance(scripted.body, str):
+        return scripted.body
+    body = scripted.body if scripted.body is not None else {"errors": [_error(scripted.status)]}
+    return json.dumps(body)
 
 
 def _error(status: int) -> dict[str, Any]:
@@ -138,3 +170,48 @@ def _error(status: int) -> dict[str, Any]:
         "detail": f"Scripted failure {status}.",
         "source": {"pointer": "/data/"},
     }
+
+
+class LoopbackKlaviyo:
+    """Serves a :class:`FakeKlaviyo` over real HTTP on 127.0.0.1."""
+
+    def __init__(self, fake: FakeKlaviyo | None = None) -> None:
+        self.fake = fake or FakeKlaviyo()
+        behaviour = self.fake
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    body = json.loads(raw or b"null")
+                    status, headers, text = behaviour.handle(
+                        "POST", self.path.split("?", 1)[0], dict(self.headers.items()), body
+                    )
+                except ConnectionError:
+                    self.close_connection = True
+                    return
+                payload = text.encode()
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> LoopbackKlaviyo:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,180 @@
+"""The SQLite spool: leases, progress, dead letters, pause, rate limits, size."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from klaviyo_middleware.ratelimits import ENDPOINT_LIMITS, ENDPOINT_OPERATIONS, scaled
+from klaviyo_middleware.spool import Spool, SpoolFull, account_fingerprint
+from klaviyo_middleware.submission import Event, Submission
+
+from openapi_contract import rate_limit
+
+ACCOUNT = account_fingerprint("https://klaviyo.test", "pk_test")
+
+
+def make_submission(number: int = 0) -> Submission:
+    return Submission(
+        action="updateProfile",
+        profile={"email": f"person{number}@example.com"},
+        lists=["L1"],
+        event=Event(name="Joined", unique_id=f"u-{number}"),
+    )
+
+
+@pytest.fixture
+def spool(tmp_path) -> Spool:
+    return Spool(tmp_path / "spool.sqlite3", ACCOUNT)
+
+
+def other_process_view(spool: Spool, account: str = ACCOUNT) -> Spool:
+    """A second Spool on the same file: what another process sees."""
+    return Spool(spool.path, account)
+
+
+def test_round_trip_keeps_the_submission_exactly(spool):
+    original = make_submission()
+    original.profile["properties"] = {"nested": {"list": [1, 2.5, None, True]}}
+    spool.enqueue(original, now=100.0)
+    [claimed] = spool.claim("worker-a", limit=10, lease=60, now=100.0)
+    assert claimed.submission == original
+    assert claimed.attempts == 0 and claimed.progress.done == []
+
+
+def test_a_lease_is_exclusive_until_it_expires(spool):
+    spool.enqueue(make_submission(), now=100.0)
+    other = other_process_view(spool)
+    assert len(spool.claim("a", 10, lease=60, now=100.0)) == 1
+    assert other.claim("b", 10, lease=60, now=159.0) == []
+    [taken_over] = other.claim("b", 10, lease=60, now=160.5)
+    # The first owner's lease is gone: it can neither save nor complete.
+    assert spool.save_progress("a", taken_over, lease=60, now=161.0) is False
+    spool.complete("a", taken_over)
+    assert spool.outstanding() == 1
+    other.complete("b", taken_over)
+    assert spool.outstanding() == 0
+
+
+def test_progress_survives_a_takeover(spool):
+    spool.enqueue(make_submission(), now=0.0)
+    [claimed] = spool.claim("a", 1, lease=10, now=0.0)
+    claimed.progress.done.append("profile")
+    claimed.progress.profile_id = "01ABC"
+    assert spool.save_progress("a", claimed, lease=10, now=1.0)
+    [again] = other_process_view(spool).claim("b", 1, lease=10, now=12.0)
+    assert again.progress.done == ["profile"] and again.progress.profile_id == "01ABC"
+
+
+def test_claim_order_and_limit(spool):
+    for number in range(5):
+        spool.enqueue(make_submission(number), now=float(number))
+    claimed = spool.claim("a", limit=3, lease=60, now=10.0)
+    assert [item.submission.profile["email"] for item in claimed] == [
+        "person0@example.com", "person1@example.com", "person2@example.com"]
+
+
+def test_reschedule_waits_until_due(spool):
+    spool.enqueue(make_submission(), now=0.0)
+    [claimed] = spool.claim("a", 1, lease=60, now=0.0)
+    spool.reschedule("a", claimed, due_at=30.0, error={"status": 503})
+    assert spool.claim("a", 1, lease=60, now=29.0) == []
+    [again] = spool.claim("a", 1, lease=60, now=30.0)
+    assert again.attempts == 1
+
+
+def test_bury_keeps_klaviyo_error(spool):
+    spool.enqueue(make_submission(), now=0.0)
+    [claimed] = spool.claim("a", 1, lease=60, now=0.0)
+    spool.bury("a", claimed, {"status": 400, "detail": "Invalid email"}, now=5.0)
+    assert spool.outstanding() == 0
+    [dead] = spool.dead_letters()
+    assert dead.error == {"status": 400, "detail": "Invalid email"}
+    assert dead.submission.id == claimed.submission.id and dead.attempts == 1
+
+
+def test_accounts_never_see_each_others_submissions(spool):
+    spool.enqueue(make_submission(), now=0.0)
+    stranger = other_process_view(spool, account=account_fingerprint("https://x", "pk_other"))
+    assert stranger.claim("s", 10, lease=60, now=1.0) == []
+    assert stranger.outstanding() == 0
+
+
+def test_dead_owners_are_released_at_once(spool):
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    dead_owner = f"host:{process.pid}:x"
+    spool.enqueue(make_submission(), now=0.0)
+    spool.claim(dead_owner, 1, lease=3600, now=0.0)
+    db = spool._connection()
+    import socket
+    db.execute("INSERT INTO workers VALUES (?, ?, ?, 0)", (dead_owner, socket.gethostname(),
+                                                           process.pid))
+    assert spool.release_dead_owners() == 1
+    assert len(spool.claim("alive", 1, lease=60)) == 1
+
+
+def test_live_owners_keep_their_leases(spool):
+    import os
+    owner = f"host:{os.getpid()}:x"
+    spool.register_worker(owner)
+    spool.enqueue(make_submission())
+    spool.claim(owner, 1, lease=3600)
+    assert spool.release_dead_owners() == 0
+
+
+def test_pause_is_shared_and_only_extends(spool):
+    other = other_process_view(spool)
+    spool.pause(until=500.0)
+    assert other.paused_until() == 500.0
+    other.pause(until=300.0)
+    assert spool.paused_until() == 500.0
+
+
+class TestRateSlots:
+    limits = ((1.0, 3), (60.0, 5))
+
+    def test_burst_limit_is_a_sliding_window(self, spool):
+        assert [spool.take_rate_slot("e", self.limits, now=10.0 + i / 10) for i in range(3)] \
+            == [0.0, 0.0, 0.0]
+        wait = spool.take_rate_slot("e", self.limits, now=10.5)
+        assert wait == pytest.approx(0.5)
+        assert spool.take_rate_slot("e", self.limits, now=11.01) == 0.0
+
+    def test_steady_limit(self, spool):
+        for second in range(5):
+            assert spool.take_rate_slot("e", self.limits, now=100.0 + second) == 0.0
+        assert spool.take_rate_slot("e", self.limits, now=110.0) == pytest.approx(50.0)
+
+    def test_limits_are_shared_between_processes_and_endpoints_are_separate(self, spool):
+        other = other_process_view(spool)
+        for _ in range(3):
+            assert spool.take_rate_slot("e", self.limits, now=1.0) == 0.0
+        assert other.take_rate_slot("e", self.limits, now=1.5) > 0
+        assert other.take_rate_slot("other-endpoint", self.limits, now=1.5) == 0.0
+
+
+def test_limits_match_klaviyos_spec():
+    for endpoint, (method, path) in ENDPOINT_OPERATIONS.items():
+        published = rate_limit(method, path.replace("{id}", "X"))
+        burst = int(published["burst"].removesuffix("/s"))
+        steady = int(published["steady"].removesuffix("/m"))
+        assert ENDPOINT_LIMITS[endpoint] == ((1.0, burst), (60.0, steady)), endpoint
+
+
+def test_scaled_limits_never_reach_zero():
+    assert scaled(((1.0, 10), (60.0, 150)), 0.9) == ((1.0, 9), (60.0, 135))
+    assert scaled(((1.0, 1),), 0.5) == ((1.0, 1),)
+
+
+def test_full_spool_refuses_new_submissions(tmp_path):
+    small = Spool(tmp_path / "small.sqlite3", ACCOUNT, max_bytes=64 * 1024)
+    accepted = 0
+    with pytest.raises(SpoolFull):
+        for number in range(10_000):
+            small.enqueue(make_submission(number))
+            accepted += 1
+    assert 0 < accepted < 10_000
+    assert small.outstanding() == accepted

@@ -1,0 +1,208 @@
+"""Spool delivery: the visitor never waits, retries, dead letters, the shared pause."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from requests import ConnectionError as RequestsConnectionError
+
+from klaviyo_middleware.client import KlaviyoClient
+from klaviyo_middleware.delivery import SpoolDelivery
+from klaviyo_middleware.hooks import Hooks
+from klaviyo_middleware.spool import Spool, account_fingerprint
+from klaviyo_middleware.submission import Event, Submission
+from klaviyo_middleware.worker import WorkerOptions
+
+from klaviyo_fake import API_KEY, API_URL
+
+UPDATE = "/klaviyoConnect/api/updateProfile"
+JSON = {"Accept": "application/json"}
+FAST = WorkerOptions(threads=2, poll=0.05, retry_base=0.01, retry_cap=0.05, lease=5.0)
+
+
+class Observed:
+    def __init__(self) -> None:
+        self.delivered: list[str] = []
+        self.retries: list[tuple[int | None, float]] = []
+        self.dead: list[tuple[str, Any]] = []
+        self.hooks = Hooks(
+            on_delivered=lambda sub: self.delivered.append(sub.id),
+            on_retry=lambda sub, error, delay: self.retries.append((error.status, delay)),
+            on_dead=lambda sub, error: self.dead.append((sub.id, error)),
+        )
+
+
+@pytest.fixture
+def observed() -> Observed:
+    return Observed()
+
+
+@pytest.fixture
+def delivery(tmp_path, observed, klaviyo):
+    spool = Spool(tmp_path / "spool.sqlite3", account_fingerprint(API_URL, API_KEY))
+    backend = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), observed.hooks, FAST)
+    yield backend
+    backend.close()
+
+
+def submission(number: int = 0, **changes: Any) -> Submission:
+    values: dict[str, Any] = {
+        "action": "updateProfile",
+        "profile": {"email": f"p{number}@example.com"},
+        "lists": ["L1"],
+        "event": Event(name="Joined", unique_id=f"u-{number}"),
+    }
+    values.update(changes)
+    return Submission(**values)
+
+
+class TestThroughTheMiddleware:
+    def test_answer_comes_before_delivery(self, make_app, klaviyo):
+        gate = threading.Event()
+        klaviyo_latency = klaviyo.handle
+
+        def slow(*args: Any) -> Any:
+            gate.wait(10)
+            return klaviyo_latency(*args)
+
+        klaviyo.handle = slow  # type: ignore[method-assign]
+        app = make_app(delivery="spool")
+        response = app.post(UPDATE, {"email": "a@example.com", "list": "L1"}, headers=JSON)
+        assert response.json["queued"] is True and response.json["delivered"] is False
+        assert klaviyo.paths() == []
+        gate.set()
+        assert make_app.middleware.flush(10)
+        assert klaviyo.paths() == ["/api/profile-import",
+                                   "/api/profile-subscription-bulk-create-jobs"]
+
+    def test_klaviyo_down_still_accepts_and_keeps(self, make_app, klaviyo):
+        klaviyo.fail("/api/.*", exception=RequestsConnectionError("down"), times=100)
+        app = make_app(delivery="spool")
+        response = app.post(UPDATE, {"email": "a@example.com"}, headers=JSON)
+        assert response.json["success"] is True
+        assert make_app.middleware.flush(0.3) is False
+        assert make_app.middleware.delivery.spool.outstanding() == 1
+
+    def test_full_spool_is_503_with_retry_after(self, make_app, klaviyo):
+        app = make_app(delivery="spool", spool_max_size=1)
+        response = app.post(UPDATE, {"email": "a@example.com"}, headers=JSON, status=503)
+        assert response.headers["Retry-After"] == "60"
+        assert response.json["success"] is False
+
+    def test_unwritable_spool_fails_at_start_up(self, make_app, tmp_path):
+        blocker = tmp_path / "file"
+        blocker.write_text("not a directory")
+        from klaviyo_middleware import ConfigurationError
+        with pytest.raises(ConfigurationError, match="spool"):
+            make_app(delivery="spool", spool_path=str(blocker / "spool.sqlite3"))
+
+
+def test_every_step_once(delivery, klaviyo, observed):
+    items = [submission(number) for number in range(5)]
+    for item in items:
+        assert delivery.submit(item).queued
+    assert delivery.flush(10)
+    assert sorted(observed.delivered) == sorted(item.id for item in items)
+    assert klaviyo.paths().count("/api/profile-import") == 5
+    assert klaviyo.paths().count("/api/profile-subscription-bulk-create-jobs") == 5
+    assert sorted(klaviyo.events) == [f"u-{number}" for number in range(5)]
+
+
+def test_transient_failures_are_retried_without_repeating_steps(delivery, klaviyo, observed):
+    klaviyo.fail("/api/events", 503, times=2)
+    delivery.submit(submission())
+    assert delivery.flush(10)
+    assert klaviyo.paths().count("/api/profile-subscription-bulk-create-jobs") == 1
+    assert klaviyo.paths().count("/api/events") == 3
+    assert [status for status, _ in observed.retries] == [503, 503]
+    assert all(0 <= delay <= FAST.retry_cap for _, delay in observed.retries)
+
+
+def test_permanent_failure_goes_to_dead_letters_with_klaviyos_error(delivery, klaviyo, observed):
+    klaviyo.fail("/api/profile-subscription-bulk-create-jobs", 404)
+    item = submission()
+    delivery.submit(item)
+    assert delivery.flush(10)
+    [dead] = delivery.spool.dead_letters()
+    assert dead.submission.id == item.id
+    assert dead.error["status"] == 404 and dead.error["detail"] == "Scripted failure 404."
+    assert dead.progress.done == ["profile"]
+    assert [sub_id for sub_id, _ in observed.dead] == [item.id]
+    assert "/api/events" not in klaviyo.paths()
+
+
+def test_429_pauses_the_whole_account_for_retry_after(delivery, klaviyo, observed):
+    klaviyo.fail("/api/profile-import", 429, headers={"Retry-After": "1"})
+    delivery.submit(submission(lists=[], event=None))
+    assert delivery.flush(10)
+    first, second = klaviyo.times("/api/profile-import")
+    assert second - first >= 1.0
+    assert observed.retries == [(429, 1.0)]
+
+
+def test_too_old_goes_to_dead_letters(tmp_path, klaviyo, observed):
+    klaviyo.fail("/api/profile-import", 500, times=50)
+    spool = Spool(tmp_path / "old.sqlite3", account_fingerprint(API_URL, API_KEY))
+    options = WorkerOptions(poll=0.05, retry_base=0.01, retry_cap=0.02, max_age=0.2)
+    backend = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), observed.hooks,
+                            options)
+    try:
+        backend.submit(submission())
+        assert backend.flush(10)
+    finally:
+        backend.close()
+    [dead] = spool.dead_letters()
+    assert dead.error["status"] == 500 and dead.attempts >= 2
+
+
+def test_delivery_resumes_after_close_in_a_new_worker(tmp_path, klaviyo, observed):
+    path = tmp_path / "resume.sqlite3"
+    account = account_fingerprint(API_URL, API_KEY)
+    klaviyo.fail("/api/.*", exception=RequestsConnectionError("down"), times=1000)
+    first = SpoolDelivery(Spool(path, account), KlaviyoClient(API_KEY, api_url=API_URL),
+                          Hooks(), FAST)
+    first.submit(submission())
+    first.close()
+    klaviyo._script.clear()
+    second = SpoolDelivery(Spool(path, account), KlaviyoClient(API_KEY, api_url=API_URL),
+                           observed.hooks, FAST)
+    try:
+        assert second.flush(10)
+    finally:
+        second.close()
+    assert len(observed.delivered) == 1 and "u-0" in klaviyo.events
+
+
+def test_rate_limits_hold_across_threads(tmp_path, klaviyo):
+    # add-to-list allows 10 calls a second; at a share of 0.3 that is 3.
+    spool = Spool(tmp_path / "rate.sqlite3", account_fingerprint(API_URL, API_KEY))
+    options = WorkerOptions(threads=4, poll=0.05, rate_share=0.3)
+    backend = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(), options)
+    try:
+        for number in range(9):
+            backend.submit(submission(number, confirm_opt_in=False, event=None))
+        assert backend.flush(30)
+    finally:
+        backend.close()
+    times = sorted(klaviyo.times(r"/api/lists/L1/relationships/profiles"))
+    assert len(times) == 9
+    for index in range(len(times) - 3):
+        assert times[index + 3] - times[index] >= 0.99
+
+
+def test_an_observer_that_raises_does_not_stop_delivery(tmp_path, klaviyo):
+    def explode(_: Submission) -> None:
+        raise RuntimeError("observer bug")
+
+    spool = Spool(tmp_path / "o.sqlite3", account_fingerprint(API_URL, API_KEY))
+    backend = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL),
+                            Hooks(on_delivered=explode), FAST)
+    try:
+        for number in range(3):
+            backend.submit(submission(number))
+        assert backend.flush(10)
+    finally:
+        backend.close()
+    assert len(klaviyo.events) == 3
