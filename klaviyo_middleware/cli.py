@@ -1,29 +1,134 @@
-"""The ``klaviyo-middleware`` command."""
+"""The ``klaviyo-middleware`` command: the demo and spool operations."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any, TextIO
 
 from . import __version__
+from .redact import redact
+from .spool import ENV_SPOOL_PATH, DeadLetter, SpoolAdmin, default_spool_path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from .demo import serve
+
+        serve(args.host, args.port)
+        return 0
+    try:
+        admin = SpoolAdmin(args.spool)
+    except FileNotFoundError as exc:
+        print(f"klaviyo-middleware: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _spool_command(args, admin, out)
+    finally:
+        admin.close()
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="klaviyo-middleware",
         description="Connect any website's forms to Klaviyo.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+
     demo = commands.add_parser("demo", help="run a demo site wrapped in the middleware")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        from .demo import serve
 
-        serve(args.host, args.port)
+    spool = commands.add_parser("spool", help="inspect and repair the delivery spool")
+    actions = spool.add_subparsers(dest="action", required=True)
+    default = os.environ.get(ENV_SPOOL_PATH) or str(default_spool_path())
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = actions.add_parser(name, help=help_text)
+        sub.add_argument("--spool", default=default, help=f"spool file (default {default})")
+        return sub
+
+    stats = action("stats", "counts by state, oldest age, pause")
+    stats.add_argument("--json", action="store_true", help="machine-readable output")
+    dead = action("dead", "dead letters with Klaviyo's error")
+    dead.add_argument("--json", action="store_true", help="machine-readable output")
+    dead.add_argument(
+        "--show-personal-data",
+        action="store_true",
+        help="show email addresses and phone numbers instead of masking them",
+    )
+    retry = action("retry", "move dead letters back into the spool")
+    retry.add_argument("--id", action="append", dest="ids", help="only this submission")
+    purge = action("purge", "delete dead letters")
+    purge.add_argument("--id", action="append", dest="ids", help="only this submission")
+    purge.add_argument("--older-than", type=float, metavar="SECONDS", help="only older ones")
+    purge.add_argument("--all", action="store_true", help="required to purge everything")
+    return parser
+
+
+def _spool_command(args: argparse.Namespace, admin: SpoolAdmin, out: TextIO) -> int:
+    if args.action == "stats":
+        stats = admin.stats()
+        if args.json:
+            print(json.dumps(stats), file=out)
+        else:
+            for name, value in stats.items():
+                print(f"{name:>20}: {value}", file=out)
+        return 0
+    if args.action == "dead":
+        letters = [_describe(letter, args.show_personal_data) for letter in admin.dead_letters()]
+        if args.json:
+            print(json.dumps(letters), file=out)
+        else:
+            for letter in letters:
+                print(
+                    f"{letter['id']}  dead {letter['dead_at']}  attempts {letter['attempts']}  "
+                    f"{letter['action']} for {letter['email']}  done: {letter['done'] or '-'}\n"
+                    f"    {letter['error']}",
+                    file=out,
+                )
+            print(f"{len(letters)} dead letter(s)", file=out)
+        return 0
+    if args.action == "retry":
+        print(f"re-queued {admin.retry(args.ids)} submission(s)", file=out)
+        return 0
+    if args.ids is None and args.older_than is None and not args.all:
+        print("klaviyo-middleware: purge needs --id, --older-than or --all", file=sys.stderr)
+        return 2
+    print(f"purged {admin.purge(args.ids, args.older_than)} dead letter(s)", file=out)
     return 0
+
+
+def _describe(letter: DeadLetter, personal: bool) -> dict[str, Any]:
+    error = letter.error
+    text = " ".join(
+        str(part)
+        for part in (error.get("message"), error.get("detail"), error.get("pointer"))
+        if part
+    )
+    shown = text if personal else redact(text)
+    email = str(letter.submission.profile.get("email", ""))
+    return {
+        "id": letter.id,
+        "dead_at": datetime.fromtimestamp(letter.dead_at, timezone.utc).isoformat(
+            timespec="seconds"
+        ),
+        "attempts": letter.attempts,
+        "action": letter.submission.action,
+        "email": email if personal else redact(email),
+        "done": ", ".join(letter.progress.done),
+        "status": error.get("status"),
+        "code": error.get("code"),
+        "error": shown,
+    }
 
 
 if __name__ == "__main__":

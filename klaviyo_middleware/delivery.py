@@ -10,7 +10,6 @@ Every backend has the same small interface, :class:`Delivery`:
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import time
 from collections.abc import Callable
@@ -20,12 +19,13 @@ from typing import Protocol
 from . import steps
 from .client import KlaviyoClient, KlaviyoError
 from .hooks import Hooks
+from .redact import get_logger
 from .retry import RetryPolicy
 from .spool import Spool, SpoolFull
 from .submission import Submission
 from .worker import SpoolWorker, WorkerOptions
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass

@@ -16,16 +16,16 @@ must not be able to lose a submission.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from webob import Request
 
 from .client import KlaviyoError
+from .redact import get_logger
 from .submission import Submission
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 BeforeSend = Callable[[Submission, Request], Any]
 OnDelivered = Callable[[Submission], Any]

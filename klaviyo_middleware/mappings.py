@@ -15,14 +15,11 @@ are found, latest first, in: the middleware's ``mappings=`` argument and its
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
 from webob import Request
-
-log = logging.getLogger(__name__)
 
 ProfileMapping = Callable[[Request], Mapping[str, Any]]
 UserLoader = Callable[[dict[str, Any]], Any]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
@@ -27,6 +26,7 @@ from .mappings import (
     UserLoader,
 )
 from .paths import ACTION_PATHS, Action, action_for_field
+from .redact import get_logger
 from .retry import RetryPolicy
 from .spool import Spool, account_fingerprint
 from .submission import Submission
@@ -35,7 +35,7 @@ from .validation import Errors, ValidationOptions, build_submission
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 RESULT_KEY = "klaviyo.result"
 ERRORS_KEY = "klaviyo.errors"

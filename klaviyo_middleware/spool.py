@@ -472,11 +472,16 @@ class SpoolAdmin:
     def retry(self, ids: list[str] | None = None, now: float | None = None) -> int:
         """Move dead letters (all, or ``ids``) back into the spool, due at once."""
         now = time.time() if now is None else now
-        where, params = _id_filter(ids)
+        select = "SELECT id, account, payload, progress FROM dead_letters"
         with self.spool._transaction() as db:
-            rows = db.execute(
-                f"SELECT id, account, payload, progress FROM dead_letters{where}", params
-            ).fetchall()
+            if ids is None:
+                rows = db.execute(select).fetchall()
+            else:
+                rows = [
+                    row
+                    for submission_id in ids
+                    for row in db.execute(select + " WHERE id = ?", (submission_id,))
+                ]
             for submission_id, account, payload, progress in rows:
                 # Finished steps stay finished: a retry never re-subscribes.
                 db.execute(
@@ -488,26 +493,29 @@ class SpoolAdmin:
         return len(rows)
 
     def purge(
-        self, ids: list[str] | None = None, older_than: float | None = None,
+        self,
+        ids: list[str] | None = None,
+        older_than: float | None = None,
         now: float | None = None,
     ) -> int:
         """Delete dead letters (all, ``ids``, or dead for over ``older_than`` seconds)."""
         now = time.time() if now is None else now
-        where, params = _id_filter(ids)
-        if older_than is not None:
-            where += (" AND" if where else " WHERE") + " dead_at <= ?"
-            params.append(now - older_than)
+        cutoff = now - older_than if older_than is not None else float("inf")
         with self.spool._transaction() as db:
-            return int(db.execute(f"DELETE FROM dead_letters{where}", params).rowcount)
+            if ids is None:
+                return int(
+                    db.execute("DELETE FROM dead_letters WHERE dead_at <= ?", (cutoff,)).rowcount
+                )
+            return sum(
+                db.execute(
+                    "DELETE FROM dead_letters WHERE id = ? AND dead_at <= ?",
+                    (submission_id, cutoff),
+                ).rowcount
+                for submission_id in ids
+            )
 
     def close(self) -> None:
         self.spool.close()
-
-
-def _id_filter(ids: list[str] | None) -> tuple[str, list[Any]]:
-    if ids is None:
-        return "", []
-    return f" WHERE id IN ({', '.join('?' for _ in ids)})", list(ids)
 
 
 def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:

@@ -11,7 +11,6 @@ Klaviyo has it, so an exit, a crash or ``kill -9`` only delays delivery.
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import random
 import threading
@@ -23,10 +22,11 @@ from . import steps
 from .client import KlaviyoClient, KlaviyoError
 from .hooks import Hooks
 from .ratelimits import ENDPOINT_LIMITS, Limits, endpoint_for, scaled
+from .redact import get_logger
 from .retry import RetryPolicy
 from .spool import Claimed, Spool, new_owner
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)

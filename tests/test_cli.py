@@ -1,0 +1,113 @@
+"""``klaviyo-middleware spool ...`` and the redaction it relies on."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from klaviyo_middleware.cli import main
+from klaviyo_middleware.redact import redact
+from klaviyo_middleware.spool import Spool, account_fingerprint
+from klaviyo_middleware.submission import Submission
+
+ACCOUNT = account_fingerprint("https://klaviyo.test", "pk_test")
+
+
+@pytest.fixture
+def spool_file(tmp_path):
+    spool = Spool(tmp_path / "ops.sqlite3", ACCOUNT)
+    for number, error in enumerate(
+        [{"status": 400, "code": "invalid", "message": "Klaviyo answered 400",
+          "detail": "Invalid phone number +44 20 7946 0958 for sarah@example.com",
+          "pointer": "/data/attributes/phone_number"},
+         {"status": 404, "code": "not_found", "message": "Klaviyo answered 404",
+          "detail": "List not found"}]
+    ):
+        spool.enqueue(Submission(action="updateProfile",
+                                 profile={"email": f"sarah{number}@example.com"}), now=10.0)
+        [claimed] = spool.claim("w", 1, lease=60, now=10.0)
+        claimed.progress.done.append("profile")
+        spool.bury("w", claimed, error, now=20.0 + number)
+    spool.enqueue(Submission(action="identify", profile={"email": "later@example.com"}))
+    spool.close()
+    return str(spool.path)
+
+
+def run(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(list(args), out=out)
+    return code, out.getvalue()
+
+
+def test_stats(spool_file):
+    code, text = run("spool", "stats", "--spool", spool_file, "--json")
+    stats = json.loads(text)
+    assert code == 0
+    assert (stats["pending"], stats["dead"], stats["delivered"]) == (1, 2, 0)
+    assert stats["oldest_pending_age"] >= 0
+    code, text = run("spool", "stats", "--spool", spool_file)
+    assert "pending: 1" in text
+
+
+def test_dead_masks_personal_data_by_default(spool_file):
+    code, text = run("spool", "dead", "--spool", spool_file)
+    assert code == 0
+    assert "sarah0@example.com" not in text and "7946" not in text
+    assert "s***@example.com" in text and "2 dead letter(s)" in text
+    code, text = run("spool", "dead", "--spool", spool_file, "--json", "--show-personal-data")
+    letters = json.loads(text)
+    assert letters[0]["email"] == "sarah0@example.com"
+    assert "+44 20 7946 0958" in letters[0]["error"]
+    assert [letter["status"] for letter in letters] == [400, 404]
+    assert letters[0]["done"] == "profile"
+
+
+def test_retry_one_then_purge_the_rest(spool_file):
+    _, text = run("spool", "dead", "--spool", spool_file, "--json")
+    first, second = (letter["id"] for letter in json.loads(text))
+    assert run("spool", "retry", "--spool", spool_file, "--id", first)[1] == \
+        "re-queued 1 submission(s)\n"
+    spool = Spool(spool_file, ACCOUNT)
+    claimed = spool.claim("w", 10, lease=60)
+    retried = [item for item in claimed if item.submission.id == first]
+    assert retried and retried[0].progress.done == ["profile"]
+    assert run("spool", "purge", "--spool", spool_file)[0] == 2
+    assert run("spool", "purge", "--spool", spool_file, "--older-than", "1e10")[1] == \
+        "purged 0 dead letter(s)\n"
+    assert run("spool", "purge", "--spool", spool_file, "--all")[1] == \
+        "purged 1 dead letter(s)\n"
+    assert json.loads(run("spool", "stats", "--spool", spool_file, "--json")[1])["dead"] == 0
+
+
+def test_missing_spool_is_a_clear_error(tmp_path, capsys):
+    assert run("spool", "stats", "--spool", str(tmp_path / "none.sqlite3"))[0] == 2
+    assert "no spool at" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "klaviyo_middleware.cli", "--version"],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("klaviyo-middleware 0.")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("mail sarah.m@example.co.uk now", "mail s***@example.co.uk now"),
+     ("call +1 (201) 555-0123!", "call +1 ***!"),
+     ("key pk_live_ABC123 leaked", "key pk_*** leaked"),
+     ("submission 3f2a9c1e0b7d4e6f", "submission 3f2a9c1e0b7d4e6f")],
+)
+def test_redact(text, expected):
+    assert redact(text) == expected
+
+
+def test_log_records_are_redacted(caplog):
+    from klaviyo_middleware.redact import get_logger
+    logger = get_logger("klaviyo_middleware.test")
+    with caplog.at_level("INFO"):
+        logger.warning("failed for %s with %s", "sarah@example.com", "pk_secret_value")
+    assert "sarah@example.com" not in caplog.text and "pk_secret_value" not in caplog.text
