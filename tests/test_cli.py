@@ -78,6 +78,8 @@ def test_retry_one_then_purge_the_rest(spool_file):
     assert run("spool", "purge", "--spool", spool_file)[0] == 2
     assert run("spool", "purge", "--spool", spool_file, "--older-than", "1e10")[1] == \
         "purged 0 dead letter(s)\n"
+    remaining = json.loads(run("spool", "dead", "--spool", spool_file, "--json")[1])
+    assert [letter["id"] for letter in remaining] == [second]
     assert run("spool", "purge", "--spool", spool_file, "--all")[1] == \
         "purged 1 dead letter(s)\n"
     assert json.loads(run("spool", "stats", "--spool", spool_file, "--json")[1])["dead"] == 0
