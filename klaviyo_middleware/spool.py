@@ -26,6 +26,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -150,8 +151,13 @@ class Spool:
         self.max_bytes = max_bytes
         self.busy_timeout = busy_timeout
         self._local = threading.local()
+        self._fork_guard = threading.Lock()
+        self._opened: list[weakref.ReferenceType[sqlite3.Connection]] = []
+        self._inherited: list[sqlite3.Connection] = []
+        self._watch_forks()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._connection().executescript(_SCHEMA)
+        with self._reading() as db:
+            db.executescript(_SCHEMA)
 
     def __repr__(self) -> str:
         return f"<Spool {str(self.path)!r}>"
@@ -164,29 +170,83 @@ class Spool:
         pid = os.getpid()
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None or self._local.pid != pid:
-            db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+            db = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                factory=_Connection,
+            )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.durability}")
             self._local.db = db
             self._local.pid = pid
+            self._opened = [ref for ref in self._opened if ref() is not None]
+            self._opened.append(weakref.ref(db))
         return db
 
     @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._fork_guard:
+            yield self._connection()
+
+    @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._fork_guard:
+            db = self._connection()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _watch_forks(self) -> None:
+        """Never let a fork happen while a thread of ours is inside SQLite.
+
+        A thread inside SQLite may hold one of its mutexes; a child forked at
+        that moment inherits the mutex locked and hangs at its first SQLite
+        call (gunicorn ``--preload`` forks while the worker threads run). So
+        the fork waits for :attr:`_fork_guard`, which every SQLite call holds.
+        """
+        reference = weakref.ref(self)
+        held: list[threading.Lock] = []
+
+        def before() -> None:
+            spool = reference()
+            if spool is not None:
+                spool._fork_guard.acquire()
+                held.append(spool._fork_guard)
+
+        def after_in_parent() -> None:
+            while held:
+                held.pop().release()
+
+        def after_in_child() -> None:
+            held.clear()
+            spool = reference()
+            if spool is not None:
+                spool._after_fork_in_child()
+
+        os.register_at_fork(
+            before=before, after_in_parent=after_in_parent, after_in_child=after_in_child
+        )
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's connections stay referenced, never closed, in the
+        # child: closing one here could checkpoint or remove the parent's WAL.
+        self._inherited.extend(db for db in (ref() for ref in self._opened) if db is not None)
+        self._opened = []
+        self._local = threading.local()
+        self._fork_guard = threading.Lock()
 
     def close(self) -> None:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is not None and self._local.pid == os.getpid():
-            db.close()
-        self._local.db = None
+        """Close this thread's connection; other threads' close as they end."""
+        with self._fork_guard:
+            db: sqlite3.Connection | None = getattr(self._local, "db", None)
+            if db is not None and self._local.pid == os.getpid():
+                db.close()
+            self._local.db = None
 
     # -- the web side -------------------------------------------------------
 
@@ -349,11 +409,10 @@ class Spool:
             )
 
     def paused_until(self) -> float:
-        row = (
-            self._connection()
-            .execute("SELECT until FROM pauses WHERE account = ?", (self.account,))
-            .fetchone()
-        )
+        with self._reading() as db:
+            row = db.execute(
+                "SELECT until FROM pauses WHERE account = ?", (self.account,)
+            ).fetchone()
         return float(row[0]) if row else 0.0
 
     # -- rate limits --------------------------------------------------------
@@ -396,31 +455,28 @@ class Spool:
     # -- inspection ---------------------------------------------------------
 
     def dead_letters(self) -> list[DeadLetter]:
-        rows = self._connection().execute(
-            "SELECT id, payload, progress, attempts, created_at, dead_at, error "
-            "FROM dead_letters WHERE account = ? ORDER BY dead_at",
-            (self.account,),
-        )
-        return [_dead_letter(row) for row in rows.fetchall()]
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT id, payload, progress, attempts, created_at, dead_at, error "
+                "FROM dead_letters WHERE account = ? ORDER BY dead_at",
+                (self.account,),
+            ).fetchall()
+        return [_dead_letter(row) for row in rows]
 
     def outstanding(self, now: float | None = None) -> int:
         """Submissions not yet delivered or dead (for ``flush``)."""
-        (count,) = (
-            self._connection()
-            .execute("SELECT count(*) FROM submissions WHERE account = ?", (self.account,))
-            .fetchone()
-        )
+        with self._reading() as db:
+            (count,) = db.execute(
+                "SELECT count(*) FROM submissions WHERE account = ?", (self.account,)
+            ).fetchone()
         return int(count)
 
     def next_due(self) -> float | None:
-        row = (
-            self._connection()
-            .execute(
+        with self._reading() as db:
+            row = db.execute(
                 "SELECT min(max(due_at, lease_until)) FROM submissions WHERE account = ?",
                 (self.account,),
-            )
-            .fetchone()
-        )
+            ).fetchone()
         return float(row[0]) if row and row[0] is not None else None
 
 
@@ -438,7 +494,11 @@ class SpoolAdmin:
 
     def stats(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
-        db = self.spool._connection()
+        with self.spool._reading() as db:
+            return self._stats(db, now)
+
+    @staticmethod
+    def _stats(db: sqlite3.Connection, now: float) -> dict[str, Any]:
         pending, due, leased, retrying, oldest = db.execute(
             "SELECT count(*), coalesce(sum(due_at <= ?), 0), coalesce(sum(lease_until >= ?), 0), "
             "coalesce(sum(attempts > 0), 0), min(created_at) FROM submissions",
@@ -463,11 +523,12 @@ class SpoolAdmin:
         }
 
     def dead_letters(self) -> list[DeadLetter]:
-        rows = self.spool._connection().execute(
-            "SELECT id, payload, progress, attempts, created_at, dead_at, error "
-            "FROM dead_letters ORDER BY dead_at"
-        )
-        return [_dead_letter(row) for row in rows.fetchall()]
+        with self.spool._reading() as db:
+            rows = db.execute(
+                "SELECT id, payload, progress, attempts, created_at, dead_at, error "
+                "FROM dead_letters ORDER BY dead_at"
+            ).fetchall()
+        return [_dead_letter(row) for row in rows]
 
     def retry(self, ids: list[str] | None = None, now: float | None = None) -> int:
         """Move dead letters (all, or ``ids``) back into the spool, due at once."""
@@ -529,6 +590,10 @@ def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
         dead_at,
         json.loads(error),
     )
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that can be weakly referenced (the base class cannot)."""
 
 
 def _alive(pid: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -108,10 +109,9 @@ def test_dead_owners_are_released_at_once(spool):
     dead_owner = f"host:{process.pid}:x"
     spool.enqueue(make_submission(), now=0.0)
     spool.claim(dead_owner, 1, lease=3600, now=0.0)
-    db = spool._connection()
-    import socket
-    db.execute("INSERT INTO workers VALUES (?, ?, ?, 0)", (dead_owner, socket.gethostname(),
-                                                           process.pid))
+    with spool._reading() as db:
+        db.execute("INSERT INTO workers VALUES (?, ?, ?, 0)",
+                   (dead_owner, socket.gethostname(), process.pid))
     assert spool.release_dead_owners() == 1
     assert len(spool.claim("alive", 1, lease=60)) == 1
 
