@@ -137,6 +137,12 @@ class KlaviyoClient:
     def create_event(self, body: dict[str, Any]) -> None:
         self._post("/api/events", body)
 
+    def bulk_import_profiles(self, body: dict[str, Any]) -> None:
+        self._post("/api/profile-bulk-import-jobs", body)
+
+    def bulk_create_events(self, body: dict[str, Any]) -> None:
+        self._post("/api/event-bulk-create-jobs", body)
+
     def _post(self, path: str, body: dict[str, Any]) -> Any:
         try:
             response = self.session.post(self.api_url + path, json=body, timeout=self.timeout)

@@ -14,7 +14,7 @@ from .submission import Event, Submission
 
 def profile_import(submission: Submission) -> dict[str, Any]:
     """``POST /api/profile-import``: create or update the profile."""
-    return {"data": {"type": "profile", "attributes": dict(submission.profile)}}
+    return {"data": profile_object(submission)}
 
 
 def subscribe(submission: Submission, list_id: str) -> dict[str, Any]:
@@ -53,10 +53,15 @@ def add_to_list(profile_ids: list[str]) -> dict[str, Any]:
 
 def event(submission: Submission, event: Event) -> dict[str, Any]:
     """``POST /api/events`` with the profile inline and a ``unique_id`` always set."""
+    attributes = event_attributes(submission, event)
+    attributes["profile"] = {"data": profile_object(submission)}
+    return {"data": {"type": "event", "attributes": attributes}}
+
+
+def event_attributes(submission: Submission, event: Event) -> dict[str, Any]:
     attributes: dict[str, Any] = {
         "properties": dict(event.properties),
         "metric": {"data": {"type": "metric", "attributes": {"name": event.name}}},
-        "profile": {"data": {"type": "profile", "attributes": dict(submission.profile)}},
         "time": submission.submitted_at,
         "unique_id": event.unique_id,
     }
@@ -64,4 +69,65 @@ def event(submission: Submission, event: Event) -> dict[str, Any]:
         attributes["value"] = event.value
     if event.value_currency is not None:
         attributes["value_currency"] = event.value_currency
-    return {"data": {"type": "event", "attributes": attributes}}
+    return attributes
+
+
+def profile_object(submission: Submission) -> dict[str, Any]:
+    return {"type": "profile", "attributes": dict(submission.profile)}
+
+
+# -- the bulk endpoints, for draining a backlog (DESIGN §4) -------------------
+
+
+def bulk_profile_import(profiles: list[dict[str, Any]], list_ids: list[str]) -> dict[str, Any]:
+    """``POST /api/profile-bulk-import-jobs``; the lists get membership, not consent."""
+    body: dict[str, Any] = {
+        "data": {
+            "type": "profile-bulk-import-job",
+            "attributes": {"profiles": {"data": profiles}},
+        }
+    }
+    if list_ids:
+        body["data"]["relationships"] = {
+            "lists": {"data": [{"type": "list", "id": list_id} for list_id in list_ids]}
+        }
+    return body
+
+
+def bulk_subscribe(
+    subscribers: list[dict[str, Any]], list_id: str, custom_source: str | None
+) -> dict[str, Any]:
+    """One bulk subscribe job for many people on one list."""
+    attributes: dict[str, Any] = {"profiles": {"data": subscribers}}
+    if custom_source:
+        attributes["custom_source"] = custom_source
+    return {
+        "data": {
+            "type": "profile-subscription-bulk-create-job",
+            "attributes": attributes,
+            "relationships": {"list": {"data": {"type": "list", "id": list_id}}},
+        }
+    }
+
+
+def bulk_event_item(submission: Submission, event: Event) -> dict[str, Any]:
+    """One person and their event, as an item of an event bulk job."""
+    return {
+        "type": "event-bulk-create",
+        "attributes": {
+            "profile": {"data": profile_object(submission)},
+            "events": {
+                "data": [{"type": "event", "attributes": event_attributes(submission, event)}]
+            },
+        },
+    }
+
+
+def bulk_events(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``POST /api/event-bulk-create-jobs``."""
+    return {
+        "data": {
+            "type": "event-bulk-create-job",
+            "attributes": {"events-bulk-create": {"data": items}},
+        }
+    }

@@ -12,7 +12,8 @@ import logging
 import re
 
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
-_PHONE = re.compile(r"\+?\d[\d ()./-]{6,}\d")
+# Not next to a letter or digit: ids like "3f2a9c19527b98" are not phone numbers.
+_PHONE = re.compile(r"(?<![\w+])\+?\d[\d ()./-]{6,}\d(?!\w)")
 _KEY = re.compile(r"\bpk_[A-Za-z0-9_]+")
 
 

@@ -327,32 +327,48 @@ class Spool:
         self, owner: str, claimed: Claimed, lease: float, now: float | None = None
     ) -> bool:
         """Record finished steps and extend the lease; ``False`` if the lease was lost."""
+        return claimed.submission.id in self.save_progress_many(owner, [claimed], lease, now)
+
+    def save_progress_many(
+        self, owner: str, items: list[Claimed], lease: float, now: float | None = None
+    ) -> set[str]:
+        """:meth:`save_progress` for many; returns the ids whose lease still held."""
         now = time.time() if now is None else now
+        saved = set()
         with self._transaction() as db:
-            updated = db.execute(
-                "UPDATE submissions SET progress = ?, lease_until = ? "
-                "WHERE id = ? AND lease_owner = ? AND lease_until > ?",
-                (
-                    json.dumps(claimed.progress.to_dict()),
-                    now + lease,
-                    claimed.submission.id,
-                    owner,
-                    now,
-                ),
-            ).rowcount
-        return updated == 1
+            for claimed in items:
+                updated = db.execute(
+                    "UPDATE submissions SET progress = ?, lease_until = ? "
+                    "WHERE id = ? AND lease_owner = ? AND lease_until > ?",
+                    (
+                        json.dumps(claimed.progress.to_dict()),
+                        now + lease,
+                        claimed.submission.id,
+                        owner,
+                        now,
+                    ),
+                ).rowcount
+                if updated:
+                    saved.add(claimed.submission.id)
+        return saved
 
     def complete(self, owner: str, claimed: Claimed) -> None:
+        self.complete_many(owner, [claimed])
+
+    def complete_many(self, owner: str, items: list[Claimed]) -> None:
         with self._transaction() as db:
-            removed = db.execute(
-                "DELETE FROM submissions WHERE id = ? AND lease_owner = ?",
-                (claimed.submission.id, owner),
-            ).rowcount
+            removed = sum(
+                db.execute(
+                    "DELETE FROM submissions WHERE id = ? AND lease_owner = ?",
+                    (claimed.submission.id, owner),
+                ).rowcount
+                for claimed in items
+            )
             if removed:
                 db.execute(
-                    "INSERT INTO counters (account, name, value) VALUES (?, 'delivered', 1) "
-                    "ON CONFLICT (account, name) DO UPDATE SET value = value + 1",
-                    (self.account,),
+                    "INSERT INTO counters (account, name, value) VALUES (?, 'delivered', ?) "
+                    "ON CONFLICT (account, name) DO UPDATE SET value = value + excluded.value",
+                    (self.account, removed),
                 )
 
     def reschedule(

@@ -18,7 +18,7 @@ import time
 import weakref
 from dataclasses import dataclass
 
-from . import steps
+from . import bulk, steps
 from .client import KlaviyoClient, KlaviyoError
 from .hooks import Hooks
 from .ratelimits import ENDPOINT_LIMITS, Limits, endpoint_for, scaled
@@ -45,6 +45,9 @@ class WorkerOptions:
     :param retry_cap: largest backoff ceiling in seconds.
     :param rate_share: share of Klaviyo's per-account limits this site uses.
     :param exit_timeout: seconds spent delivering at interpreter exit.
+    :param batching: when a lease round comes back full (a backlog), send
+        through Klaviyo's bulk endpoints instead of one call per step.
+    :param bulk_size: submissions in one bulk round.
     """
 
     threads: int = 2
@@ -56,6 +59,8 @@ class WorkerOptions:
     retry_cap: float = 600.0
     rate_share: float = 0.9
     exit_timeout: float = 2.0
+    batching: bool = True
+    bulk_size: int = 1000
 
 
 class SpoolWorker:
@@ -188,6 +193,13 @@ class SpoolWorker:
             self._stopping.wait(min(pause, self.options.poll))
             return True
         claimed = self.spool.claim(self._owner, self.options.batch, self.options.lease)
+        if self.options.batching and len(claimed) >= self.options.batch:
+            # A full round means a backlog: take more and use the bulk endpoints.
+            claimed += self.spool.claim(
+                self._owner, max(0, self.options.bulk_size - len(claimed)), self.options.lease
+            )
+            self._deliver_bulk(claimed)
+            return True
         for item in claimed:
             if self._stopping.is_set():
                 break
@@ -197,7 +209,7 @@ class SpoolWorker:
     def _deliver(self, item: Claimed) -> None:
         submission = item.submission
         for step in steps.pending(submission, item.progress):
-            if not self._wait_for_capacity(item, endpoint_for(step)):
+            if not self._wait_for_capacity([item], endpoint_for(step)):
                 return
             try:
                 steps.run_step(self.client, submission, step, item.progress)
@@ -217,7 +229,54 @@ class SpoolWorker:
         self.spool.complete(self._owner, item)
         self.hooks.delivered(submission)
 
-    def _wait_for_capacity(self, item: Claimed, endpoint: str) -> bool:
+    def _deliver_bulk(self, items: list[Claimed]) -> None:
+        """Deliver a backlog through the bulk endpoints, stage by stage."""
+        active = list(items)
+        failed: dict[str, KlaviyoError] = {}
+        singles: list[Claimed] = []
+        for stage in bulk.stages():
+            for call in stage(active):
+                members = [item for item, _ in call.members]
+                if not self._wait_for_capacity(members, call.endpoint):
+                    return
+                try:
+                    call.send(self.client)
+                except KlaviyoError as error:
+                    if error.status == 429:
+                        self.spool.pause(time.time() + (error.retry_after or self._backoff(1)))
+                    if error.transient:
+                        failed.update((item.submission.id, error) for item in members)
+                    else:
+                        # Klaviyo refused the whole job; one call per step
+                        # finds the submission at fault and delivers the rest.
+                        log.warning("klaviyo_middleware: bulk call refused (%s); "
+                                    "delivering its %d submissions one by one",
+                                    error, len(members))
+                        singles.extend(members)
+                    continue
+                for item, done in call.members:
+                    item.progress.done.extend(step for step in done
+                                              if step not in item.progress.done)
+                kept = self.spool.save_progress_many(self._owner, members, self.options.lease)
+                lost = {item.submission.id for item in members} - kept
+                if lost:
+                    log.warning("klaviyo_middleware: lost %d leases during a bulk round",
+                                len(lost))
+                    active = [item for item in active if item.submission.id not in lost]
+            excluded = set(failed) | {item.submission.id for item in singles}
+            active = [item for item in active if item.submission.id not in excluded]
+        self.spool.complete_many(self._owner, active)
+        for item in active:
+            self.hooks.delivered(item.submission)
+        for item in items:
+            if item.submission.id in failed:
+                self._failed(item, failed[item.submission.id])
+        for item in singles:
+            if self._stopping.is_set():
+                return
+            self._deliver(item)
+
+    def _wait_for_capacity(self, items: list[Claimed], endpoint: str) -> bool:
         """Wait out a shared pause and the rate limit; ``False`` if stopping."""
         while not self._stopping.is_set():
             pause = self.spool.paused_until() - time.time()
@@ -226,8 +285,9 @@ class SpoolWorker:
             )
             if wait <= 0:
                 return True
-            # Keep the lease while waiting, so nobody else picks this up.
-            if not self.spool.save_progress(self._owner, item, self.options.lease + wait):
+            # Keep the leases while waiting, so nobody else picks these up.
+            kept = self.spool.save_progress_many(self._owner, items, self.options.lease + wait)
+            if len(kept) < len(items):
                 return False
             self._stopping.wait(min(wait, self.options.lease / 2))
         return False

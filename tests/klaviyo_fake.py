@@ -55,7 +55,12 @@ class FakeKlaviyo:
         self.api_url = api_url
         self.calls: list[Call] = []
         self.violations: list[str] = []
+        # Klaviyo's side of things, whichever endpoints put it there.
+        self.profiles: dict[str, dict[str, Any]] = {}
+        self.members: dict[str, set[str]] = {}
+        self.subscribed: dict[str, set[str]] = {}
         self.events: dict[str, Any] = {}
+        self._ids: dict[str, str] = {}
         self.latency = 0.0
         self._script: dict[str, deque[Scripted]] = {}
         self._lock = threading.Lock()
@@ -138,18 +143,53 @@ class FakeKlaviyo:
             self.violations.append(f"{method} {path}: {error}")
 
     def _success(self, path: str, body: Any) -> Answer:
+        data = body["data"]
         if path == "/api/profile-import":
-            email = body["data"]["attributes"].get("email", "")
-            profile_id = "01" + hashlib.sha256(email.encode()).hexdigest()[:24].upper()
+            profile_id = self._upsert(data["attributes"])
             answer = {"data": {"type": "profile", "id": profile_id, "attributes": {}}}
             return 201, {"Content-Type": "application/vnd.api+json"}, json.dumps(answer)
+        if path == "/api/profile-bulk-import-jobs":
+            lists = data.get("relationships", {}).get("lists", {}).get("data", [])
+            for profile in data["attributes"]["profiles"]["data"]:
+                self._upsert(profile["attributes"])
+                for entry in lists:
+                    self.members.setdefault(entry["id"], set()).add(
+                        profile["attributes"]["email"])
+            return 202, {}, ""
+        if path == "/api/profile-subscription-bulk-create-jobs":
+            list_id = data["relationships"]["list"]["data"]["id"]
+            for profile in data["attributes"]["profiles"]["data"]:
+                email = profile["attributes"]["email"]
+                self._upsert({"email": email})
+                self.subscribed.setdefault(list_id, set()).add(email)
+            return 202, {}, ""
         if path == "/api/events":
+            attributes = data["attributes"]
+            self._upsert(attributes["profile"]["data"]["attributes"])
             # Klaviyo keeps the first event per unique_id and drops repeats.
-            attributes = body["data"]["attributes"]
             self.events.setdefault(attributes["unique_id"], attributes)
-        if re.fullmatch(r"/api/lists/[^/]+/relationships/profiles", path):
+            return 202, {}, ""
+        if path == "/api/event-bulk-create-jobs":
+            for item in data["attributes"]["events-bulk-create"]["data"]:
+                profile = item["attributes"]["profile"]
+                self._upsert(profile["data"]["attributes"])
+                for event in item["attributes"]["events"]["data"]:
+                    attributes = dict(event["attributes"], profile=profile)
+                    self.events.setdefault(attributes["unique_id"], attributes)
+            return 202, {}, ""
+        match = re.fullmatch(r"/api/lists/([^/]+)/relationships/profiles", path)
+        if match:
+            emails = {email for email, known in self._ids.items()
+                      if known in {entry["id"] for entry in data}}
+            self.members.setdefault(match.group(1), set()).update(emails)
             return 204, {}, ""
         return 202, {}, ""
+
+    def _upsert(self, attributes: dict[str, Any]) -> str:
+        email = attributes.get("email", "")
+        self.profiles.setdefault(email, {}).update(attributes)
+        return self._ids.setdefault(
+            email, "01" + hashlib.sha256(email.encode()).hexdigest()[:24].upper())
 
 
 def _error_text(scripted: Scripted) -> str:

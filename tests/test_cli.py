@@ -101,7 +101,9 @@ def test_console_script_is_installed():
     [("mail sarah.m@example.co.uk now", "mail s***@example.co.uk now"),
      ("call +1 (201) 555-0123!", "call +1 ***!"),
      ("key pk_live_ABC123 leaked", "key pk_*** leaked"),
-     ("submission 3f2a9c1e0b7d4e6f", "submission 3f2a9c1e0b7d4e6f")],
+     ("submission 3f2a9c1e0b7d4e6f", "submission 3f2a9c1e0b7d4e6f"),
+     ("id 91d10ef5b764455e91527b982a", "id 91d10ef5b764455e91527b982a"),
+     ("tel 020 7946 0958.", "tel 020***.")],
 )
 def test_redact(text, expected):
     assert redact(text) == expected

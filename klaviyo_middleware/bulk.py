@@ -1,0 +1,142 @@
+"""Draining a backlog through Klaviyo's bulk endpoints (DESIGN §4, klaviyo-api.md §2.5).
+
+When many submissions wait, one call per step would take hours against
+Klaviyo's rate limits (10,000 submissions with a list and an event are
+30,000 calls). The same work fits in a handful of bulk jobs:
+
+- profiles — and list membership without consent — in
+  ``profile-bulk-import-jobs`` (≤ 10,000 profiles, ≤ 5 MB), one job per set
+  of lists, since a job's list relationship applies to all its profiles;
+- subscriptions with consent in ``profile-subscription-bulk-create-jobs``
+  (≤ 1,000 people per list);
+- events in ``event-bulk-create-jobs`` (≤ 1,000, ≤ 5 MB), each with its
+  ``unique_id``, so Klaviyo still keeps one event per submission.
+
+The result in Klaviyo is the one the single calls give; only the number of
+calls differs. :func:`plan` only builds the calls; the worker sends them and
+records, per submission, which steps each call completed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from . import payloads
+from .client import KlaviyoClient
+from .spool import Claimed
+from .steps import EVENT_STEP, PROFILE_STEP, pending
+
+PROFILES_PER_IMPORT = 10_000
+PEOPLE_PER_SUBSCRIBE = 1_000
+EVENTS_PER_JOB = 1_000
+# Klaviyo's payload limit is 5 MB; the margin covers the job's envelope.
+MAX_BODY_BYTES = 4_500_000
+
+
+@dataclass
+class BulkCall:
+    """One bulk request and the steps it completes for each submission in it."""
+
+    endpoint: str
+    send: Callable[[KlaviyoClient], None]
+    members: list[tuple[Claimed, list[str]]] = field(default_factory=list)
+
+
+def stages() -> tuple[Callable[[list[Claimed]], list[BulkCall]], ...]:
+    """Planners for the calls of each stage, in the order of the steps.
+
+    Each stage is planned only when the one before has been sent, so that a
+    submission whose earlier step failed is left out of the later bodies.
+    """
+    return (profile_imports, subscriptions, events)
+
+
+def plan(items: list[Claimed]) -> list[BulkCall]:
+    """Every bulk call for ``items``, as if each stage succeeds."""
+    return [call for stage in stages() for call in stage(items)]
+
+
+def profile_imports(items: list[Claimed]) -> list[BulkCall]:
+    groups: dict[tuple[str, ...], list[tuple[Claimed, list[str]]]] = {}
+    for item in items:
+        todo = list(pending(item.submission, item.progress))
+        adds = [step for step in todo if step.startswith("add:")]
+        if PROFILE_STEP not in todo and not adds:
+            continue
+        # A job's lists apply to every profile in it, so people going onto
+        # different lists go into different jobs.
+        lists = tuple(sorted(step.split(":", 1)[1] for step in adds))
+        groups.setdefault(lists, []).append((item, [PROFILE_STEP, *adds]))
+    calls = []
+    for lists, members in groups.items():
+        entries = [(payloads.profile_object(item.submission), (item, steps))
+                   for item, steps in members]
+        for chunk in _chunks(entries, PROFILES_PER_IMPORT):
+            body = payloads.bulk_profile_import([obj for obj, _ in chunk], list(lists))
+            calls.append(
+                BulkCall("profile-bulk-import",
+                         partial(KlaviyoClient.bulk_import_profiles, body=body),
+                         [member for _, member in chunk])
+            )
+    return calls
+
+
+def subscriptions(items: list[Claimed]) -> list[BulkCall]:
+    groups: dict[tuple[str, str | None], list[tuple[Claimed, list[str]]]] = {}
+    for item in items:
+        for step in pending(item.submission, item.progress):
+            if step.startswith("subscribe:"):
+                key = (step.split(":", 1)[1], item.submission.custom_source)
+                groups.setdefault(key, []).append((item, [step]))
+    calls = []
+    for (list_id, source), members in groups.items():
+        entries = [(payloads.subscriber(item.submission), (item, steps))
+                   for item, steps in members]
+        for chunk in _chunks(entries, PEOPLE_PER_SUBSCRIBE):
+            body = payloads.bulk_subscribe([obj for obj, _ in chunk], list_id, source)
+            calls.append(
+                BulkCall("subscribe", partial(KlaviyoClient.subscribe, body=body),
+                         [member for _, member in chunk])
+            )
+    return calls
+
+
+def events(items: list[Claimed]) -> list[BulkCall]:
+    entries = []
+    for item in items:
+        event = item.submission.event
+        if event is not None and EVENT_STEP in pending(item.submission, item.progress):
+            entries.append((payloads.bulk_event_item(item.submission, event), (item, [EVENT_STEP])))
+    return [
+        BulkCall(
+            "event-bulk-create",
+            partial(KlaviyoClient.bulk_create_events,
+                    body=payloads.bulk_events([obj for obj, _ in chunk])),
+            [member for _, member in chunk],
+        )
+        for chunk in _chunks(entries, EVENTS_PER_JOB)
+    ]
+
+
+Entry = tuple[dict[str, Any], tuple[Claimed, list[str]]]
+
+
+def _chunks(entries: list[Entry], max_count: int) -> list[list[Entry]]:
+    """Split into requests within both the count and the byte limit."""
+    chunks: list[list[Entry]] = []
+    current: list[Entry] = []
+    size = 0
+    for entry in entries:
+        entry_size = len(json.dumps(entry[0], separators=(",", ":"))) + 1
+        if current and (len(current) >= max_count or size + entry_size > MAX_BODY_BYTES):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(entry)
+        size += entry_size
+    if current:
+        chunks.append(current)
+    return chunks

@@ -1,0 +1,163 @@
+"""Under backlog the bulk endpoints carry the work, with the same result in Klaviyo."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+import responses
+
+from klaviyo_middleware import bulk
+from klaviyo_middleware.client import KlaviyoClient
+from klaviyo_middleware.delivery import SpoolDelivery
+from klaviyo_middleware.hooks import Hooks
+from klaviyo_middleware.spool import Claimed, Spool, account_fingerprint
+from klaviyo_middleware.steps import Progress
+from klaviyo_middleware.submission import Event, Submission
+from klaviyo_middleware.worker import WorkerOptions
+
+from klaviyo_fake import API_KEY, API_URL, FakeKlaviyo
+
+ACCOUNT = account_fingerprint(API_URL, API_KEY)
+
+
+def backlog(count: int) -> list[Submission]:
+    """A mix: consent to one or two lists, membership without consent, events or not."""
+    items = []
+    for number in range(count):
+        kind = number % 4
+        items.append(Submission(
+            action="updateProfile",
+            profile={"email": f"p{number}@example.com", "first_name": f"P{number}",
+                     "properties": {"n": number}},
+            lists=[["A1"], ["A1", "B2"], ["C3"], []][kind],
+            confirm_opt_in=kind != 2,
+            event=Event(name="Ordered", unique_id=f"order-{number}", value=number,
+                        properties={"sku": f"S{number}"}) if kind != 3 else None,
+            custom_source="Footer",
+        ))
+    return items
+
+
+def drain(tmp_path, fake: FakeKlaviyo, items: list[Submission], **options: Any) -> Spool:
+    spool = Spool(tmp_path / f"{options.get('batching', True)}.sqlite3", ACCOUNT)
+    for item in items:
+        spool.enqueue(item)
+    worker_options = WorkerOptions(poll=0.05, batch=5, retry_base=0.01, retry_cap=0.02,
+                                   **options)
+    delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(),
+                             worker_options)
+    try:
+        assert delivery.flush(60)
+    finally:
+        delivery.close()
+    return spool
+
+
+def state(fake: FakeKlaviyo) -> dict[str, Any]:
+    return {
+        "profiles": fake.profiles,
+        "members": fake.members,
+        "subscribed": fake.subscribed,
+        "events": {uid: {**event, "profile": event["profile"]["data"]["attributes"]}
+                   for uid, event in fake.events.items()},
+    }
+
+
+def test_bulk_gives_the_same_klaviyo_as_single_calls(tmp_path, klaviyo):
+    items = backlog(240)
+    drain(tmp_path, klaviyo, items, batching=True)
+    bulk_state, bulk_calls = state(klaviyo), Counter(klaviyo.paths())
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        singles = FakeKlaviyo(mock)
+        drain(tmp_path, singles, items, batching=False)
+    assert singles.violations == []
+    assert bulk_state == state(singles)
+    assert len(bulk_state["events"]) == 180 and len(bulk_state["profiles"]) == 240
+    single_calls = Counter(singles.paths())
+    assert sum(single_calls.values()) == 240 + 60 + 120 + 60 + 180
+    # A bulk round makes one import job per set of lists, one subscribe job
+    # per list and one events job; each delivery thread may run a round.
+    assert bulk_calls["/api/profile-bulk-import-jobs"] >= 1
+    assert bulk_calls["/api/event-bulk-create-jobs"] >= 1
+    assert sum(bulk_calls.values()) <= 30 < sum(single_calls.values())
+
+
+def test_light_traffic_uses_single_calls(tmp_path, klaviyo):
+    drain(tmp_path, klaviyo, backlog(3))
+    assert "/api/profile-bulk-import-jobs" not in klaviyo.paths()
+    assert "/api/event-bulk-create-jobs" not in klaviyo.paths()
+    assert len(klaviyo.events) == 3
+
+
+def test_a_refused_bulk_job_falls_back_to_single_calls(tmp_path, klaviyo):
+    klaviyo.fail("/api/event-bulk-create-jobs", 400)
+    klaviyo.fail("/api/events", 400)  # the one submission Klaviyo really refuses
+    spool = drain(tmp_path, klaviyo, backlog(40))
+    assert len(spool.dead_letters()) == 1
+    assert len(klaviyo.events) == 30 - 1
+    # The refused job did not make anyone subscribe twice.
+    assert set(subscriptions_sent(klaviyo).values()) == {1}
+
+
+def test_a_transient_bulk_failure_retries_only_what_is_left(tmp_path, klaviyo):
+    klaviyo.fail("/api/event-bulk-create-jobs", 503)
+    drain(tmp_path, klaviyo, backlog(40))
+    assert len(klaviyo.events) == 30
+    assert set(subscriptions_sent(klaviyo).values()) == {1}
+    imports = klaviyo.paths().count("/api/profile-bulk-import-jobs") + \
+        klaviyo.paths().count("/api/profile-import")
+    assert imports <= 3
+
+
+def subscriptions_sent(fake: FakeKlaviyo) -> Counter[tuple[str, str]]:
+    """How often each (list, person) subscription was sent."""
+    return Counter(
+        (body["data"]["relationships"]["list"]["data"]["id"], profile["attributes"]["email"])
+        for body in fake.bodies("/api/profile-subscription-bulk-create-jobs")
+        for profile in body["data"]["attributes"]["profiles"]["data"])
+
+
+def claimed(item: Submission) -> Claimed:
+    return Claimed(item, Progress(), 0, 0.0)
+
+
+def test_plan_groups_profiles_by_their_lists():
+    calls = bulk.profile_imports([claimed(item) for item in backlog(8)])
+    # People with no list to join without consent, and the people joining C3.
+    steps = sorted(sorted({tuple(done) for _, done in call.members}) for call in calls)
+    assert steps == [[("profile",)], [("profile", "add:C3")]]
+    assert sorted(len(call.members) for call in calls) == [2, 6]
+
+
+def test_chunks_respect_count_and_size(monkeypatch):
+    monkeypatch.setattr(bulk, "MAX_BODY_BYTES", 10_000)
+    big = [Submission(action="updateProfile", profile={"email": f"b{n}@example.com"},
+                      event=Event(name="E", unique_id=f"u{n}", properties={"blob": "x" * 3000}))
+           for n in range(10)]
+    calls = bulk.events([claimed(item) for item in big])
+    assert len(calls) == 4  # three 3 KB events fit in 10 KB
+    many = [Submission(action="updateProfile", profile={"email": f"m{n}@example.com"},
+                       event=Event(name="E", unique_id=f"m{n}")) for n in range(2500)]
+    monkeypatch.setattr(bulk, "MAX_BODY_BYTES", 4_500_000)
+    sizes = [len(call.members) for call in bulk.events([claimed(item) for item in many])]
+    assert sizes == [1000, 1000, 500]
+
+
+@pytest.mark.parametrize("count", [1, 1000, 1001, 10_001])
+def test_every_bulk_body_is_within_klaviyos_limits(count):
+    items = [claimed(Submission(action="updateProfile", profile={"email": f"x{n}@example.com"},
+                                lists=["L1"], event=Event(name="E", unique_id=f"x{n}")))
+             for n in range(count)]
+    class Recorder:
+        def _post(self, path: str, body: dict[str, Any]) -> None:
+            self.body = body
+
+    for call in bulk.plan(items):
+        recorder = Recorder()
+        call.send(recorder)  # type: ignore[arg-type]
+        assert len(json.dumps(recorder.body)) < 5_000_000
+        limit = 10_000 if call.endpoint == "profile-bulk-import" else 1000
+        assert len(call.members) <= limit
