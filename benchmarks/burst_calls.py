@@ -1,0 +1,78 @@
+"""Klaviyo API calls for a burst of submissions: one call per step vs batching.
+
+    python benchmarks/burst_calls.py [--submissions 10000] [--latency 0.05]
+
+The burst (updateProfile with a list and an event each) is put in a spool
+and drained by the middleware's worker with batching, against a stand-in
+Klaviyo answering after ``latency``; one call per step is counted from the
+same submissions' delivery plan (three calls each), since draining it for
+real takes minutes under Klaviyo's rate limits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from klaviyo_middleware import KlaviyoMiddleware, steps
+from klaviyo_middleware.ratelimits import ENDPOINT_LIMITS, endpoint_for
+from klaviyo_middleware.spool import Spool, account_fingerprint
+from klaviyo_middleware.submission import Event, Submission
+
+from _support import API_KEY, slow_klaviyo
+
+
+def inner(environ, start_response):
+    start_response("204 No Content", [])
+    return []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--submissions", type=int, default=10_000)
+    parser.add_argument("--latency", type=float, default=0.05)
+    parser.add_argument("--dir", default=".")
+    args = parser.parse_args()
+    burst = [
+        Submission(action="updateProfile", profile={"email": f"b{n}@example.com"},
+                   lists=["Y6nRLr"], event=Event(name="Ordered", unique_id=f"order-{n}"))
+        for n in range(args.submissions)
+    ]
+    single_calls: dict[str, int] = {}
+    for item in burst:
+        for step in steps.plan(item):
+            single_calls[endpoint_for(step)] = single_calls.get(endpoint_for(step), 0) + 1
+    # At Klaviyo's steady limits, each endpoint needs calls / per-minute-limit minutes.
+    single_minutes = max(calls / ENDPOINT_LIMITS[name][1][1]
+                         for name, calls in single_calls.items())
+
+    with slow_klaviyo(args.latency) as (url, calls), \
+            tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        path = Path(tmp) / "burst.sqlite3"
+        spool = Spool(path, account_fingerprint(url, API_KEY), durability="normal",
+                      max_bytes=10**10)
+        for item in burst:
+            spool.enqueue(item)
+        started = time.perf_counter()
+        middleware = KlaviyoMiddleware(inner, api_key=API_KEY, api_url=url, spool_path=str(path))
+        drained = middleware.flush(600)
+        elapsed = time.perf_counter() - started
+        middleware.close()
+
+    batched = sum(calls.values())
+    by_endpoint = ", ".join(f"{path.rsplit('/', 1)[-1]} {count}"
+                            for path, count in sorted(calls.items()))
+    print(f"{args.submissions} submissions (profile + list + event each)")
+    print(f"  one call per step: {sum(single_calls.values()):6d} calls "
+          f"({', '.join(f'{k} {v}' for k, v in single_calls.items())}); "
+          f"at Klaviyo's steady limits >= {single_minutes:.1f} min")
+    print(f"  batching:          {batched:6d} calls "
+          f"({by_endpoint}); "
+          f"drained={drained} in {elapsed:.1f} s")
+    print(f"  calls ratio batching / single: {batched / sum(single_calls.values()):.5f}")
+
+
+if __name__ == "__main__":
+    main()
