@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -206,3 +207,24 @@ def test_an_observer_that_raises_does_not_stop_delivery(tmp_path, klaviyo):
     finally:
         backend.close()
     assert len(klaviyo.events) == 3
+
+
+def test_timeouts_and_slow_answers_over_real_http(make_app, loopback_klaviyo):
+    """Klaviyo too slow to answer within the timeout: retried until it recovers."""
+    fake = loopback_klaviyo.fake
+    fake.latency = 0.6
+    retried: list[str] = []
+    app = make_app(delivery="spool", api_url=loopback_klaviyo.url, timeout=0.2,
+                   on_retry=lambda sub, error, delay: retried.append(str(error)))
+    response = app.post(UPDATE, {"email": "slow@example.com", "list": "L1",
+                                 "event[name]": "Joined"}, headers=JSON)
+    assert response.json["queued"] is True
+    deadline = time.monotonic() + 20
+    while not retried and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert retried and "in time" in retried[0]
+    fake.latency = 0.0
+    assert make_app.middleware.flush(30)
+    assert set(fake.profiles) == {"slow@example.com"}
+    assert fake.subscribed == {"L1": {"slow@example.com"}}
+    assert len(fake.events) == 1
