@@ -74,12 +74,12 @@ def build_settings(
     max_body_size: int,
     max_fields: int,
     max_depth: int,
-    spool_path: str | os.PathLike[str] | None = None,
-    spool_durability: str = "full",
-    spool_max_size: int = 256 * 1024 * 1024,
-    worker_threads: int = 2,
-    retry_max_age: float = 3 * 24 * 3600.0,
-    rate_limit_share: float = 0.9,
+    spool_path: str | os.PathLike[str] | None,
+    spool_durability: str,
+    spool_max_size: int,
+    worker_threads: int,
+    retry_max_age: float,
+    rate_limit_share: float,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     env = os.environ if environ is None else environ
