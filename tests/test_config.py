@@ -62,6 +62,12 @@ def test_defaults():
         ({"max_depth": -1}, "max_depth"),
         ({"sync_retry_budget": -1}, "sync_retry_budget"),
         ({"allowed_hosts": [1]}, "allowed_hosts"),
+        ({"spool_durability": "paranoid"}, "spool_durability"),
+        ({"spool_max_size": 0}, "spool_max_size"),
+        ({"worker_threads": 0}, "worker_threads"),
+        ({"retry_max_age": -1}, "retry_max_age"),
+        ({"rate_limit_share": 0}, "rate_limit_share"),
+        ({"rate_limit_share": 1.5}, "rate_limit_share"),
     ],
 )
 def test_bad_options(options, message):
@@ -92,3 +98,20 @@ def test_the_key_is_in_no_repr():
     for text in (repr(middleware), repr(middleware.settings), repr(middleware.delivery),
                  str(vars(middleware.settings).keys())):
         assert API_KEY not in text
+
+
+def test_spool_path_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("KLAVIYO_SPOOL_PATH", str(tmp_path / "env" / "spool.sqlite3"))
+    middleware = KlaviyoMiddleware(inner, api_key=API_KEY)
+    assert middleware.settings.spool_path == str(tmp_path / "env" / "spool.sqlite3")
+    assert (tmp_path / "env" / "spool.sqlite3").exists()
+    middleware.close()
+
+
+def test_default_spool_location(monkeypatch, tmp_path):
+    monkeypatch.delenv("KLAVIYO_SPOOL_PATH")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    middleware = KlaviyoMiddleware(inner, api_key=API_KEY)
+    assert middleware.settings.spool_path == str(
+        tmp_path / "cache" / "klaviyo_middleware" / "spool.sqlite3")
+    middleware.close()

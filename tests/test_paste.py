@@ -69,3 +69,20 @@ def test_factory_conversion_errors(options, message):
 
 def test_factory_shares_the_class_docs():
     assert "allowed_hosts" in (filter_app_factory.__doc__ or "")
+
+
+def test_factory_converts_spool_options(tmp_path):
+    middleware = filter_app_factory(
+        lambda e, s: [], {}, api_key="pk_test_0123456789abcdef",
+        spool_path=str(tmp_path / "paste.sqlite3"), spool_durability="normal",
+        spool_max_size="1048576", worker_threads="3", retry_max_age="3600",
+        rate_limit_share="0.5",
+    )
+    try:
+        settings = middleware.settings
+        assert settings.delivery == "spool"
+        assert (settings.spool_durability, settings.spool_max_size) == ("normal", 1048576)
+        assert (settings.worker.threads, settings.worker.max_age,
+                settings.worker.rate_share) == (3, 3600.0, 0.5)
+    finally:
+        middleware.close()
