@@ -24,6 +24,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
 
         serve(args.host, args.port)
         return 0
+    if args.command == "fake-klaviyo":
+        return _fake_klaviyo(args, out)
     try:
         admin = SpoolAdmin(args.spool)
     except FileNotFoundError as exc:
@@ -46,6 +48,20 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run a demo site wrapped in the middleware")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
+
+    fake = commands.add_parser("fake-klaviyo", help="run a fake Klaviyo API for local testing")
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--port", type=int, default=8900)
+    fake.add_argument("--api-key", help="the only private key accepted (default: any pk_ key)")
+    fake.add_argument("--list", action="append", default=[], metavar="ID[:double]",
+                      help="a list to create; ':double' makes it double opt-in")
+    fake.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    fake.add_argument("--error-rate", type=float, default=0.0,
+                      help="share of calls answered 503")
+    fake.add_argument("--outage", type=float, default=0.0, metavar="SECONDS",
+                      help="answer 503 to everything for the first SECONDS")
+    fake.add_argument("--no-rate-limits", action="store_true",
+                      help="do not enforce Klaviyo's per-endpoint rate limits")
 
     spool = commands.add_parser("spool", help="inspect and repair the delivery spool")
     actions = spool.add_subparsers(dest="action", required=True)
@@ -72,6 +88,31 @@ def _parser() -> argparse.ArgumentParser:
     purge.add_argument("--older-than", type=float, metavar="SECONDS", help="only older ones")
     purge.add_argument("--all", action="store_true", help="required to purge everything")
     return parser
+
+
+def _fake_klaviyo(args: argparse.Namespace, out: TextIO) -> int:
+    from .serving import make
+    from .testing import FakeKlaviyo, Faults
+
+    lists = {}
+    for spec in args.list:
+        list_id, _, kind = spec.partition(":")
+        lists[list_id] = "double_opt_in" if kind == "double" else "single_opt_in"
+    faults = Faults(error_rate=args.error_rate, latency=args.latency)
+    if args.outage:
+        faults.outage(args.outage)
+    fake = FakeKlaviyo(api_key=args.api_key, lists=lists, faults=faults,
+                       rate_limits=not args.no_rate_limits)
+    server = make(args.host, args.port, fake)
+    print(f"fake Klaviyo on http://{args.host}:{server.server_port}  "
+          f"(state: /_state; Ctrl+C stops it)", file=out, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
 
 
 def _spool_command(args: argparse.Namespace, admin: SpoolAdmin, out: TextIO) -> int:
