@@ -124,7 +124,7 @@ class TestKlaviyoSemantics:
         assert person["properties"] == {"x": 1, "y": 2}
 
     def test_profiles_filter(self, api):
-        fake, app = api
+        _, app = api
         post(app, "/api/profile-import", profile("f@example.com"))
         found = app.get('/api/profiles?filter=equals(email,"f@example.com")', headers=HEADERS)
         assert [item["attributes"]["email"] for item in found.json["data"]] == ["f@example.com"]
