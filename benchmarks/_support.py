@@ -4,51 +4,35 @@ from __future__ import annotations
 
 import io
 import statistics
-import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from klaviyo_middleware.demo import RecordingKlaviyo
+from klaviyo_middleware.serving import BackgroundServer
+from klaviyo_middleware.testing import FakeKlaviyo, Faults
 
 API_KEY = "pk_benchmark_key_0000"
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    request_queue_size = 512
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @contextmanager
-def slow_klaviyo(latency: float) -> Iterator[tuple[str, Counter[str]]]:
-    """A stand-in Klaviyo on 127.0.0.1 answering after ``latency`` seconds."""
-    recorder = RecordingKlaviyo(keep=10)
+def slow_klaviyo(latency: float, rate_limits: bool = False) -> Iterator[tuple[str, Counter[str]]]:
+    """A fake Klaviyo on 127.0.0.1 answering after ``latency`` seconds.
+
+    Yields its URL and a live count of calls per path ("429" counts throttled ones).
+    """
+    fake = FakeKlaviyo(rate_limits=rate_limits, faults=Faults(latency=latency))
     calls: Counter[str] = Counter()
-    lock = threading.Lock()
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:
-        with lock:
-            calls[environ["PATH_INFO"]] += 1
-        time.sleep(latency)
-        return recorder(environ, start_response)
+        calls[environ["PATH_INFO"]] += 1
+        return fake(environ, start_response)
 
-    server = make_server("127.0.0.1", 0, app, _Server, _Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", calls
-    finally:
-        server.shutdown()
-        server.server_close()
+    with BackgroundServer(app) as server:
+        try:
+            yield server.url, calls
+        finally:
+            calls["429"] = fake.limiter.throttled
 
 
 def form_environ(number: int) -> dict[str, Any]:

@@ -4,7 +4,8 @@
 
 The burst (updateProfile with a list and an event each) is put in a spool
 and drained by the middleware's worker with batching, against a stand-in
-Klaviyo answering after ``latency``; one call per step is counted from the
+Klaviyo answering after ``latency`` and enforcing Klaviyo's published rate
+limits; one call per step is counted from the
 same submissions' delivery plan (three calls each), since draining it for
 real takes minutes under Klaviyo's rate limits.
 """
@@ -48,7 +49,7 @@ def main() -> None:
     single_minutes = max(calls / ENDPOINT_LIMITS[name][1][1]
                          for name, calls in single_calls.items())
 
-    with slow_klaviyo(args.latency) as (url, calls), \
+    with slow_klaviyo(args.latency, rate_limits=True) as (url, calls), \
             tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = Path(tmp) / "burst.sqlite3"
         spool = Spool(path, account_fingerprint(url, API_KEY), durability="normal",
@@ -61,6 +62,7 @@ def main() -> None:
         elapsed = time.perf_counter() - started
         middleware.close()
 
+    throttled = calls.pop("429", 0)
     batched = sum(calls.values())
     by_endpoint = ", ".join(f"{path.rsplit('/', 1)[-1]} {count}"
                             for path, count in sorted(calls.items()))
@@ -70,7 +72,7 @@ def main() -> None:
           f"at Klaviyo's steady limits >= {single_minutes:.1f} min")
     print(f"  batching:          {batched:6d} calls "
           f"({by_endpoint}); "
-          f"drained={drained} in {elapsed:.1f} s")
+          f"drained={drained} in {elapsed:.1f} s; 429s received: {throttled}")
     print(f"  calls ratio batching / single: {batched / sum(single_calls.values()):.5f}")
 
 

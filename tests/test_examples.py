@@ -7,7 +7,6 @@ import re
 import sys
 import threading
 from pathlib import Path
-from wsgiref.simple_server import make_server
 
 import pytest
 import requests
@@ -15,7 +14,8 @@ from paste.deploy import loadapp
 from webtest import TestApp
 
 from klaviyo_middleware import KlaviyoMiddleware
-from klaviyo_middleware.demo import _QuietHandler, _ThreadingServer, build_demo
+from klaviyo_middleware.demo import build_demo
+from klaviyo_middleware.serving import make
 
 from klaviyo_fake import API_KEY, API_URL
 
@@ -111,16 +111,16 @@ def test_readme_flask_one_liner_works_as_pasted(klaviyo_env):
     assert klaviyo_env.paths()[0] == "/api/profile-import"
 
 
-def test_demo_over_a_real_socket(monkeypatch):
+def test_demo_over_a_real_socket(monkeypatch, tmp_path):
     monkeypatch.delenv("KLAVIYO_PRIVATE_API_KEY", raising=False)
-    server = make_server("127.0.0.1", 0, lambda e, s: [], _ThreadingServer, _QuietHandler)
+    server = make("127.0.0.1", 0, lambda e, s: [])
     base = f"http://127.0.0.1:{server.server_port}"
-    server.set_app(build_demo(base, environ={}))
+    server.set_app(build_demo(base, environ={"KLAVIYO_SPOOL_PATH": str(tmp_path / "d.sqlite3")}))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         with requests.Session() as browser:
-            assert "recording stand-in" in browser.get(base + "/").text
+            assert "fake Klaviyo" in browser.get(base + "/").text
             answer = browser.post(base + "/klaviyoConnect/api/updateProfile",
                                   data={"email": "demo@example.com", "list": "Y6nRLr",
                                         "redirect": "/thanks"})
@@ -133,5 +133,7 @@ def test_demo_over_a_real_socket(monkeypatch):
     finally:
         server.shutdown()
         server.server_close()
-    assert [item["path"] for item in state["received"]] == [
-        "/api/profile-import", "/api/profile-subscription-bulk-create-jobs"]
+    [person] = state["profiles"]
+    assert person["email"] == "demo@example.com"
+    # The demo's list uses double opt-in: pending until the person confirms.
+    assert state["consent"][person["id"]]["email_marketing"] == "PENDING"

@@ -53,6 +53,8 @@ class KlaviyoState:
         self.confirmations: dict[str, Confirmation] = {}
         self.auto_create_lists = auto_create_lists
         self._event_keys: set[tuple[str, str, str]] = set()
+        # (identifier name, value) → profile id, so that upserts stay O(1).
+        self._index: dict[tuple[str, Any], str] = {}
         for list_id, opt_in in (lists or {}).items():
             self.add_list(list_id, opt_in_process=opt_in)
 
@@ -80,11 +82,8 @@ class KlaviyoState:
                 return profile_id
             for name in IDENTIFIERS:
                 value = attributes.get(name)
-                if not value:
-                    continue
-                for known_id, known in self.profiles.items():
-                    if known.get(name) == value:
-                        return known_id
+                if value and (name, value) in self._index:
+                    return self._index[(name, value)]
             return None
 
     def upsert_profile(self, attributes: dict[str, Any],
@@ -105,6 +104,9 @@ class KlaviyoState:
                 else:
                     profile[key] = copy.deepcopy(value)
             profile["updated"] = _now()
+            for name in IDENTIFIERS:
+                if profile.get(name):
+                    self._index[(name, profile[name])] = target_id
             return target_id, created
 
     # -- lists and consent -----------------------------------------------------
@@ -232,6 +234,7 @@ class KlaviyoState:
             self.jobs.clear()
             self.confirmations.clear()
             self._event_keys.clear()
+            self._index.clear()
             for item in self.lists.values():
                 item.members.clear()
 
