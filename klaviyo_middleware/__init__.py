@@ -12,6 +12,7 @@ from .hooks import CancelSubmission
 from .mappings import MappingError, register_mapping
 from .middleware import KlaviyoMiddleware
 from .redirects import sign_redirect
+from .security import csrf_token
 from .submission import Event, Submission
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "KlaviyoMiddleware",
     "MappingError",
     "Submission",
+    "csrf_token",
     "register_mapping",
     "sign_redirect",
 ]

@@ -17,6 +17,7 @@ import phonenumbers
 
 from .client import DEFAULT_API_URL, DEFAULT_REVISION, DEFAULT_TIMEOUT
 from .formdata import Limits
+from .security import parse_rate
 from .spool import DURABILITY, ENV_SPOOL_PATH, default_spool_path
 from .worker import WorkerOptions
 
@@ -53,6 +54,14 @@ class Settings:
     spool_durability: str
     spool_max_size: int
     worker: WorkerOptions
+    allow_cross_site: bool
+    csrf_max_age: float
+    honeypot: str | None
+    client_rate_limit: tuple[int, float] | None
+    trusted_proxies: int
+    max_lists: int
+    max_properties: int
+    log_personal_data: bool
 
     def __repr__(self) -> str:
         return f"<Settings api_url={self.api_url!r} delivery={self.delivery!r}>"
@@ -80,6 +89,15 @@ def build_settings(
     worker_threads: int,
     retry_max_age: float,
     rate_limit_share: float,
+    allow_cross_site: bool,
+    csrf_max_age: float,
+    honeypot: str | None,
+    client_rate_limit: str | None,
+    trusted_proxies: int,
+    max_lists: int,
+    max_properties: int,
+    max_string_length: int,
+    log_personal_data: bool,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     env = os.environ if environ is None else environ
@@ -99,6 +117,7 @@ def build_settings(
             max_body_size=_positive_int("max_body_size", max_body_size),
             max_fields=_positive_int("max_fields", max_fields),
             max_depth=_positive_int("max_depth", max_depth),
+            max_string_length=_positive_int("max_string_length", max_string_length),
         ),
         spool_path=str(spool_path or env.get(ENV_SPOOL_PATH) or default_spool_path()),
         spool_durability=_choice("spool_durability", spool_durability, tuple(DURABILITY)),
@@ -108,6 +127,14 @@ def build_settings(
             max_age=_non_negative("retry_max_age", retry_max_age),
             rate_share=_share("rate_limit_share", rate_limit_share),
         ),
+        allow_cross_site=_bool("allow_cross_site", allow_cross_site),
+        csrf_max_age=_non_negative("csrf_max_age", csrf_max_age),
+        honeypot=honeypot or None,
+        client_rate_limit=_client_rate(client_rate_limit),
+        trusted_proxies=_count("trusted_proxies", trusted_proxies),
+        max_lists=_positive_int("max_lists", max_lists),
+        max_properties=_positive_int("max_properties", max_properties),
+        log_personal_data=_bool("log_personal_data", log_personal_data),
     )
 
 
@@ -221,3 +248,18 @@ def _share(name: str, value: object) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
         raise ConfigurationError(f"{name} must be a fraction above 0 and at most 1, got {value!r}")
     return float(value)
+
+
+def _client_rate(value: str | None) -> tuple[int, float] | None:
+    if value is None or value == "":
+        return None
+    try:
+        return parse_rate(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"client_rate_limit: {exc}") from None
+
+
+def _count(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigurationError(f"{name} must be a whole number ≥ 0, got {value!r}")
+    return value

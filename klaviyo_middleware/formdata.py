@@ -39,6 +39,8 @@ class Limits:
     max_body_size: int = 256 * 1024
     max_fields: int = 1000
     max_depth: int = 10
+    # Klaviyo refuses strings over 100 KB.
+    max_string_length: int = 100_000
 
 
 class BodyError(Exception):
@@ -176,8 +178,14 @@ def _check_json_bounds(data: dict[str, Any], limits: Limits) -> None:
             count += 1
             if count > limits.max_fields:
                 raise BodyError(413, _too_many_fields(limits))
+            if isinstance(node, str) and len(node) > limits.max_string_length:
+                raise BodyError(413, _too_long(limits))
             continue
         stack.extend((child, depth + 1) for child in children)
+
+
+def _too_long(limits: Limits) -> str:
+    return f"A field is longer than {limits.max_string_length} characters."
 
 
 def _too_deep(limits: Limits) -> str:
@@ -209,6 +217,8 @@ def nest_pairs(pairs: Iterable[tuple[str, str]], limits: Limits) -> dict[str, An
         name, segments = parsed
         if len(segments) + 1 > limits.max_depth:
             raise BodyError(400, _too_deep(limits))
+        if len(value) > limits.max_string_length:
+            raise BodyError(413, _too_long(limits))
         _assign(root, [name, *segments], value)
     # The top level stays a dict even if every field name is a number.
     return {key: _listify(value) for key, value in root.items()}
@@ -228,8 +238,13 @@ def _assign(node: dict[str, Any], path: list[str], value: str) -> None:
         node = child
 
 
+def _is_index(key: str) -> bool:
+    # ASCII only: "¹".isdigit() is true, but int("¹") fails.
+    return key.isascii() and key.isdigit()
+
+
 def _next_index(node: dict[str, Any]) -> str:
-    indexes = [int(key) for key in node if key.isdigit()]
+    indexes = [int(key) for key in node if _is_index(key)]
     return str(max(indexes) + 1 if indexes else 0)
 
 
@@ -237,7 +252,7 @@ def _listify(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     converted = {key: _listify(value) for key, value in node.items()}
-    if converted and all(key.isdigit() for key in converted):
+    if converted and all(_is_index(key) for key in converted):
         indexes = sorted(converted, key=int)
         if [int(key) for key in indexes] == list(range(len(indexes))) and all(
             key == str(int(key)) for key in indexes

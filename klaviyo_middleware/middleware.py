@@ -26,11 +26,17 @@ from .mappings import (
     UserLoader,
 )
 from .paths import ACTION_PATHS, Action, action_for_field
-from .redact import get_logger
+from .redact import get_logger, set_personal_data_logging
 from .retry import RetryPolicy
+from .security import (
+    ClientRateLimiter,
+    check_csrf_token,
+    client_address,
+    cross_site_reason,
+)
 from .spool import Spool, account_fingerprint
 from .submission import Submission
-from .validation import Errors, ValidationOptions, build_submission
+from .validation import EmailFilter, Errors, ValidationOptions, build_submission
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -101,6 +107,26 @@ class KlaviyoMiddleware:
     :param retry_max_age: seconds a failing submission is retried before it
         goes to the dead letters.
     :param rate_limit_share: share of Klaviyo's per-account rate limits used.
+    :param allow_cross_site: accept posts whose ``Origin``, ``Sec-Fetch-Site``
+        or ``Referer`` shows another site (refused with 403 by default;
+        ``allowed_hosts`` count as this site).
+    :param csrf_session: ``f(environ)`` → the visitor's session id; when set,
+        forms must carry a ``csrf_token`` made by
+        :func:`klaviyo_middleware.csrf_token` (needs ``secret``).
+    :param csrf_max_age: seconds a CSRF token stays valid.
+    :param honeypot: name of a hidden field humans leave empty; a submission
+        that fills it gets the usual success answer and is not sent.
+    :param client_rate_limit: e.g. ``"10/minute"``: submissions per client
+        IP and process; more get 429 with ``Retry-After``. Off by default.
+    :param trusted_proxies: how many proxies in front of the site append to
+        ``X-Forwarded-For`` (0: use ``REMOTE_ADDR``).
+    :param max_lists: lists one submission may name.
+    :param max_properties: custom profile or event properties per submission.
+    :param max_string_length: characters in any one field (Klaviyo: 100 KB).
+    :param refuse_email: ``f(email)`` → true (or a message) to refuse an
+        address, e.g. disposable-mail domains.
+    :param log_personal_data: show email addresses and phone numbers in log
+        messages (masked by default).
     """
 
     def __init__(
@@ -142,6 +168,19 @@ class KlaviyoMiddleware:
         retry_max_age: float = 3 * 24 * 3600.0,
         # Klaviyo's limits are per account; leave headroom for other integrations.
         rate_limit_share: float = 0.9,
+        # Refuse form posts that a browser says come from another site (CSRF).
+        allow_cross_site: bool = False,
+        csrf_session: Callable[[WSGIEnvironment], str | None] | None = None,
+        csrf_max_age: float = 24 * 3600.0,
+        honeypot: str | None = None,
+        # Off unless asked for: no legitimate site should be throttled by surprise.
+        client_rate_limit: str | None = None,
+        trusted_proxies: int = 0,
+        max_lists: int = 10,
+        max_properties: int = 400,
+        max_string_length: int = 100_000,
+        refuse_email: EmailFilter | None = None,
+        log_personal_data: bool = False,
     ) -> None:
         if not callable(app):
             raise TypeError("KlaviyoMiddleware wraps a WSGI application (a callable)")
@@ -167,13 +206,31 @@ class KlaviyoMiddleware:
             worker_threads=worker_threads,
             retry_max_age=retry_max_age,
             rate_limit_share=rate_limit_share,
+            allow_cross_site=allow_cross_site,
+            csrf_max_age=csrf_max_age,
+            honeypot=honeypot,
+            client_rate_limit=client_rate_limit,
+            trusted_proxies=trusted_proxies,
+            max_lists=max_lists,
+            max_properties=max_properties,
+            max_string_length=max_string_length,
+            log_personal_data=log_personal_data,
         )
+        if csrf_session is not None and self.settings.secret is None:
+            raise ConfigurationError("csrf_session needs a secret to sign tokens with")
+        self._csrf_session = csrf_session
+        set_personal_data_logging(self.settings.log_personal_data)
+        rate = self.settings.client_rate_limit
+        self._client_limiter = ClientRateLimiter(*rate) if rate else None
         self.hooks = Hooks(before_send, on_delivered, on_retry, on_dead)
         self.mappings = MappingRegistry(user_loader=user_loader, mappings=mappings)
         self._hosts = redirects.HostPolicy(self.settings.allowed_hosts)
         self._validation = ValidationOptions(
             phone_region=self.settings.phone_region,
             custom_source=self.settings.custom_source,
+            max_lists=self.settings.max_lists,
+            max_properties=self.settings.max_properties,
+            refuse_email=refuse_email,
         )
         self.delivery: Delivery = build_delivery(self.settings, self.hooks)
         self._action_field = self.settings.action_field
@@ -249,6 +306,9 @@ class KlaviyoMiddleware:
         parsed: tuple[bytes, dict[str, Any]] | None,
     ) -> Iterable[bytes]:
         request = Request(environ)
+        refusal = self._screen(request)
+        if refusal is not None:
+            return refusal(environ, start_response)
         try:
             body, form = parsed or self._read(request)
         except BodyError as exc:
@@ -256,6 +316,9 @@ class KlaviyoMiddleware:
                 environ, start_response
             )
         environ[FORM_ENVIRON_KEY] = form
+        refusal = self._check_form(request, form)
+        if refusal is not None:
+            return refusal(environ, start_response)
         submission, errors = self._validate(request, action, form)
         forward, redirect = self._targets(request, form, errors)
         if submission is None or errors:
@@ -278,6 +341,46 @@ class KlaviyoMiddleware:
             return self._forward(environ, body, forward, start_response)
         response = self._success(request, redirect, result)
         return response(environ, start_response)
+
+    def _screen(self, request: Request) -> Response | None:
+        """Refuse cross-site posts and clients over their rate, before reading the body."""
+        if not self.settings.allow_cross_site:
+            reason = cross_site_reason(request.headers, request.host, self._hosts)
+            if reason is not None:
+                log.warning("klaviyo_middleware: refused a post to %s: %s",
+                            request.path_info, reason)
+                return self._refuse(request, 403, {"form": [
+                    "This form must be sent from this site. Reload the page and try again."]})
+        if self._client_limiter is not None:
+            client = client_address(request.environ, self.settings.trusted_proxies)
+            wait = self._client_limiter.retry_after(client)
+            if wait:
+                return self._refuse(request, 429, {"form": [
+                    "Too many submissions. Please wait a moment and try again."]},
+                    retry_after=wait)
+        return None
+
+    def _check_form(self, request: Request, form: dict[str, Any]) -> Response | None:
+        """The honeypot and the CSRF token, once the form is read."""
+        honeypot = self.settings.honeypot
+        if honeypot and form.get(honeypot) not in (None, ""):
+            # Answer as if it worked: a bot told it failed just adapts.
+            log.info("klaviyo_middleware: honeypot field filled; submission dropped")
+            request.environ[RESULT_KEY] = {"success": True, "cancelled": True}
+            return self._success(request, None, {"success": True})
+        if self._csrf_session is not None:
+            try:
+                session = self._csrf_session(request.environ)
+            except Exception:
+                log.exception("klaviyo_middleware: csrf_session failed")
+                session = None
+            token = form.get("csrf_token")
+            if not (session and isinstance(token, str) and self.settings.secret and
+                    check_csrf_token(token, self.settings.secret, session,
+                                     self.settings.csrf_max_age)):
+                return self._refuse(request, 403, {"csrf_token": [
+                    "This form has expired. Reload the page and try again."]})
+        return None
 
     def _read(self, request: Request) -> tuple[bytes, dict[str, Any]]:
         limits = self.settings.limits
@@ -375,8 +478,14 @@ class KlaviyoMiddleware:
         return self._refuse(request, status, errors)(environ, start_response)
 
     @staticmethod
-    def _refuse(request: Request, status: int, errors: Errors) -> Response:
-        headers = {"Retry-After": _RETRY_AFTER_SECONDS} if status == 503 else {}
+    def _refuse(
+        request: Request, status: int, errors: Errors, retry_after: int | None = None
+    ) -> Response:
+        headers = {}
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
+        elif status == 503:
+            headers["Retry-After"] = _RETRY_AFTER_SECONDS
         if responses.wants_json(request):
             return responses.json_response(status, {"success": False, "errors": errors}, **headers)
         return responses.errors_page(status, errors, **headers)

@@ -82,6 +82,15 @@ _CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     "worker_threads": asint,
     "retry_max_age": asfloat,
     "rate_limit_share": asfloat,
+    "allow_cross_site": asbool,
+    "csrf_max_age": asfloat,
+    "honeypot": _as_str,
+    "client_rate_limit": _as_str,
+    "trusted_proxies": asint,
+    "max_lists": asint,
+    "max_properties": asint,
+    "max_string_length": asint,
+    "log_personal_data": asbool,
 }
 
 

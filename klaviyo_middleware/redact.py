@@ -17,9 +17,20 @@ _PHONE = re.compile(r"(?<![\w+])\+?\d[\d ()./-]{6,}\d(?!\w)")
 _KEY = re.compile(r"\bpk_[A-Za-z0-9_]+")
 
 
-def redact(text: str) -> str:
+_show_personal_data = False
+
+
+def set_personal_data_logging(show: bool) -> None:
+    """Let log messages show emails and phone numbers (never API keys)."""
+    global _show_personal_data
+    _show_personal_data = show
+
+
+def redact(text: str, personal: bool = True) -> str:
     """``sarah@example.com`` → ``s***@example.com``; phones and keys masked."""
     text = _KEY.sub("pk_***", text)
+    if not personal:
+        return text
     text = _EMAIL.sub(r"\1***@\2", text)
     return _PHONE.sub(lambda match: match.group(0)[:3] + "***", text)
 
@@ -29,7 +40,7 @@ class RedactingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = redact(message)
+        cleaned = redact(message, personal=not _show_personal_data)
         if cleaned != message:
             record.msg, record.args = cleaned, None
         return True

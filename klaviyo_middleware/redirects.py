@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 from .fields import FieldError
 from .paths import action_for_path
@@ -74,14 +74,35 @@ class HostPolicy:
 def _check_characters(value: str) -> None:
     if len(value) > MAX_TARGET_LENGTH:
         raise FieldError("The address is too long.")
-    if any(ord(char) < 0x21 or ord(char) == 0x7F for char in value):
+    # Non-ASCII is refused rather than interpreted: full-width solidi and
+    # ideographic full stops are read as "/" and "." by some URL parsers.
+    # Percent-encode non-ASCII paths.
+    if not value.isascii() or any(ord(char) < 0x21 for char in value):
         raise FieldError("The address contains characters that are not allowed.")
-    if "\\" in value:
-        raise FieldError("The address contains characters that are not allowed.")
+    # Decoded, the address may hold spaces and UTF-8, but never the control
+    # characters and backslashes that browsers and proxies reinterpret.
+    for text in _decodings(value):
+        if "\\" in text or any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+            raise FieldError("The address contains characters that are not allowed.")
+
+
+def _decodings(value: str) -> list[str]:
+    """``value`` and its percent-decodings, up to three layers deep."""
+    layers = [value]
+    for _ in range(3):
+        decoded = unquote(layers[-1], errors="replace")
+        if decoded == layers[-1]:
+            break
+        layers.append(decoded)
+    return layers
 
 
 def _is_same_site_path(value: str) -> bool:
-    return value.startswith("/") and not value.startswith("//")
+    # Also judged after percent-decoding: "/%2F%2Fevil" is "//evil" to any
+    # server or proxy that decodes before redirecting again.
+    return all(
+        text.startswith("/") and not text.startswith("//") for text in _decodings(value)
+    )
 
 
 def safe_redirect(value: str, hosts: HostPolicy) -> str:

@@ -150,9 +150,8 @@ class Spool:
         self.durability = DURABILITY[durability]
         self.max_bytes = max_bytes
         self.busy_timeout = busy_timeout
-        self._local = threading.local()
         self._fork_guard = threading.Lock()
-        self._opened: list[weakref.ReferenceType[sqlite3.Connection]] = []
+        self._connections: dict[int, sqlite3.Connection] = {}
         self._inherited: list[sqlite3.Connection] = []
         self._watch_forks()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,24 +164,32 @@ class Spool:
     # -- connections --------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
-        # One connection per thread and per process: SQLite connections must
-        # not cross a fork, and sqlite3 objects are not shared between threads.
-        pid = os.getpid()
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None or self._local.pid != pid:
+        """This thread's connection; call only while holding :attr:`_fork_guard`.
+
+        Connections are kept in a registry, not in thread-local storage, so
+        that each is closed here, under the guard, rather than whenever a
+        thread's storage happens to be freed: closing touches SQLite's
+        process-wide mutexes, and a fork at that moment would hang the child.
+        """
+        ident = threading.get_ident()
+        db = self._connections.get(ident)
+        if db is None:
+            self._close_finished_threads()
+            # Shared between threads only in the sense that a new thread may
+            # reuse a finished one's ident; calls are serialised by the guard.
             db = sqlite3.connect(
-                self.path,
-                timeout=self.busy_timeout,
-                isolation_level=None,
-                factory=_Connection,
+                self.path, timeout=self.busy_timeout, isolation_level=None,
+                check_same_thread=False,
             )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.durability}")
-            self._local.db = db
-            self._local.pid = pid
-            self._opened = [ref for ref in self._opened if ref() is not None]
-            self._opened.append(weakref.ref(db))
+            self._connections[ident] = db
         return db
+
+    def _close_finished_threads(self) -> None:
+        alive = {thread.ident for thread in threading.enumerate()}
+        for ident in [ident for ident in self._connections if ident not in alive]:
+            self._connections.pop(ident).close()
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -235,18 +242,24 @@ class Spool:
     def _after_fork_in_child(self) -> None:
         # The parent's connections stay referenced, never closed, in the
         # child: closing one here could checkpoint or remove the parent's WAL.
-        self._inherited.extend(db for db in (ref() for ref in self._opened) if db is not None)
-        self._opened = []
-        self._local = threading.local()
+        self._inherited.extend(self._connections.values())
+        self._connections = {}
         self._fork_guard = threading.Lock()
 
     def close(self) -> None:
-        """Close this thread's connection; other threads' close as they end."""
+        """Close this thread's connection and those of finished threads."""
         with self._fork_guard:
-            db: sqlite3.Connection | None = getattr(self._local, "db", None)
-            if db is not None and self._local.pid == os.getpid():
+            db = self._connections.pop(threading.get_ident(), None)
+            if db is not None:
                 db.close()
-            self._local.db = None
+            self._close_finished_threads()
+
+    def close_all(self) -> None:
+        """Close every connection (when no other thread uses the spool any more)."""
+        with self._fork_guard:
+            for db in self._connections.values():
+                db.close()
+            self._connections.clear()
 
     # -- the web side -------------------------------------------------------
 
@@ -606,10 +619,6 @@ def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
         dead_at,
         json.loads(error),
     )
-
-
-class _Connection(sqlite3.Connection):
-    """A connection that can be weakly referenced (the base class cannot)."""
 
 
 def _alive(pid: int) -> bool:

@@ -18,7 +18,10 @@ from typing import Any
 from . import fields
 from .fields import FieldError
 from .paths import UPDATE_PROFILE, Action
+from .redact import get_logger
 from .submission import Event, Submission
+
+log = get_logger(__name__)
 
 Errors = dict[str, list[str]]
 
@@ -26,10 +29,17 @@ _PLAIN_ATTRIBUTES = ("first_name", "last_name", "title", "organization")
 _LOCATION = ("address1", "address2", "city", "region", "country", "zip", "timezone")
 
 
+EmailFilter = Callable[[str], "bool | str | None"]
+
+
 @dataclass(frozen=True)
 class ValidationOptions:
     phone_region: str | None = None
     custom_source: str | None = None
+    max_lists: int = 10
+    # Klaviyo's limit for event properties; the same cap serves profiles.
+    max_properties: int = 400
+    refuse_email: EmailFilter | None = None
 
 
 class _Collector:
@@ -63,8 +73,12 @@ def build_submission(
     event = None
     if action == UPDATE_PROFILE:
         lists = _lists(form, collector)
+        if len(lists) > options.max_lists:
+            collector.add("lists", f"Choose at most {options.max_lists} lists.")
         confirm = _confirm_opt_in(form, collector)
         event = _event(form, collector)
+        if event is not None and len(event.properties) > options.max_properties:
+            collector.add("event[extra]", f"Send at most {options.max_properties} properties.")
     if collector.errors:
         return None, collector.errors
     submission = Submission(
@@ -91,6 +105,16 @@ def _profile(
         collector.add("email", "Enter your email address.")
     else:
         profile["email"] = collector.check("email", fields.email, raw_email)
+        if profile["email"] and options.refuse_email is not None:
+            try:
+                verdict = options.refuse_email(profile["email"])
+            except Exception:
+                # A broken filter must not turn a sign-up into a 500.
+                log.exception("klaviyo_middleware: refuse_email hook failed")
+                verdict = None
+            if verdict:
+                collector.add("email", verdict if isinstance(verdict, str)
+                              else "Use another email address.")
 
     def optional(name: str, validator: Callable[[Any], Any], target: str) -> None:
         value = values.get(name)
@@ -122,7 +146,9 @@ def _profile(
     extra = values.get("extra")
     if extra is not None:
         if isinstance(extra, dict):
-            if extra:
+            if len(extra) > options.max_properties:
+                collector.add("extra", f"Send at most {options.max_properties} properties.")
+            elif extra:
                 profile["properties"] = dict(extra)
         else:
             collector.add("extra", "Send custom properties as extra[NAME]=value.")

@@ -155,11 +155,19 @@ class SpoolWorker:
             self.spool.unregister_worker(self._owner)
         finally:
             self.client.close()
-            self.spool.close()
+            self.spool.close_all()
 
     # -- the loop -----------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            # Close this thread's connection under the fork guard, now,
+            # rather than whenever its thread state is torn down.
+            self.spool.close()
+
+    def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
                 busy = self._tick()

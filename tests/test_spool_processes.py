@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -154,6 +155,11 @@ def test_forks_while_worker_threads_are_inside_sqlite(tmp_path, loopback_klaviyo
     spool = middleware.delivery.spool  # type: ignore[attr-defined]
     for item in submissions(200):
         spool.enqueue(item)
+    # Spools that earlier tests left as cyclic garbage would close their
+    # connections in whatever thread collects them, outside any guard:
+    # collect them now, and let no collection start during the forks.
+    gc.collect()
+    gc.disable()
     children = []
     for _ in range(int(os.environ.get("FORKS", "200"))):
         pid = os.fork()
@@ -164,6 +170,7 @@ def test_forks_while_worker_threads_are_inside_sqlite(tmp_path, loopback_klaviyo
             finally:
                 os._exit(code)
         children.append(pid)
+    gc.enable()
     deadline = time.monotonic() + 30
     hung = []
     for pid in children:

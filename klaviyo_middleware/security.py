@@ -1,0 +1,157 @@
+"""Defences of a public form endpoint: cross-site posts, CSRF tokens, abuse limits.
+
+A form that updates Klaviyo profiles and triggers opt-in emails is worth
+abusing: another site can make its visitors post to it (CSRF, subscribing
+them or, with the ``user`` mapping, changing the signed-in person's
+profile), and a script can post thousands of strangers' addresses (opt-in
+spam). See the README's "Security" section for the whole threat model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import re
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from .redirects import HostPolicy
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
+_PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+
+
+# -- cross-site posts ---------------------------------------------------------
+
+
+def cross_site_reason(headers: Mapping[str, str], host: str, hosts: HostPolicy) -> str | None:
+    """Why a post looks cross-site, or ``None`` when it comes from this site.
+
+    ``Origin`` decides when present (browsers send it on every POST), then
+    ``Sec-Fetch-Site``, then ``Referer``; a request with none of them (a
+    server-side client, an old browser) is not a browser-driven CSRF and
+    passes. Only host names are compared, not schemes, so a site behind a
+    TLS-terminating proxy is not refused by mistake.
+    """
+    own = _hostname(host)
+    origin = headers.get("Origin")
+    if origin is not None:
+        if origin.strip().lower() == "null":
+            return "the form was posted from an opaque origin"
+        return None if _same_site(origin, own, hosts) else "the form was posted from another site"
+    fetch_site = headers.get("Sec-Fetch-Site")
+    if fetch_site is not None:
+        if fetch_site.lower() in ("same-origin", "same-site", "none"):
+            return None
+        return "the form was posted from another site"
+    referer = headers.get("Referer")
+    if referer:
+        return None if _same_site(referer, own, hosts) else "the form was posted from another site"
+    return None
+
+
+def _same_site(url: str, own: str, hosts: HostPolicy) -> bool:
+    try:
+        parts = urlsplit(url.strip())
+        netloc = parts.netloc
+        hostname = parts.hostname
+    except ValueError:
+        return False
+    if not netloc or hostname is None:
+        return False
+    return hostname == own or hosts.allows(netloc)
+
+
+def _hostname(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+# -- CSRF tokens ------------------------------------------------------------------
+
+
+def csrf_token(secret: str, session: str, now: float | None = None) -> str:
+    """A token for a hidden ``csrf_token`` field, bound to the visitor's session.
+
+    ``session`` is anything stable for the visitor and unknown to others (a
+    session id); the middleware checks it against ``csrf_session(environ)``.
+    """
+    issued = str(int(time.time() if now is None else now))
+    return f"{issued}.{_csrf_digest(secret, session, issued)}"
+
+
+def check_csrf_token(token: str, secret: str, session: str, max_age: float,
+                     now: float | None = None) -> bool:
+    issued, _, digest = token.partition(".")
+    if not (issued.isascii() and issued.isdigit()) or not digest:
+        return False
+    age = (time.time() if now is None else now) - int(issued)
+    if not 0 <= age <= max_age:
+        return False
+    return hmac.compare_digest(digest, _csrf_digest(secret, session, issued))
+
+
+def _csrf_digest(secret: str, session: str, issued: str) -> str:
+    message = f"csrf\n{session}\n{issued}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+# -- per-client rate limit ------------------------------------------------------
+
+
+def parse_rate(value: str) -> tuple[int, float]:
+    """``"10/minute"`` → ``(10, 60.0)``; raises ``ValueError``."""
+    match = _RATE.match(value)
+    if match is None or int(match.group(1)) < 1:
+        raise ValueError(f"expected a rate like '10/minute', got {value!r}")
+    return int(match.group(1)), _PERIODS[match.group(2).lower()]
+
+
+def client_address(environ: Mapping[str, object], trusted_proxies: int) -> str:
+    """The client's IP: ``REMOTE_ADDR``, or the entry ``trusted_proxies`` hops
+    back in ``X-Forwarded-For`` (only proxies you run may be trusted; a
+    client can write anything in that header)."""
+    remote = str(environ.get("REMOTE_ADDR") or "")
+    if trusted_proxies <= 0:
+        return remote
+    forwarded = [part.strip() for part in str(environ.get("HTTP_X_FORWARDED_FOR") or "").split(",")
+                 if part.strip()]
+    if len(forwarded) >= trusted_proxies:
+        return forwarded[-trusted_proxies]
+    return forwarded[0] if forwarded else remote
+
+
+class ClientRateLimiter:
+    """Sliding-window submission limit per client, in this process's memory.
+
+    Memory is bounded: at most ``max_clients`` addresses are tracked, the
+    least recently seen forgotten first.
+    """
+
+    def __init__(self, limit: int, period: float, max_clients: int = 100_000) -> None:
+        self.limit = limit
+        self.period = period
+        self.max_clients = max_clients
+        self._seen: OrderedDict[str, deque[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def retry_after(self, client: str, now: float | None = None) -> int:
+        """0 and counts the submission if allowed, else whole seconds to wait."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            times = self._seen.pop(client, None) or deque()
+            while times and times[0] <= now - self.period:
+                times.popleft()
+            self._seen[client] = times
+            if len(self._seen) > self.max_clients:
+                self._seen.popitem(last=False)
+            if len(times) >= self.limit:
+                return max(1, math.ceil(times[0] + self.period - now))
+            times.append(now)
+            return 0
