@@ -155,6 +155,10 @@ class Spool:
         self._inherited: list[sqlite3.Connection] = []
         self._watch_forks()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            # Submissions and dead letters hold personal data: owner only.
+            # SQLite gives the -wal and -shm files the same permissions.
+            self.path.touch(mode=0o600)
         with self._reading() as db:
             db.executescript(_SCHEMA)
 

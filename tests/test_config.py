@@ -68,6 +68,13 @@ def test_defaults():
         ({"retry_max_age": -1}, "retry_max_age"),
         ({"rate_limit_share": 0}, "rate_limit_share"),
         ({"rate_limit_share": 1.5}, "rate_limit_share"),
+        ({"allow_cross_site": "no"}, "allow_cross_site"),
+        ({"trusted_proxies": -1}, "trusted_proxies"),
+        ({"max_lists": 0}, "max_lists"),
+        ({"max_properties": 0}, "max_properties"),
+        ({"max_string_length": 0}, "max_string_length"),
+        ({"csrf_max_age": -5}, "csrf_max_age"),
+        ({"log_personal_data": 1}, "log_personal_data"),
     ],
 )
 def test_bad_options(options, message):

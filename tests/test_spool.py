@@ -178,3 +178,8 @@ def test_full_spool_refuses_new_submissions(tmp_path):
             accepted += 1
     assert 0 < accepted < 10_000
     assert small.outstanding() == accepted
+
+
+def test_spool_file_is_private(tmp_path):
+    Spool(tmp_path / "private.sqlite3", ACCOUNT)
+    assert (tmp_path / "private.sqlite3").stat().st_mode & 0o077 == 0
