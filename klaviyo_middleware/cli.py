@@ -26,6 +26,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return 0
     if args.command == "fake-klaviyo":
         return _fake_klaviyo(args, out)
+    if args.command == "worker":
+        return _worker(args)
+    if args.command == "celery":
+        return _celery_state(args, out)
     try:
         admin = SpoolAdmin(args.spool)
     except FileNotFoundError as exc:
@@ -62,6 +66,22 @@ def _parser() -> argparse.ArgumentParser:
                       help="answer 503 to everything for the first SECONDS")
     fake.add_argument("--no-rate-limits", action="store_true",
                       help="do not enforce Klaviyo's per-endpoint rate limits")
+
+    worker = commands.add_parser("worker", help="run a Celery worker delivering to Klaviyo")
+    worker.add_argument("--broker", default=os.environ.get("KLAVIYO_BROKER_URL"),
+                        help="Redis or RabbitMQ URL (default $KLAVIYO_BROKER_URL)")
+    worker.add_argument("--concurrency", type=int, default=2)
+    worker.add_argument("--api-url", help="default $KLAVIYO_API_URL or Klaviyo")
+    worker.add_argument("--state-url", help="Redis for delivery state "
+                        "(default $KLAVIYO_STATE_URL, else the broker if it is Redis)")
+    worker.add_argument("--visibility-timeout", type=int, default=3600)
+    worker.add_argument("--loglevel", default="INFO")
+
+    celery_state = commands.add_parser("celery", help="dead letters and counts of Celery delivery")
+    celery_state.add_argument("action", choices=["stats", "dead"])
+    celery_state.add_argument("--state-url", default=os.environ.get("KLAVIYO_STATE_URL"),
+                              required=not os.environ.get("KLAVIYO_STATE_URL"))
+    celery_state.add_argument("--show-personal-data", action="store_true")
 
     spool = commands.add_parser("spool", help="inspect and repair the delivery spool")
     actions = spool.add_subparsers(dest="action", required=True)
@@ -112,6 +132,53 @@ def _fake_klaviyo(args: argparse.Namespace, out: TextIO) -> int:
         pass
     finally:
         server.server_close()
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from .celery_tasks import ENV_STATE_URL, QUEUE, make_celery
+
+    if not args.broker:
+        print("klaviyo-middleware: --broker or KLAVIYO_BROKER_URL is required", file=sys.stderr)
+        return 2
+    if not os.environ.get("KLAVIYO_PRIVATE_API_KEY"):
+        # The key is read from the environment only, never from a flag that
+        # would show it in the process list.
+        print("klaviyo-middleware: set KLAVIYO_PRIVATE_API_KEY", file=sys.stderr)
+        return 2
+    if args.api_url:
+        os.environ["KLAVIYO_API_URL"] = args.api_url
+    if args.state_url:
+        os.environ[ENV_STATE_URL] = args.state_url
+    app = make_celery(args.broker, args.visibility_timeout)
+    app.worker_main([
+        "worker", "-Q", QUEUE, f"--concurrency={args.concurrency}",
+        f"--loglevel={args.loglevel}", "--without-gossip", "--without-mingle",
+    ])
+    return 0
+
+
+def _celery_state(args: argparse.Namespace, out: TextIO) -> int:
+    import redis
+
+    from .redis_state import RedisState
+
+    connection = redis.Redis.from_url(args.state_url)
+    accounts = sorted({key.decode().split(":")[1] for key in
+                       connection.scan_iter("klaviyo_middleware:*:*")})
+    for account in accounts:
+        state = RedisState(args.state_url, account)
+        if args.action == "stats":
+            print(json.dumps({"account": account, **state.stats()}), file=out)
+            continue
+        for letter in state.dead_letters():
+            email = str(letter["submission"]["profile"].get("email", ""))
+            error = " ".join(str(part) for part in (letter["error"].get("message"),
+                                                    letter["error"].get("detail")) if part)
+            if not args.show_personal_data:
+                email, error = redact(email), redact(error)
+            print(f"{letter['id']}  attempts {letter['attempts']}  {email}\n    {error}",
+                  file=out)
     return 0
 
 

@@ -25,7 +25,8 @@ ENV_API_KEY = "KLAVIYO_PRIVATE_API_KEY"
 ENV_API_URL = "KLAVIYO_API_URL"
 ENV_REVISION = "KLAVIYO_REVISION"
 
-DELIVERIES = ("spool", "sync")
+DELIVERIES = ("spool", "sync", "celery")
+ENV_BROKER_URL = "KLAVIYO_BROKER_URL"
 _REVISION = re.compile(r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")
 # Klaviyo's public keys (site ids) are six characters; sending one as a
 # private key fails every call with 401, so catch it at start-up.
@@ -62,6 +63,7 @@ class Settings:
     max_lists: int
     max_properties: int
     log_personal_data: bool
+    broker_url: str | None
 
     def __repr__(self) -> str:
         return f"<Settings api_url={self.api_url!r} delivery={self.delivery!r}>"
@@ -98,11 +100,14 @@ def build_settings(
     max_properties: int,
     max_string_length: int,
     log_personal_data: bool,
+    broker_url: str | None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     env = os.environ if environ is None else environ
+    raw_key = api_key or env.get(ENV_API_KEY)
     return Settings(
-        api_key=_api_key(api_key or env.get(ENV_API_KEY)),
+        # With Celery only the workers talk to Klaviyo: web nodes need no key.
+        api_key="" if delivery == "celery" and not raw_key else _api_key(raw_key),
         api_url=_api_url(api_url or env.get(ENV_API_URL) or DEFAULT_API_URL),
         revision=_revision(revision or env.get(ENV_REVISION) or DEFAULT_REVISION),
         delivery=_choice("delivery", delivery, DELIVERIES),
@@ -135,6 +140,7 @@ def build_settings(
         max_lists=_positive_int("max_lists", max_lists),
         max_properties=_positive_int("max_properties", max_properties),
         log_personal_data=_bool("log_personal_data", log_personal_data),
+        broker_url=broker_url or env.get(ENV_BROKER_URL) or None,
     )
 
 

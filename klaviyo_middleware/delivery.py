@@ -14,7 +14,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import steps
 from .client import KlaviyoClient, KlaviyoError
@@ -149,3 +149,39 @@ class SpoolDelivery:
 
     def close(self) -> None:
         self.worker.close()
+
+
+class CeleryDelivery:
+    """Enqueue one Celery task per submission (``delivery="celery"``).
+
+    The visitor waits only for the broker to take the task; if the broker
+    cannot, the visitor is asked to try again (nothing is silently dropped).
+    Hooks that observe delivery run in the web process and so do not fire
+    here: watch the workers (Flower, the task results) instead.
+    """
+
+    def __init__(self, app: Any) -> None:
+        from .celery_tasks import register
+
+        self.app = app
+        self.task = register(app)
+
+    def submit(self, submission: Submission) -> Outcome:
+        try:
+            self.task.apply_async(
+                args=[submission.to_dict()],
+                retry=True,
+                retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
+            )
+        except Exception as exc:
+            log.error("klaviyo_middleware: could not enqueue %s: %s", submission.id,
+                      type(exc).__name__)
+            return Outcome(accepted=False, error=KlaviyoError("broker unavailable",
+                                                              transient=True))
+        return Outcome(accepted=True, queued=True)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True  # delivery happens on the workers; nothing is pending here
+
+    def close(self) -> None:
+        return None

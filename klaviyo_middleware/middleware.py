@@ -127,6 +127,10 @@ class KlaviyoMiddleware:
         address, e.g. disposable-mail domains.
     :param log_personal_data: show email addresses and phone numbers in log
         messages (masked by default).
+    :param broker_url: with ``delivery="celery"``, the Redis or RabbitMQ
+        broker (default ``$KLAVIYO_BROKER_URL``).
+    :param celery_app: with ``delivery="celery"``, an existing Celery app to
+        enqueue on instead.
     """
 
     def __init__(
@@ -181,6 +185,8 @@ class KlaviyoMiddleware:
         max_string_length: int = 100_000,
         refuse_email: EmailFilter | None = None,
         log_personal_data: bool = False,
+        broker_url: str | None = None,
+        celery_app: Any = None,
     ) -> None:
         if not callable(app):
             raise TypeError("KlaviyoMiddleware wraps a WSGI application (a callable)")
@@ -215,6 +221,7 @@ class KlaviyoMiddleware:
             max_properties=max_properties,
             max_string_length=max_string_length,
             log_personal_data=log_personal_data,
+            broker_url=broker_url,
         )
         if csrf_session is not None and self.settings.secret is None:
             raise ConfigurationError("csrf_session needs a secret to sign tokens with")
@@ -232,7 +239,7 @@ class KlaviyoMiddleware:
             max_properties=self.settings.max_properties,
             refuse_email=refuse_email,
         )
-        self.delivery: Delivery = build_delivery(self.settings, self.hooks)
+        self.delivery: Delivery = build_delivery(self.settings, self.hooks, celery_app)
         self._action_field = self.settings.action_field
 
     def __repr__(self) -> str:
@@ -509,7 +516,9 @@ class KlaviyoMiddleware:
         return self.app(forwarded, start_response)
 
 
-def build_delivery(settings: Settings, hooks: Hooks) -> Delivery:
+def build_delivery(settings: Settings, hooks: Hooks, celery_app: Any = None) -> Delivery:
+    if settings.delivery == "celery":
+        return _celery_delivery(settings, celery_app)
     client = KlaviyoClient(
         settings.api_key,
         api_url=settings.api_url,
@@ -531,6 +540,25 @@ def build_delivery(settings: Settings, hooks: Hooks) -> Delivery:
             "or KLAVIYO_SPOOL_PATH to a writable file"
         ) from None
     return SpoolDelivery(spool, client, hooks, settings.worker)
+
+
+def _celery_delivery(settings: Settings, celery_app: Any) -> Delivery:
+    try:
+        from .celery_tasks import configure, make_celery
+    except ImportError:
+        raise ConfigurationError(
+            'delivery="celery" needs Celery: pip install "klaviyo_middleware[celery]"'
+        ) from None
+    from .delivery import CeleryDelivery
+
+    if celery_app is not None:
+        configure(celery_app)
+        return CeleryDelivery(celery_app)
+    if not settings.broker_url:
+        raise ConfigurationError(
+            'delivery="celery" needs broker_url (or KLAVIYO_BROKER_URL) or celery_app'
+        )
+    return CeleryDelivery(make_celery(settings.broker_url))
 
 
 def _field_for_pointer(pointer: str | None) -> str:

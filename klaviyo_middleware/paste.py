@@ -91,6 +91,7 @@ _CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     "max_properties": asint,
     "max_string_length": asint,
     "log_personal_data": asbool,
+    "broker_url": _as_str,
 }
 
 

@@ -1,0 +1,148 @@
+"""Delivery state shared by every Celery worker, in Redis.
+
+The spool keeps this in SQLite for one machine; a fleet keeps it here:
+per-submission step progress (so a re-delivered task never repeats a step
+Klaviyo accepted), the account-wide pause after a 429, Klaviyo's rate limits
+as atomic sliding windows (a Lua script, so any number of workers on any
+number of machines stay within them), dead letters and counters. Keys are
+prefixed with the account fingerprint, as the spool's rows are.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import redis
+
+from .ratelimits import Limits
+from .steps import Progress
+from .submission import Submission
+
+PROGRESS_TTL = 14 * 24 * 3600
+
+# KEYS[1]: the endpoint's sorted set of call times (ms).
+# ARGV: member, then (window ms, limit) pairs. Returns 0 and records the call,
+# or the milliseconds until the call may be made.
+_TAKE_SLOT = """
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local longest = 0
+local wait = 0
+for i = 2, #ARGV, 2 do
+  local window = tonumber(ARGV[i])
+  local limit = tonumber(ARGV[i + 1])
+  if window > longest then longest = window end
+  local inside = redis.call('ZRANGEBYSCORE', KEYS[1], now - window, '+inf', 'WITHSCORES')
+  local count = #inside / 2
+  if count >= limit then
+    local oldest = tonumber(inside[(count - limit) * 2 + 2])
+    local until_free = oldest + window - now
+    if until_free > wait then wait = until_free end
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - longest)
+if wait > 0 then return wait end
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], longest)
+return 0
+"""
+
+
+class RedisState:
+    def __init__(self, url: str, account: str) -> None:
+        self.redis = redis.Redis.from_url(url)
+        self.prefix = f"klaviyo_middleware:{account}:"
+        self._take_slot = self.redis.register_script(_TAKE_SLOT)
+
+    def __repr__(self) -> str:
+        return f"<RedisState {self.prefix!r}>"
+
+    def _key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    # -- progress -----------------------------------------------------------------
+
+    def load_progress(self, submission_id: str) -> Progress:
+        raw = self.redis.get(self._key("progress", submission_id))
+        return Progress.from_dict(json.loads(raw)) if raw else Progress()
+
+    def save_progress(self, submission_id: str, progress: Progress) -> None:
+        self.redis.set(self._key("progress", submission_id), json.dumps(progress.to_dict()),
+                       ex=PROGRESS_TTL)
+
+    def complete(self, submission_id: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.delete(self._key("progress", submission_id))
+        pipe.incr(self._key("delivered"))
+        pipe.execute()
+
+    def is_finished(self, submission_id: str) -> bool:
+        """Whether the submission was already delivered or dead-lettered."""
+        return bool(self.redis.sismember(self._key("finished"), submission_id))
+
+    def mark_finished(self, submission_id: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.sadd(self._key("finished"), submission_id)
+        pipe.expire(self._key("finished"), PROGRESS_TTL)
+        pipe.execute()
+
+    # -- pause and rate limits ----------------------------------------------------------
+
+    def pause(self, seconds: float) -> None:
+        milliseconds = max(1, int(seconds * 1000))
+        current = self.redis.pttl(self._key("pause"))
+        if current < milliseconds:
+            self.redis.set(self._key("pause"), "1", px=milliseconds)
+
+    def paused_for(self) -> float:
+        remaining = self.redis.pttl(self._key("pause"))
+        return max(0.0, remaining / 1000) if remaining and remaining > 0 else 0.0
+
+    def take_rate_slot(self, endpoint: str, limits: Limits) -> float:
+        """0 when a call to ``endpoint`` may go now (and counts it), else seconds to wait."""
+        arguments: list[Any] = [uuid.uuid4().hex]
+        for window, limit in limits:
+            arguments += [int(window * 1000), limit]
+        wait = self._take_slot(keys=[self._key("rate", endpoint)], args=arguments)
+        return int(wait) / 1000
+
+    # -- dead letters ----------------------------------------------------------------
+
+    def bury(self, submission: Submission, progress: Progress, error: dict[str, Any],
+             attempts: int) -> None:
+        record = {
+            "submission": submission.to_dict(),
+            "progress": progress.to_dict(),
+            "error": error,
+            "attempts": attempts,
+            "dead_at": time.time(),
+        }
+        pipe = self.redis.pipeline()
+        pipe.hset(self._key("dead"), submission.id, json.dumps(record))
+        pipe.delete(self._key("progress", submission.id))
+        pipe.execute()
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        rows = self.redis.hgetall(self._key("dead"))
+        letters = [
+            dict(json.loads(value), id=key.decode() if isinstance(key, bytes) else key)
+            for key, value in rows.items()
+        ]
+        return sorted(letters, key=lambda letter: letter["dead_at"])
+
+    def take_dead(self, ids: list[str] | None = None) -> list[dict[str, Any]]:
+        """Remove dead letters (all, or ``ids``) and return them, for a retry."""
+        letters = [letter for letter in self.dead_letters() if ids is None or letter["id"] in ids]
+        if letters:
+            self.redis.hdel(self._key("dead"), *[letter["id"] for letter in letters])
+        return letters
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "delivered": int(self.redis.get(self._key("delivered")) or 0),
+            "dead": int(self.redis.hlen(self._key("dead"))),
+            "paused_for": self.paused_for(),
+        }

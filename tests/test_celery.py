@@ -1,0 +1,240 @@
+"""Celery delivery against the real Redis (and RabbitMQ where present), real workers."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from webtest import TestApp
+
+from klaviyo_middleware import KlaviyoMiddleware
+from klaviyo_middleware.cli import main as cli
+from klaviyo_middleware.redis_state import RedisState
+from klaviyo_middleware.spool import account_fingerprint
+from klaviyo_middleware.steps import Progress
+from klaviyo_middleware.submission import Submission
+
+from klaviyo_fake import API_KEY
+
+REDIS = "redis://127.0.0.1:6379/15"
+RABBIT = "amqp://guest:guest@127.0.0.1:5672//"
+UPDATE = "/klaviyoConnect/api/updateProfile"
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+if not _listening(6379):
+    if os.environ.get("CI"):
+        raise RuntimeError("Redis is not running on 127.0.0.1:6379 (.ci/run should start it)")
+    pytest.skip("needs Redis on 127.0.0.1:6379", allow_module_level=True)
+
+import redis  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def clean_redis() -> Iterator[None]:
+    connection = redis.Redis.from_url(REDIS)
+    connection.flushdb()
+    yield
+    connection.flushdb()
+
+
+def site(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"site"]
+
+
+def start_worker(url: str, broker: str = REDIS, *extra: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, KLAVIYO_PRIVATE_API_KEY=API_KEY, KLAVIYO_API_URL=url,
+               KLAVIYO_STATE_URL=REDIS)
+    return subprocess.Popen(
+        [sys.executable, "-m", "klaviyo_middleware.cli", "worker", "--broker", broker,
+         "--concurrency", "2", "--loglevel", "WARNING", *extra],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+
+
+def stop(worker: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if worker.poll() is None:
+        os.killpg(worker.pid, sig)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+
+
+def wait_for(condition, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def web(url: str, broker: str = REDIS) -> TestApp:
+    return TestApp(KlaviyoMiddleware(site, api_key=API_KEY, api_url=url, delivery="celery",
+                                     broker_url=broker))
+
+
+def form(number: int) -> dict[str, str]:
+    return {"email": f"c{number}@example.com", "list": "L1", "event[name]": "Joined",
+            "event[event_id]": f"order-{number}"}
+
+
+class TestRedisState:
+    def state(self) -> RedisState:
+        return RedisState(REDIS, account_fingerprint("https://klaviyo.test", API_KEY))
+
+    def test_rate_slots_are_shared_and_sliding(self):
+        first, second = self.state(), self.state()
+        limits = ((1.0, 3),)
+        assert [first.take_rate_slot("e", limits) for _ in range(3)] == [0, 0, 0]
+        wait = second.take_rate_slot("e", limits)
+        assert 0 < wait <= 1.0
+        assert second.take_rate_slot("other", limits) == 0
+        time.sleep(wait + 0.01)
+        assert first.take_rate_slot("e", limits) == 0
+
+    def test_steady_window(self):
+        state = self.state()
+        limits = ((1.0, 100), (60.0, 5))
+        assert all(state.take_rate_slot("s", limits) == 0 for _ in range(5))
+        assert 59 < state.take_rate_slot("s", limits) <= 60
+
+    def test_pause_only_extends(self):
+        state = self.state()
+        state.pause(2)
+        state.pause(0.5)
+        assert 1.5 < state.paused_for() <= 2
+
+    def test_progress_and_dead_letters(self):
+        state = self.state()
+        submission = Submission(action="identify", profile={"email": "d@example.com"})
+        state.save_progress(submission.id, Progress(done=["profile"], profile_id="01X"))
+        assert state.load_progress(submission.id).done == ["profile"]
+        state.bury(submission, Progress(done=["profile"]), {"status": 400}, attempts=1)
+        [letter] = state.dead_letters()
+        assert letter["id"] == submission.id and letter["error"] == {"status": 400}
+        assert state.take_dead() and state.dead_letters() == []
+
+
+class TestDelivery:
+    @pytest.mark.parametrize("broker", [REDIS, RABBIT])
+    def test_submissions_reach_klaviyo_through_a_worker(self, loopback_klaviyo, broker):
+        if broker == RABBIT and not _listening(5672):
+            # In CI it must run wherever the machine provides RabbitMQ.
+            if os.environ.get("CI") and shutil.which("rabbitmq-server"):
+                pytest.fail("RabbitMQ is installed but not running on 127.0.0.1:5672")
+            pytest.skip("no RabbitMQ on this machine")
+        app = web(loopback_klaviyo.url, broker)
+        for number in range(8):
+            answer = app.post(UPDATE, form(number), headers={"Accept": "application/json"})
+            assert answer.json["queued"] is True
+        fake = loopback_klaviyo.fake
+        worker = start_worker(loopback_klaviyo.url, broker)
+        try:
+            wait_for(lambda: len(fake.events) == 8)
+        finally:
+            stop(worker)
+        assert fake.subscribed == {"L1": {f"c{n}@example.com" for n in range(8)}}
+
+    def test_a_worker_killed_mid_task_loses_nothing(self, loopback_klaviyo):
+        fake = loopback_klaviyo.fake
+        fake.latency = 0.3
+        app = web(loopback_klaviyo.url)
+        for number in range(20):
+            app.post(UPDATE, form(number))
+        first = start_worker(loopback_klaviyo.url, REDIS, "--visibility-timeout", "5")
+        try:
+            wait_for(lambda: len(fake.events) >= 3)
+        finally:
+            stop(first, signal.SIGKILL)
+        assert len(fake.events) < 20
+        second = start_worker(loopback_klaviyo.url, REDIS, "--visibility-timeout", "5")
+        try:
+            wait_for(lambda: len(fake.events) == 20, timeout=120)
+        finally:
+            stop(second)
+        emails = {f"c{n}@example.com" for n in range(20)}
+        assert set(fake.profiles) == emails and fake.subscribed == {"L1": emails}
+        sent = Counter(body["data"]["attributes"]["unique_id"]
+                       for body in fake.bodies("/api/events"))
+        # Only steps in flight when the worker died can be sent again.
+        assert sum(count - 1 for count in sent.values()) <= 2
+
+    def test_klaviyo_refusal_goes_to_dead_letters(self, loopback_klaviyo):
+        loopback_klaviyo.fake.fail("/api/profile-import", 400)
+        app = web(loopback_klaviyo.url)
+        app.post(UPDATE, {"email": "dead@example.com"})
+        state = RedisState(REDIS, account_fingerprint(loopback_klaviyo.url, API_KEY))
+        worker = start_worker(loopback_klaviyo.url)
+        try:
+            wait_for(lambda: len(state.dead_letters()) == 1)
+        finally:
+            stop(worker)
+        out = io.StringIO()
+        assert cli(["celery", "dead", "--state-url", REDIS], out=out) == 0
+        assert "d***@example.com" in out.getvalue() and "400" in out.getvalue()
+        out = io.StringIO()
+        cli(["celery", "stats", "--state-url", REDIS], out=out)
+        assert '"dead": 1' in out.getvalue()
+
+    def test_transient_failures_are_retried(self, loopback_klaviyo):
+        fake = loopback_klaviyo.fake
+        fake.fail("/api/events", 503, times=2)
+        app = web(loopback_klaviyo.url)
+        app.post(UPDATE, form(1))
+        worker = start_worker(loopback_klaviyo.url)
+        try:
+            wait_for(lambda: len(fake.events) == 1)
+        finally:
+            stop(worker)
+        assert fake.paths().count("/api/profile-subscription-bulk-create-jobs") == 1
+        assert fake.paths().count("/api/events") == 3
+
+    def test_unreachable_broker_is_503_not_500(self, loopback_klaviyo):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+        app = web(loopback_klaviyo.url, closed)
+        answer = app.post(UPDATE, {"email": "a@example.com"},
+                          headers={"Accept": "application/json"}, status=503)
+        assert answer.json["success"] is False
+
+
+def test_configuration_errors():
+    from klaviyo_middleware import ConfigurationError
+    with pytest.raises(ConfigurationError, match="broker_url"):
+        KlaviyoMiddleware(site, api_key=API_KEY, delivery="celery")
+
+
+def test_web_nodes_need_no_key():
+    middleware = KlaviyoMiddleware(site, delivery="celery", broker_url=REDIS)
+    assert middleware.settings.api_key == ""
+
+
+def test_an_existing_celery_app(loopback_klaviyo):
+    from celery import Celery
+
+    existing = Celery("site", broker=REDIS)
+    middleware = KlaviyoMiddleware(site, api_key=API_KEY, api_url=loopback_klaviyo.url,
+                                   delivery="celery", celery_app=existing)
+    assert "klaviyo_middleware.deliver" in existing.tasks
+    assert existing.conf.task_acks_late is True
+    assert existing.conf.task_reject_on_worker_lost is True
+    TestApp(middleware).post(UPDATE, {"email": "e@example.com"})
+    assert redis.Redis.from_url(REDIS).llen("klaviyo") == 1
