@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test lint typecheck pytest venv browser clean
+.PHONY: demo test bench lint typecheck pytest venv browser clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,15 @@ pytest: venv browser
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest
+
+# Benchmarks print ratios measured in one run; wrk comes from Debian.
+bench: venv
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	@command -v wrk >/dev/null 2>&1 || (apt-get install -y -qq wrk) || true
+	$(BIN)/python benchmarks/passthrough.py
+	$(BIN)/python benchmarks/submit_latency.py --plot docs/latency.png
+	$(BIN)/python benchmarks/accept_rate.py
+	$(BIN)/python benchmarks/burst_calls.py
 
 demo: venv
 	$(BIN)/klaviyo-middleware demo --host $(HOST) --port $(PORT)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from klaviyo_middleware import KlaviyoMiddleware, steps
@@ -35,6 +37,8 @@ def main() -> None:
     parser.add_argument("--submissions", type=int, default=10_000)
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--dir", default=".")
+    parser.add_argument("--singles", type=int, default=600,
+                        help="also drain this many with one call per step, for real")
     args = parser.parse_args()
     burst = [
         Submission(action="updateProfile", profile={"email": f"b{n}@example.com"},
@@ -49,19 +53,7 @@ def main() -> None:
     single_minutes = max(calls / ENDPOINT_LIMITS[name][1][1]
                          for name, calls in single_calls.items())
 
-    with slow_klaviyo(args.latency, rate_limits=True) as (url, calls), \
-            tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        path = Path(tmp) / "burst.sqlite3"
-        spool = Spool(path, account_fingerprint(url, API_KEY), durability="normal",
-                      max_bytes=10**10)
-        for item in burst:
-            spool.enqueue(item)
-        started = time.perf_counter()
-        middleware = KlaviyoMiddleware(inner, api_key=API_KEY, api_url=url, spool_path=str(path))
-        drained = middleware.flush(600)
-        elapsed = time.perf_counter() - started
-        middleware.close()
-
+    calls, drained, elapsed = drain(burst, args, batching=True)
     throttled = calls.pop("429", 0)
     batched = sum(calls.values())
     by_endpoint = ", ".join(f"{path.rsplit('/', 1)[-1]} {count}"
@@ -74,6 +66,37 @@ def main() -> None:
           f"({by_endpoint}); "
           f"drained={drained} in {elapsed:.1f} s; 429s received: {throttled}")
     print(f"  calls ratio batching / single: {batched / sum(single_calls.values()):.5f}")
+    if args.singles:
+        subset = burst[: args.singles]
+        calls, drained, elapsed = drain(subset, args, batching=False)
+        throttled = calls.pop("429", 0)
+        print(f"  one call per step, measured on {len(subset)}: {sum(calls.values())} calls, "
+              f"drained={drained} in {elapsed:.1f} s; 429s received: {throttled}")
+        calls, drained, elapsed = drain(subset, args, batching=True)
+        throttled = calls.pop("429", 0)
+        print(f"  batching, measured on {len(subset)}: {sum(calls.values())} calls, "
+              f"drained={drained} in {elapsed:.1f} s; 429s received: {throttled}")
+
+
+def drain(burst: list[Submission], args: argparse.Namespace,
+          batching: bool) -> tuple[Counter[str], bool, float]:
+    with slow_klaviyo(args.latency, rate_limits=True) as (url, calls), \
+            tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        path = Path(tmp) / "burst.sqlite3"
+        spool = Spool(path, account_fingerprint(url, API_KEY), durability="normal",
+                      max_bytes=10**10)
+        for item in burst:
+            spool.enqueue(item)
+        started = time.perf_counter()
+        middleware = KlaviyoMiddleware(inner, api_key=API_KEY, api_url=url,
+                                       spool_path=str(path), worker_threads=4)
+        if not batching:
+            middleware.delivery.worker.options = replace(  # type: ignore[attr-defined]
+                middleware.delivery.worker.options, batching=False)  # type: ignore[attr-defined]
+        drained = middleware.flush(900)
+        elapsed = time.perf_counter() - started
+        middleware.close()
+    return calls, drained, elapsed
 
 
 if __name__ == "__main__":
