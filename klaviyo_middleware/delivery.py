@@ -160,11 +160,12 @@ class CeleryDelivery:
     here: watch the workers (Flower, the task results) instead.
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, owns_app: bool = False) -> None:
         from .celery_tasks import register
 
         self.app = app
         self.task = register(app)
+        self._owns_app = owns_app
 
     def submit(self, submission: Submission) -> Outcome:
         try:
@@ -184,4 +185,6 @@ class CeleryDelivery:
         return True  # delivery happens on the workers; nothing is pending here
 
     def close(self) -> None:
-        return None
+        # Close broker connections of an app we made; a site's own app is its own.
+        if self._owns_app:
+            self.app.close()

@@ -558,7 +558,7 @@ def _celery_delivery(settings: Settings, celery_app: Any) -> Delivery:
         raise ConfigurationError(
             'delivery="celery" needs broker_url (or KLAVIYO_BROKER_URL) or celery_app'
         )
-    return CeleryDelivery(make_celery(settings.broker_url))
+    return CeleryDelivery(make_celery(settings.broker_url), owns_app=True)
 
 
 def _field_for_pointer(pointer: str | None) -> str:

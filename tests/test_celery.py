@@ -24,6 +24,7 @@ from klaviyo_middleware.steps import Progress
 from klaviyo_middleware.submission import Submission
 
 from klaviyo_fake import API_KEY
+from waiting import wait_for
 
 REDIS = "redis://127.0.0.1:6379/15"
 RABBIT = "amqp://guest:guest@127.0.0.1:5672//"
@@ -43,13 +44,18 @@ if not _listening(6379):
 
 import redis  # noqa: E402
 
+_middlewares: list[KlaviyoMiddleware] = []
+
 
 @pytest.fixture(autouse=True)
 def clean_redis() -> Iterator[None]:
     connection = redis.Redis.from_url(REDIS)
     connection.flushdb()
     yield
+    while _middlewares:
+        _middlewares.pop().close()
     connection.flushdb()
+    connection.close()
 
 
 def site(environ, start_response):
@@ -77,17 +83,11 @@ def stop(worker: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
             worker.wait()
 
 
-def wait_for(condition, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
-
-
 def web(url: str, broker: str = REDIS) -> TestApp:
-    return TestApp(KlaviyoMiddleware(site, api_key=API_KEY, api_url=url, delivery="celery",
-                                     broker_url=broker))
+    middleware = KlaviyoMiddleware(site, api_key=API_KEY, api_url=url, delivery="celery",
+                                   broker_url=broker)
+    _middlewares.append(middleware)
+    return TestApp(middleware)
 
 
 def form(number: int) -> dict[str, str]:
@@ -147,7 +147,7 @@ class TestDelivery:
         fake = loopback_klaviyo.fake
         worker = start_worker(loopback_klaviyo.url, broker)
         try:
-            wait_for(lambda: len(fake.events) == 8)
+            wait_for(lambda: len(fake.events) == 8, timeout=90)
         finally:
             stop(worker)
         assert fake.subscribed == {"L1": {f"c{n}@example.com" for n in range(8)}}

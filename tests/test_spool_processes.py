@@ -19,6 +19,7 @@ from klaviyo_middleware.spool import Spool, account_fingerprint
 from klaviyo_middleware.submission import Event, Submission
 
 from klaviyo_fake import API_KEY
+from waiting import wait_for
 
 HELPER = Path(__file__).with_name("spool_process.py")
 
@@ -32,14 +33,6 @@ def start(mode: str, spool: Path, url: str, *args: str) -> subprocess.Popen[str]
     assert process.stdout is not None
     assert process.stdout.readline().strip() == "ready"
     return process
-
-
-def wait_for(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 def submissions(count: int) -> list[Submission]:
