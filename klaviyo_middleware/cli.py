@@ -78,9 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", default="INFO")
 
     celery_state = commands.add_parser("celery", help="dead letters and counts of Celery delivery")
-    celery_state.add_argument("action", choices=["stats", "dead"])
+    celery_state.add_argument("action", choices=["stats", "dead", "retry"])
     celery_state.add_argument("--state-url", default=os.environ.get("KLAVIYO_STATE_URL"),
                               required=not os.environ.get("KLAVIYO_STATE_URL"))
+    celery_state.add_argument("--broker", default=os.environ.get("KLAVIYO_BROKER_URL"),
+                              help="for retry: where to enqueue (default $KLAVIYO_BROKER_URL)")
+    celery_state.add_argument("--id", action="append", dest="ids", help="retry: only this one")
     celery_state.add_argument("--show-personal-data", action="store_true")
 
     spool = commands.add_parser("spool", help="inspect and repair the delivery spool")
@@ -166,10 +169,16 @@ def _celery_state(args: argparse.Namespace, out: TextIO) -> int:
     connection = redis.Redis.from_url(args.state_url)
     accounts = sorted({key.decode().split(":")[1] for key in
                        connection.scan_iter("klaviyo_middleware:*:*")})
+    if args.action == "retry" and not args.broker:
+        print("klaviyo-middleware: retry needs --broker or KLAVIYO_BROKER_URL", file=sys.stderr)
+        return 2
     for account in accounts:
         state = RedisState(args.state_url, account)
         if args.action == "stats":
             print(json.dumps({"account": account, **state.stats()}), file=out)
+            continue
+        if args.action == "retry":
+            print(f"re-queued {_requeue(state, args.broker, args.ids)} submission(s)", file=out)
             continue
         for letter in state.dead_letters():
             email = str(letter["submission"]["profile"].get("email", ""))
@@ -180,6 +189,26 @@ def _celery_state(args: argparse.Namespace, out: TextIO) -> int:
             print(f"{letter['id']}  attempts {letter['attempts']}  {email}\n    {error}",
                   file=out)
     return 0
+
+
+def _requeue(state: Any, broker: str, ids: list[str] | None) -> int:
+    """Dead letters back onto the queue; finished steps stay finished."""
+    from .celery_tasks import make_celery
+    from .steps import Progress
+    from .submission import Submission
+
+    app = make_celery(broker)
+    task = app.tasks["klaviyo_middleware.deliver"]
+    letters = state.take_dead(ids)
+    try:
+        for letter in letters:
+            submission = Submission.from_dict(letter["submission"])
+            state.save_progress(submission.id, Progress.from_dict(letter["progress"]))
+            state.redis.srem(state.prefix + "finished", submission.id)
+            task.apply_async(args=[submission.to_dict()])
+    finally:
+        app.close()
+    return len(letters)
 
 
 def _spool_command(args: argparse.Namespace, admin: SpoolAdmin, out: TextIO) -> int:

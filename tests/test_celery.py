@@ -192,6 +192,16 @@ class TestDelivery:
         out = io.StringIO()
         cli(["celery", "stats", "--state-url", REDIS], out=out)
         assert '"dead": 1' in out.getvalue()
+        # Klaviyo takes it now: retry from the CLI and a worker delivers it.
+        out = io.StringIO()
+        assert cli(["celery", "retry", "--state-url", REDIS, "--broker", REDIS], out=out) == 0
+        assert out.getvalue() == "re-queued 1 submission(s)\n"
+        worker = start_worker(loopback_klaviyo.url)
+        try:
+            wait_for(lambda: "dead@example.com" in loopback_klaviyo.fake.profiles)
+        finally:
+            stop(worker)
+        assert state.dead_letters() == []
 
     def test_transient_failures_are_retried(self, loopback_klaviyo):
         fake = loopback_klaviyo.fake
