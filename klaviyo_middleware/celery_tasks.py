@@ -17,7 +17,6 @@ limiter and dead letters; default: the broker when it is Redis).
 from __future__ import annotations
 
 import os
-import random
 import threading
 import time
 from dataclasses import dataclass
@@ -176,9 +175,8 @@ def _failed(task: Task, runtime: _Runtime, submission: Submission,
     attempt = task.request.retries + 1
     if error.status == 429:
         runtime.state.pause(error.retry_after or runtime.retry.backoff(1))
-    delay = error.retry_after if error.retry_after is not None else \
-        runtime.retry.backoff(attempt, random.Random())  # noqa: S311 - jitter
-    if error.transient and _age(submission) + delay <= runtime.max_age:
+    delay = runtime.retry.later(error, attempt, _age(submission), runtime.max_age)
+    if delay is not None:
         runtime.state.save_progress(submission.id, progress)
         log.warning("klaviyo_middleware: submission %s will be retried in %.1fs: %s",
                     submission.id, delay, error)

@@ -39,6 +39,17 @@ class RetryPolicy:
             return error.retry_after
         return self.backoff(attempt, rng)
 
+    def later(
+        self, error: KlaviyoError, attempt: int, age: float, max_age: float,
+        rng: random.Random | None = None,
+    ) -> float | None:
+        """For queued delivery: seconds until the next attempt, or ``None`` to
+        give up (a permanent error, or one that would outlive ``max_age``)."""
+        if not error.transient:
+            return None
+        delay = self.delay(error, attempt, rng)
+        return delay if age + delay <= max_age else None
+
     def next_delay(self, error: KlaviyoError, attempt: int, waited: float) -> float | None:
         """Seconds to wait before trying again, or ``None`` to stop trying."""
         if not error.transient or attempt >= self.max_attempts:

@@ -305,12 +305,9 @@ class SpoolWorker:
         now = time.time()
         if error.status == 429:
             self.spool.pause(now + (error.retry_after or self._backoff(1)))
-        if not error.transient:
-            self._bury(item, error)
-            return
-        attempt = item.attempts + 1
-        delay = error.retry_after if error.retry_after is not None else self._backoff(attempt)
-        if now + delay - item.created_at > self.options.max_age:
+        delay = self._retry.later(error, item.attempts + 1, now - item.created_at,
+                                  self.options.max_age, self._rng)
+        if delay is None:
             self._bury(item, error)
             return
         log.warning(
