@@ -285,17 +285,19 @@ class KlaviyoMiddleware:
             return self.app(environ, start_response)
         limits = self.settings.limits
         try:
-            declared = int(environ.get("CONTENT_LENGTH") or 0)
+            declared = int(environ.get("CONTENT_LENGTH") or -1)
         except ValueError:
             declared = -1
-        if declared < 0 or declared > limits.max_body_size:
-            # Not readable within our limits, so not ours to judge: the app
-            # gets the untouched stream (a large upload, most likely).
+        if not 0 < declared <= limits.max_body_size:
+            # Not readable within our limits (no declared length, e.g. a
+            # chunked upload, or too large), so not ours to judge: the app
+            # gets the untouched stream.
             return self.app(environ, start_response)
         try:
             body = read_body(environ, limits)
             form = parse_body(Request(environ), body, limits)
         except BodyError:
+            # read_body has replaced the stream with a rewindable copy.
             environ["wsgi.input"].seek(0)
             return self.app(environ, start_response)
         raw_action = form.get("action")

@@ -110,3 +110,41 @@ class TestActionField:
                             headers={"Content-Type": "application/x-www-form-urlencoded"})
         assert response.body == b"inner:/page:" + body
         assert klaviyo.calls == []
+
+
+def test_action_field_leaves_chunked_bodies_to_the_app(make_app, klaviyo, inner):
+    """Without a Content-Length the body is not ours to read: untouched, never a 500."""
+    import io
+
+    import webob
+
+    class ServerStream:
+        """Like a server's socket reader: readable once, not seekable."""
+
+        def __init__(self, data: bytes) -> None:
+            self._data = io.BytesIO(data)
+
+        def read(self, size: int = -1) -> bytes:
+            return self._data.read(size)
+
+        def readline(self, size: int = -1) -> bytes:
+            return self._data.readline(size)
+
+        def readlines(self, hint: int = -1) -> list[bytes]:
+            return self._data.readlines(hint)
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            return iter(self._data)
+
+    app = make_app(action_field=True, max_body_size=10)
+    body = b"action=klaviyoConnect/api/identify&email=a%40example.com&pad=xxxxxxxx"
+    request = webob.Request.blank("/page", method="POST",
+                                  content_type="application/x-www-form-urlencoded")
+    stream = ServerStream(body)
+    request.environ.update({"CONTENT_LENGTH": "", "wsgi.input_terminated": True,
+                            "wsgi.input": stream})
+    response = app.do_request(request)
+    assert response.status_int == 200
+    assert stream.read() == body  # nothing consumed: the app can still read it all
+    assert klaviyo.calls == []
+    assert inner.calls[-1]["path"] == "/page"
