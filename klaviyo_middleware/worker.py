@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import atexit
 import os
-import random
 import threading
 import time
 import weakref
 from dataclasses import dataclass
 
-from . import bulk, steps
-from .client import KlaviyoClient, KlaviyoError
+from .client import KlaviyoClient
+from .courier import Courier
 from .hooks import Hooks
-from .ratelimits import ENDPOINT_LIMITS, Limits, endpoint_for, scaled
+from .ratelimits import ENDPOINT_LIMITS, Limits, scaled
 from .redact import get_logger
 from .retry import RetryPolicy
-from .spool import Claimed, Spool, new_owner
+from .spool import Spool, new_owner
 
 log = get_logger(__name__)
 
@@ -102,8 +101,7 @@ class SpoolWorker:
         self._pid: int | None = None
         self._owner = ""
         self._last_housekeeping = 0.0
-        # Re-seeded per process: forked workers must not share their jitter.
-        self._rng = random.Random()  # noqa: S311 - jitter, not security
+        self._courier: Courier | None = None
         self.client.reset()
 
     # -- lifecycle ----------------------------------------------------------
@@ -116,6 +114,12 @@ class SpoolWorker:
                 return
             self._owner = new_owner()
             self.spool.register_worker(self._owner)
+            # Per process: a forked child has its own owner and jitter.
+            self._courier = Courier(
+                self.spool, self.client, self._owner, limits=self._limits, retry=self._retry,
+                lease=self.options.lease, max_age=self.options.max_age, hooks=self.hooks,
+                stopping=self._stopping,
+            )
             self._stopping.clear()
             for number in range(self.options.threads):
                 thread = threading.Thread(
@@ -201,136 +205,15 @@ class SpoolWorker:
             self._stopping.wait(min(pause, self.options.poll))
             return True
         claimed = self.spool.claim(self._owner, self.options.batch, self.options.lease)
-        if self.options.batching and len(claimed) >= self.options.batch:
+        backlog = self.options.batching and len(claimed) >= self.options.batch
+        if backlog:
             # A full round means a backlog: take more and use the bulk endpoints.
             claimed += self.spool.claim(
                 self._owner, max(0, self.options.bulk_size - len(claimed)), self.options.lease
             )
-            self._deliver_bulk(claimed)
-            return True
-        for item in claimed:
-            if self._stopping.is_set():
-                break
-            self._deliver(item)
+        assert self._courier is not None, "threads start after the courier is built"
+        self._courier.deliver_round(claimed, use_bulk=backlog)
         return bool(claimed)
-
-    def _deliver(self, item: Claimed) -> None:
-        submission = item.submission
-        for step in steps.pending(submission, item.progress):
-            if not self._wait_for_capacity([item], endpoint_for(step)):
-                return
-            try:
-                steps.run_step(self.client, submission, step, item.progress)
-            except KlaviyoError as error:
-                self._failed(item, error)
-                return
-            except Exception as exc:
-                log.exception("klaviyo_middleware: unexpected error delivering %s", submission.id)
-                self._failed(item, KlaviyoError(f"unexpected {type(exc).__name__}", transient=True))
-                return
-            if not self.spool.save_progress(self._owner, item, self.options.lease):
-                log.warning(
-                    "klaviyo_middleware: lost the lease on %s; another worker has it",
-                    submission.id,
-                )
-                return
-        self.spool.complete(self._owner, item)
-        self.hooks.delivered(submission)
-
-    def _deliver_bulk(self, items: list[Claimed]) -> None:
-        """Deliver a backlog through the bulk endpoints, stage by stage."""
-        active = list(items)
-        failed: dict[str, KlaviyoError] = {}
-        singles: list[Claimed] = []
-        for stage in bulk.stages():
-            for call in stage(active):
-                members = [item for item, _ in call.members]
-                if not self._wait_for_capacity(members, call.endpoint):
-                    return
-                try:
-                    call.send(self.client)
-                except KlaviyoError as error:
-                    if error.status == 429:
-                        self.spool.pause(time.time() + (error.retry_after or self._backoff(1)))
-                    if error.transient:
-                        failed.update((item.submission.id, error) for item in members)
-                    else:
-                        # Klaviyo refused the whole job; one call per step
-                        # finds the submission at fault and delivers the rest.
-                        log.warning("klaviyo_middleware: bulk call refused (%s); "
-                                    "delivering its %d submissions one by one",
-                                    error, len(members))
-                        singles.extend(members)
-                    continue
-                for item, done in call.members:
-                    item.progress.done.extend(step for step in done
-                                              if step not in item.progress.done)
-                kept = self.spool.save_progress_many(self._owner, members, self.options.lease)
-                lost = {item.submission.id for item in members} - kept
-                if lost:
-                    log.warning("klaviyo_middleware: lost %d leases during a bulk round",
-                                len(lost))
-                    active = [item for item in active if item.submission.id not in lost]
-            excluded = set(failed) | {item.submission.id for item in singles}
-            active = [item for item in active if item.submission.id not in excluded]
-        self.spool.complete_many(self._owner, active)
-        for item in active:
-            self.hooks.delivered(item.submission)
-        for item in items:
-            if item.submission.id in failed:
-                self._failed(item, failed[item.submission.id])
-        for item in singles:
-            if self._stopping.is_set():
-                return
-            self._deliver(item)
-
-    def _wait_for_capacity(self, items: list[Claimed], endpoint: str) -> bool:
-        """Wait out a shared pause and the rate limit; ``False`` if stopping."""
-        while not self._stopping.is_set():
-            pause = self.spool.paused_until() - time.time()
-            wait = pause if pause > 0 else self.spool.take_rate_slot(
-                endpoint, self._limits[endpoint]
-            )
-            if wait <= 0:
-                return True
-            # Keep the leases while waiting, so nobody else picks these up.
-            kept = self.spool.save_progress_many(self._owner, items, self.options.lease + wait)
-            if len(kept) < len(items):
-                return False
-            self._stopping.wait(min(wait, self.options.lease / 2))
-        return False
-
-    def _failed(self, item: Claimed, error: KlaviyoError) -> None:
-        submission = item.submission
-        now = time.time()
-        if error.status == 429:
-            self.spool.pause(now + (error.retry_after or self._backoff(1)))
-        delay = self._retry.later(error, item.attempts + 1, now - item.created_at,
-                                  self.options.max_age, self._rng)
-        if delay is None:
-            self._bury(item, error)
-            return
-        log.warning(
-            "klaviyo_middleware: submission %s will be retried in %.1fs: %s",
-            submission.id,
-            delay,
-            error,
-        )
-        self.spool.reschedule(self._owner, item, now + delay, error.to_dict())
-        self.hooks.retrying(submission, error, delay)
-
-    def _bury(self, item: Claimed, error: KlaviyoError) -> None:
-        log.error(
-            "klaviyo_middleware: submission %s dead-lettered (steps done: %s): %s",
-            item.submission.id,
-            ", ".join(item.progress.done) or "none",
-            error,
-        )
-        self.spool.bury(self._owner, item, error.to_dict())
-        self.hooks.dead(item.submission, error)
-
-    def _backoff(self, attempt: int) -> float:
-        return self._retry.backoff(attempt, self._rng)
 
 
 def _close_at_exit(reference: weakref.ReferenceType[SpoolWorker]) -> None:
