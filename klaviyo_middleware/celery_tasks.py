@@ -8,10 +8,20 @@ unacknowledged task returns after ``visibility_timeout``. A re-delivered
 task reads the submission's progress from Redis and skips every step Klaviyo
 already accepted.
 
+When the queue backs up (``klaviyo_bulk_threshold`` tasks waiting, 20 by
+default), a task moves its submission into the Redis pool
+(:mod:`klaviyo_middleware.redis_pool`) instead of calling Klaviyo, and a
+``klaviyo_middleware.drain`` task sends the pool through the bulk endpoints
+in rounds of up to ``klaviyo_bulk_size`` (1,000) — a few dozen calls for ten
+thousand submissions instead of thirty thousand.
+
 Workers are configured from the environment (or ``app.conf``):
 ``KLAVIYO_PRIVATE_API_KEY``, ``KLAVIYO_API_URL``, ``KLAVIYO_REVISION`` and
 ``KLAVIYO_STATE_URL`` (the Redis that holds progress, the shared rate
-limiter and dead letters; default: the broker when it is Redis).
+limiter, the pool and dead letters; default: the broker when it is Redis);
+``KLAVIYO_BULK_THRESHOLD`` (0 turns batching off), ``KLAVIYO_BULK_SIZE`` and
+``KLAVIYO_POOL_LEASE`` (seconds a drain holds pooled submissions before
+another may take them over).
 """
 
 from __future__ import annotations
@@ -28,24 +38,36 @@ from celery import Celery, Task
 from . import steps
 from .client import DEFAULT_API_URL, DEFAULT_REVISION, KlaviyoClient, KlaviyoError
 from .config import ENV_API_KEY, ENV_API_URL, ENV_REVISION, ConfigurationError
+from .courier import Courier
 from .ratelimits import ENDPOINT_LIMITS, Limits, endpoint_for, scaled
 from .redact import get_logger
+from .redis_pool import RedisPool
 from .redis_state import RedisState
 from .retry import RetryPolicy
-from .spool import account_fingerprint
+from .spool import account_fingerprint, new_owner
 from .submission import Submission
 
 log = get_logger(__name__)
 
 TASK_NAME = "klaviyo_middleware.deliver"
+DRAIN_TASK_NAME = "klaviyo_middleware.drain"
 QUEUE = "klaviyo"
 ENV_BROKER_URL = "KLAVIYO_BROKER_URL"
 ENV_STATE_URL = "KLAVIYO_STATE_URL"
+ENV_BULK_THRESHOLD = "KLAVIYO_BULK_THRESHOLD"
+ENV_BULK_SIZE = "KLAVIYO_BULK_SIZE"
+ENV_POOL_LEASE = "KLAVIYO_POOL_LEASE"
 # Longer than any backoff countdown (Redis re-delivers a reserved task once
 # this passes), short enough that a dead worker's tasks come back soon.
 DEFAULT_VISIBILITY_TIMEOUT = 3600
 # Rate-limit waits up to this long happen in the worker; longer ones retry later.
 _SHORT_WAIT = 2.0
+# A drain hands its worker back after this long and enqueues its successor,
+# so that a long backlog never holds one worker slot (or one lease) for hours.
+_DRAIN_BUDGET = 30.0
+# How long a measured queue length is trusted: one broker round trip a
+# second per worker process, not one per task.
+_BACKLOG_TTL = 1.0
 
 
 def configure(app: Celery, visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT) -> None:
@@ -77,16 +99,20 @@ def make_celery(broker_url: str, visibility_timeout: int = DEFAULT_VISIBILITY_TI
 
 
 def register(app: Celery) -> Task:
-    """The delivery task on ``app`` (registered once), routed to our queue."""
+    """The delivery tasks on ``app`` (registered once), routed to our queue."""
     routes = dict(app.conf.task_routes or {})
     routes.setdefault(TASK_NAME, {"queue": QUEUE})
+    routes.setdefault(DRAIN_TASK_NAME, {"queue": QUEUE})
     app.conf.task_routes = routes
-    if TASK_NAME in app.tasks:
-        return app.tasks[TASK_NAME]
-    task: Task = app.task(
-        name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
-        max_retries=None,
-    )(_deliver)
+    for name, function in ((DRAIN_TASK_NAME, _drain), (TASK_NAME, _deliver)):
+        if name not in app.tasks:
+            # Any other exception would fail the task, and Celery acknowledges
+            # (drops) a failed task even with acks_late: retry instead (Redis
+            # unreachable, a bug); backoff with jitter up to ten minutes.
+            app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True,
+                     max_retries=None, autoretry_for=(Exception,), retry_backoff=True,
+                     retry_backoff_max=600, retry_jitter=True)(function)
+    task: Task = app.tasks[TASK_NAME]
     return task
 
 
@@ -99,6 +125,11 @@ class _Runtime:
     limits: dict[str, Limits]
     retry: RetryPolicy
     max_age: float
+    pool: RedisPool
+    bulk_threshold: int
+    bulk_size: int
+    lease: float
+    backlog: _BacklogGauge
 
 
 _runtimes: dict[tuple[int, int], _Runtime] = {}
@@ -129,14 +160,65 @@ def _build_runtime(app: Celery) -> _Runtime:
     if not state_url:
         raise ConfigurationError(f"set {ENV_STATE_URL} to a Redis URL for delivery state")
     share = float(app.conf.get("klaviyo_rate_limit_share") or 0.9)
+    state = RedisState(state_url, account_fingerprint(api_url, api_key))
     return _Runtime(
         client=KlaviyoClient(api_key, api_url=api_url, revision=_setting(
             app, "klaviyo_revision", ENV_REVISION, DEFAULT_REVISION) or DEFAULT_REVISION),
-        state=RedisState(state_url, account_fingerprint(api_url, api_key)),
+        state=state,
         limits={name: scaled(limits, share) for name, limits in ENDPOINT_LIMITS.items()},
         retry=RetryPolicy(base=1.0, cap=600.0),
         max_age=float(app.conf.get("klaviyo_retry_max_age") or 3 * 24 * 3600),
+        pool=RedisPool(state),
+        bulk_threshold=_number(app, "klaviyo_bulk_threshold", ENV_BULK_THRESHOLD, 20),
+        bulk_size=max(1, _number(app, "klaviyo_bulk_size", ENV_BULK_SIZE, 1000)),
+        lease=float(_number(app, "klaviyo_pool_lease", ENV_POOL_LEASE, 60)),
+        backlog=_BacklogGauge(app),
     )
+
+
+def _number(app: Celery, name: str, env: str, default: int) -> int:
+    value = _setting(app, name, env)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} / {env} must be a whole number, not {value!r}") from None
+    if number < 0:
+        raise ConfigurationError(f"{name} / {env} must not be negative")
+    return number
+
+
+class _BacklogGauge:
+    """How many tasks wait in our queue, asked of the broker at most once a second.
+
+    A passive ``queue_declare`` reports the ready messages on RabbitMQ and
+    the list length on Redis alike; tasks reserved by workers are not counted.
+    """
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self._lock = threading.Lock()
+        self._measured_at = -_BACKLOG_TTL
+        self._length = 0
+
+    def waiting(self) -> int:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._measured_at >= _BACKLOG_TTL:
+                self._length = self._measure()
+                self._measured_at = now
+            return self._length
+
+    def _measure(self) -> int:
+        try:
+            with self.app.connection_for_read() as connection:
+                declared = connection.default_channel.queue_declare(queue=QUEUE, passive=True)
+                return int(declared.message_count)
+        except Exception as exc:
+            # Not knowing means sending singly, which is always correct.
+            log.warning("klaviyo_middleware: could not measure the queue: %s", exc)
+            return 0
 
 
 def _deliver(task: Task, payload: dict[str, Any]) -> str:
@@ -146,6 +228,12 @@ def _deliver(task: Task, payload: dict[str, Any]) -> str:
     if state.is_finished(submission.id):
         return "already finished"
     progress = state.load_progress(submission.id)
+    if runtime.pool.holds(submission.id) or _backlogged(runtime):
+        # The drain delivers it with the rest; the broker may acknowledge this
+        # task once the pool has the submission (and a drain is on its way).
+        runtime.pool.add(submission, progress, task.request.retries, _created_at(submission))
+        schedule_drain(task.app, runtime.pool)
+        return "pooled"
     for step in steps.pending(submission, progress):
         _wait_for_capacity(task, runtime, endpoint_for(step))
         try:
@@ -187,8 +275,58 @@ def _failed(task: Task, runtime: _Runtime, submission: Submission,
     return "dead"
 
 
-def _age(submission: Submission) -> float:
+def _backlogged(runtime: _Runtime) -> bool:
+    threshold = runtime.bulk_threshold
+    return threshold > 0 and runtime.backlog.waiting() >= threshold
+
+
+def schedule_drain(app: Celery, pool: RedisPool, countdown: float = 0.0) -> None:
+    """Make sure a drain will run (at most one is enqueued at a time)."""
+    if pool.want_drain(countdown):
+        try:
+            app.send_task(DRAIN_TASK_NAME, queue=QUEUE, countdown=countdown or None)
+        except Exception:
+            # Let the next submission (or this task's retry) enqueue it.
+            pool.drain_started()
+            raise
+
+
+def _drain(task: Task) -> str:
+    """Send the pool through the bulk endpoints for up to ``_DRAIN_BUDGET`` seconds.
+
+    While the pool holds anything, a drain is queued, running or counting
+    down: this one clears the flag as it starts (a submission pooled from now
+    on enqueues a successor, or is seen below) and, if work is left when it
+    stops, enqueues its successor for when the next submission falls due.
+    """
+    runtime = runtime_for(task.app)
+    pool = runtime.pool
+    pool.drain_started()
+    courier = Courier(pool, runtime.client, new_owner(), limits=runtime.limits,
+                      retry=runtime.retry, lease=runtime.lease, max_age=runtime.max_age)
+    deadline = time.monotonic() + _DRAIN_BUDGET
+    sent = 0
+    while time.monotonic() < deadline and pool.paused_until() <= time.time():
+        claimed = pool.claim(courier.owner, runtime.bulk_size, runtime.lease)
+        if not claimed:
+            break
+        # A few stragglers go one call per step: a bulk job is slower to land.
+        threshold = runtime.bulk_threshold
+        courier.deliver_round(claimed, use_bulk=threshold > 0 and len(claimed) >= threshold)
+        sent += len(claimed)
+    wait = pool.next_due_in()
+    if wait is not None:
+        paused = max(0.0, pool.paused_until() - time.time())
+        schedule_drain(task.app, pool, max(wait, paused))
+    return f"drained {sent}"
+
+
+def _created_at(submission: Submission) -> float:
     try:
-        return time.time() - datetime.fromisoformat(submission.submitted_at).timestamp()
+        return datetime.fromisoformat(submission.submitted_at).timestamp()
     except ValueError:
-        return 0.0
+        return time.time()
+
+
+def _age(submission: Submission) -> float:
+    return time.time() - _created_at(submission)

@@ -75,6 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--state-url", help="Redis for delivery state "
                         "(default $KLAVIYO_STATE_URL, else the broker if it is Redis)")
     worker.add_argument("--visibility-timeout", type=int, default=3600)
+    worker.add_argument("--bulk-threshold", type=int, metavar="N",
+                        help="tasks waiting in the queue that make it a backlog, sent "
+                        "through the bulk endpoints (default $KLAVIYO_BULK_THRESHOLD or 20; "
+                        "0 sends every submission on its own)")
+    worker.add_argument("--bulk-size", type=int, metavar="N",
+                        help="submissions in one bulk round (default 1000)")
+    worker.add_argument("--lease", type=int, metavar="SECONDS",
+                        help="how long a bulk round holds its submissions before another "
+                        "worker may take them over (default 60)")
     worker.add_argument("--loglevel", default="INFO")
 
     celery_state = commands.add_parser("celery", help="dead letters and counts of Celery delivery")
@@ -139,7 +148,14 @@ def _fake_klaviyo(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from .celery_tasks import ENV_STATE_URL, QUEUE, make_celery
+    from .celery_tasks import (
+        ENV_BULK_SIZE,
+        ENV_BULK_THRESHOLD,
+        ENV_POOL_LEASE,
+        ENV_STATE_URL,
+        QUEUE,
+        make_celery,
+    )
 
     if not args.broker:
         print("klaviyo-middleware: --broker or KLAVIYO_BROKER_URL is required", file=sys.stderr)
@@ -153,6 +169,12 @@ def _worker(args: argparse.Namespace) -> int:
         os.environ["KLAVIYO_API_URL"] = args.api_url
     if args.state_url:
         os.environ[ENV_STATE_URL] = args.state_url
+    # Settings travel to the pool processes through the environment, as the
+    # key does.
+    for value, name in ((args.bulk_threshold, ENV_BULK_THRESHOLD),
+                        (args.bulk_size, ENV_BULK_SIZE), (args.lease, ENV_POOL_LEASE)):
+        if value is not None:
+            os.environ[name] = str(value)
     app = make_celery(args.broker, args.visibility_timeout)
     app.worker_main([
         "worker", "-Q", QUEUE, f"--concurrency={args.concurrency}",

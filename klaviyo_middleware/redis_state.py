@@ -60,45 +60,45 @@ class RedisState:
     def __repr__(self) -> str:
         return f"<RedisState {self.prefix!r}>"
 
-    def _key(self, *parts: str) -> str:
+    def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
     # -- progress -----------------------------------------------------------------
 
     def load_progress(self, submission_id: str) -> Progress:
-        raw = self.redis.get(self._key("progress", submission_id))
+        raw = self.redis.get(self.key("progress", submission_id))
         return Progress.from_dict(json.loads(raw)) if raw else Progress()
 
     def save_progress(self, submission_id: str, progress: Progress) -> None:
-        self.redis.set(self._key("progress", submission_id), json.dumps(progress.to_dict()),
+        self.redis.set(self.key("progress", submission_id), json.dumps(progress.to_dict()),
                        ex=PROGRESS_TTL)
 
     def complete(self, submission_id: str) -> None:
         pipe = self.redis.pipeline()
-        pipe.delete(self._key("progress", submission_id))
-        pipe.incr(self._key("delivered"))
+        pipe.delete(self.key("progress", submission_id))
+        pipe.incr(self.key("delivered"))
         pipe.execute()
 
     def is_finished(self, submission_id: str) -> bool:
         """Whether the submission was already delivered or dead-lettered."""
-        return bool(self.redis.sismember(self._key("finished"), submission_id))
+        return bool(self.redis.sismember(self.key("finished"), submission_id))
 
     def mark_finished(self, submission_id: str) -> None:
         pipe = self.redis.pipeline()
-        pipe.sadd(self._key("finished"), submission_id)
-        pipe.expire(self._key("finished"), PROGRESS_TTL)
+        pipe.sadd(self.key("finished"), submission_id)
+        pipe.expire(self.key("finished"), PROGRESS_TTL)
         pipe.execute()
 
     # -- pause and rate limits ----------------------------------------------------------
 
     def pause(self, seconds: float) -> None:
         milliseconds = max(1, int(seconds * 1000))
-        current = self.redis.pttl(self._key("pause"))
+        current = self.redis.pttl(self.key("pause"))
         if current < milliseconds:
-            self.redis.set(self._key("pause"), "1", px=milliseconds)
+            self.redis.set(self.key("pause"), "1", px=milliseconds)
 
     def paused_for(self) -> float:
-        remaining = self.redis.pttl(self._key("pause"))
+        remaining = self.redis.pttl(self.key("pause"))
         return max(0.0, remaining / 1000) if remaining and remaining > 0 else 0.0
 
     def take_rate_slot(self, endpoint: str, limits: Limits) -> float:
@@ -106,27 +106,33 @@ class RedisState:
         arguments: list[Any] = [uuid.uuid4().hex]
         for window, limit in limits:
             arguments += [int(window * 1000), limit]
-        wait = self._take_slot(keys=[self._key("rate", endpoint)], args=arguments)
+        wait = self._take_slot(keys=[self.key("rate", endpoint)], args=arguments)
         return int(wait) / 1000
 
     # -- dead letters ----------------------------------------------------------------
 
-    def bury(self, submission: Submission, progress: Progress, error: dict[str, Any],
-             attempts: int) -> None:
-        record = {
+    @staticmethod
+    def dead_letter(submission: Submission, progress: Progress, error: dict[str, Any],
+                    attempts: int) -> str:
+        """A dead letter as stored (the Redis pool buries in the same form)."""
+        return json.dumps({
             "submission": submission.to_dict(),
             "progress": progress.to_dict(),
             "error": error,
             "attempts": attempts,
             "dead_at": time.time(),
-        }
+        })
+
+    def bury(self, submission: Submission, progress: Progress, error: dict[str, Any],
+             attempts: int) -> None:
         pipe = self.redis.pipeline()
-        pipe.hset(self._key("dead"), submission.id, json.dumps(record))
-        pipe.delete(self._key("progress", submission.id))
+        pipe.hset(self.key("dead"), submission.id,
+                  self.dead_letter(submission, progress, error, attempts))
+        pipe.delete(self.key("progress", submission.id))
         pipe.execute()
 
     def dead_letters(self) -> list[dict[str, Any]]:
-        rows = self.redis.hgetall(self._key("dead"))
+        rows = self.redis.hgetall(self.key("dead"))
         letters = [
             dict(json.loads(value), id=key.decode() if isinstance(key, bytes) else key)
             for key, value in rows.items()
@@ -137,12 +143,13 @@ class RedisState:
         """Remove dead letters (all, or ``ids``) and return them, for a retry."""
         letters = [letter for letter in self.dead_letters() if ids is None or letter["id"] in ids]
         if letters:
-            self.redis.hdel(self._key("dead"), *[letter["id"] for letter in letters])
+            self.redis.hdel(self.key("dead"), *[letter["id"] for letter in letters])
         return letters
 
     def stats(self) -> dict[str, Any]:
         return {
-            "delivered": int(self.redis.get(self._key("delivered")) or 0),
-            "dead": int(self.redis.hlen(self._key("dead"))),
+            "delivered": int(self.redis.get(self.key("delivered")) or 0),
+            "dead": int(self.redis.hlen(self.key("dead"))),
+            "pooled": int(self.redis.hlen(self.key("pool", "items"))),
             "paused_for": self.paused_for(),
         }

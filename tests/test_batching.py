@@ -18,27 +18,10 @@ from klaviyo_middleware.steps import Progress
 from klaviyo_middleware.submission import Event, Submission
 from klaviyo_middleware.worker import WorkerOptions
 
+from backlogs import backlog, state, subscriptions_sent
 from klaviyo_fake import API_KEY, API_URL, FakeKlaviyo
 
 ACCOUNT = account_fingerprint(API_URL, API_KEY)
-
-
-def backlog(count: int) -> list[Submission]:
-    """A mix: consent to one or two lists, membership without consent, events or not."""
-    items = []
-    for number in range(count):
-        kind = number % 4
-        items.append(Submission(
-            action="updateProfile",
-            profile={"email": f"p{number}@example.com", "first_name": f"P{number}",
-                     "properties": {"n": number}},
-            lists=[["A1"], ["A1", "B2"], ["C3"], []][kind],
-            confirm_opt_in=kind != 2,
-            event=Event(name="Ordered", unique_id=f"order-{number}", value=number,
-                        properties={"sku": f"S{number}"}) if kind != 3 else None,
-            custom_source="Footer",
-        ))
-    return items
 
 
 def drain(tmp_path, fake: FakeKlaviyo, items: list[Submission], **options: Any) -> Spool:
@@ -54,16 +37,6 @@ def drain(tmp_path, fake: FakeKlaviyo, items: list[Submission], **options: Any) 
     finally:
         delivery.close()
     return spool
-
-
-def state(fake: FakeKlaviyo) -> dict[str, Any]:
-    return {
-        "profiles": fake.profiles,
-        "members": fake.members,
-        "subscribed": fake.subscribed,
-        "events": {uid: {**event, "profile": event["profile"]["data"]["attributes"]}
-                   for uid, event in fake.events.items()},
-    }
 
 
 def test_bulk_gives_the_same_klaviyo_as_single_calls(tmp_path, klaviyo):
@@ -114,14 +87,6 @@ def test_a_transient_bulk_failure_retries_only_what_is_left(tmp_path, klaviyo):
         + [body["data"]["attributes"]["email"] for body in klaviyo.bodies("/api/profile-import")])
     # The failed events job did not send anyone's profile again.
     assert len(imported) == 40 and set(imported.values()) == {1}
-
-
-def subscriptions_sent(fake: FakeKlaviyo) -> Counter[tuple[str, str]]:
-    """How often each (list, person) subscription was sent."""
-    return Counter(
-        (body["data"]["relationships"]["list"]["data"]["id"], profile["attributes"]["email"])
-        for body in fake.bodies("/api/profile-subscription-bulk-create-jobs")
-        for profile in body["data"]["attributes"]["profiles"]["data"])
 
 
 def claimed(item: Submission) -> Claimed:

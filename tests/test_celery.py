@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -24,23 +25,13 @@ from klaviyo_middleware.steps import Progress
 from klaviyo_middleware.submission import Submission
 
 from klaviyo_fake import API_KEY
+from services import RABBIT, REDIS, require_redis
+from services import listening as _listening
 from waiting import wait_for
 
-REDIS = "redis://127.0.0.1:6379/15"
-RABBIT = "amqp://guest:guest@127.0.0.1:5672//"
 UPDATE = "/klaviyoConnect/api/updateProfile"
 
-
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-if not _listening(6379):
-    if os.environ.get("CI"):
-        raise RuntimeError("Redis is not running on 127.0.0.1:6379 (.ci/run should start it)")
-    pytest.skip("needs Redis on 127.0.0.1:6379", allow_module_level=True)
+require_redis()
 
 import redis  # noqa: E402
 
@@ -135,11 +126,9 @@ class TestRedisState:
 class TestDelivery:
     @pytest.mark.parametrize("broker", [REDIS, RABBIT])
     def test_submissions_reach_klaviyo_through_a_worker(self, loopback_klaviyo, broker):
-        if broker == RABBIT and not _listening(5672):
-            # In CI it must run wherever the machine provides RabbitMQ.
-            if os.environ.get("CI") and shutil.which("rabbitmq-server"):
-                pytest.fail("RabbitMQ is installed but not running on 127.0.0.1:5672")
-            pytest.skip("no RabbitMQ on this machine")
+        if broker == RABBIT:
+            require_rabbit()
+            purge_queue(RABBIT)
         app = web(loopback_klaviyo.url, broker)
         for number in range(8):
             answer = app.post(UPDATE, form(number), headers={"Accept": "application/json"})
@@ -224,6 +213,112 @@ class TestDelivery:
         answer = app.post(UPDATE, {"email": "a@example.com"},
                           headers={"Accept": "application/json"}, status=503)
         assert answer.json["success"] is False
+
+
+def require_rabbit() -> None:
+    if _listening(5672):
+        return
+    # In CI it must run wherever the machine provides RabbitMQ.
+    if os.environ.get("CI") and shutil.which("rabbitmq-server"):
+        pytest.fail("RabbitMQ is installed but not running on 127.0.0.1:5672")
+    pytest.skip("no RabbitMQ on this machine")
+
+
+def purge_queue(broker: str) -> None:
+    """Drop tasks an earlier, failed run may have left on a broker that outlives tests."""
+    from kombu import Connection
+
+    # No queue yet means nothing to purge.
+    with Connection(broker) as connection, contextlib.suppress(Exception):
+        connection.default_channel.queue_purge("klaviyo")
+
+
+class TestBacklog:
+    """A backed-up queue goes through the bulk endpoints, via the Redis pool."""
+
+    @pytest.mark.parametrize("broker", [REDIS, RABBIT])
+    def test_a_backlog_takes_a_handful_of_calls(self, loopback_klaviyo, broker):
+        if broker == RABBIT:
+            require_rabbit()
+            purge_queue(RABBIT)
+        app = web(loopback_klaviyo.url, broker)
+        for number in range(200):
+            app.post(UPDATE, form(number))
+        fake = loopback_klaviyo.fake
+        state = RedisState(REDIS, account_fingerprint(loopback_klaviyo.url, API_KEY))
+        worker = start_worker(loopback_klaviyo.url, broker)
+        try:
+            # Until the round is recorded as done, not only sent.
+            wait_for(lambda: state.stats()["delivered"] == 200, timeout=120)
+        finally:
+            stop(worker)
+        emails = {f"c{n}@example.com" for n in range(200)}
+        assert set(fake.profiles) == emails and fake.subscribed == {"L1": emails}
+        calls = Counter(fake.paths())
+        assert calls["/api/profile-bulk-import-jobs"] >= 1
+        assert calls["/api/event-bulk-create-jobs"] >= 1
+        # One call per step would be 600; the tasks that ran before the
+        # backlog was measured, and the last few, go singly.
+        assert sum(calls.values()) < 100
+        assert len(fake.events) == 200 and state.stats()["pooled"] == 0
+
+    def test_light_traffic_is_not_pooled(self, loopback_klaviyo):
+        app = web(loopback_klaviyo.url)
+        fake = loopback_klaviyo.fake
+        worker = start_worker(loopback_klaviyo.url)
+        try:
+            for number in range(5):
+                app.post(UPDATE, form(number))
+                wait_for(lambda number=number: len(fake.events) == number + 1)
+        finally:
+            stop(worker)
+        assert "/api/profile-bulk-import-jobs" not in fake.paths()
+        assert fake.paths().count("/api/events") == 5
+
+    def test_bulk_threshold_zero_sends_every_submission_alone(self, loopback_klaviyo):
+        app = web(loopback_klaviyo.url)
+        for number in range(30):
+            app.post(UPDATE, form(number))
+        fake = loopback_klaviyo.fake
+        worker = start_worker(loopback_klaviyo.url, REDIS, "--bulk-threshold", "0")
+        try:
+            wait_for(lambda: len(fake.events) == 30, timeout=120)
+        finally:
+            stop(worker)
+        assert fake.paths().count("/api/events") == 30
+        assert "/api/event-bulk-create-jobs" not in fake.paths()
+
+    def test_a_drain_killed_mid_round_loses_nothing(self, loopback_klaviyo):
+        fake = loopback_klaviyo.fake
+        fake.latency = 1.0
+        app = web(loopback_klaviyo.url)
+        for number in range(60):
+            app.post(UPDATE, form(number))
+        options = ("--visibility-timeout", "5", "--lease", "3")
+        first = start_worker(loopback_klaviyo.url, REDIS, *options)
+        try:
+            # A bulk round has begun: its profiles are in, its events are not.
+            wait_for(lambda: "/api/profile-bulk-import-jobs" in fake.paths(), timeout=90)
+        finally:
+            stop(first, signal.SIGKILL)
+        assert len(fake.events) < 60
+        fake.latency = 0.0
+        second = start_worker(loopback_klaviyo.url, REDIS, *options)
+        try:
+            wait_for(lambda: len(fake.events) == 60, timeout=120)
+        finally:
+            stop(second)
+        emails = {f"c{n}@example.com" for n in range(60)}
+        assert set(fake.profiles) == emails and fake.subscribed == {"L1": emails}
+        sent = Counter(
+            [event["attributes"]["unique_id"]
+             for body in fake.bodies("/api/event-bulk-create-jobs")
+             for item in body["data"]["attributes"]["events-bulk-create"]["data"]
+             for event in item["attributes"]["events"]["data"]]
+            + [body["data"]["attributes"]["unique_id"] for body in fake.bodies("/api/events")])
+        assert len(sent) == 60
+        # The killed round never reached its events stage: nobody's event went twice.
+        assert set(sent.values()) == {1}
 
 
 def test_configuration_errors():

@@ -1,0 +1,278 @@
+"""The backlog pool for Celery delivery: submissions leased from Redis, sent in bulk.
+
+One Celery task per submission means one Klaviyo call per step, which a
+backlog cannot afford (10,000 submissions with a list and an event are 30,000
+calls, an afternoon at Klaviyo's limits). When a task finds its queue backed
+up, it moves its submission here — progress and all — and lets the broker
+acknowledge it; a *drain* task then leases the pooled submissions in rounds
+and sends them through the bulk endpoints with the same
+:class:`~klaviyo_middleware.courier.Courier` the SQLite spool uses.
+
+It is the spool's table, in Redis, so that every worker on every machine
+shares it:
+
+- ``pool:items`` (hash) — id → the submission, its progress, attempts, age;
+- ``pool:ready`` (sorted set) — id → when it may next be claimed: its due
+  time, or while leased the end of the lease, so an expired lease (a worker
+  killed mid-round) makes it claimable again without anyone noticing the death;
+- ``pool:owners`` (hash) — id → the owner of the current lease; every write
+  checks it, so a worker that lost its lease cannot overwrite the new owner.
+
+Each operation is one Lua script, atomic in Redis and timed by Redis's own
+clock, so workers with skewed clocks still agree on leases and due times.
+Delivered and dead submissions join the ``finished`` set that single-task
+delivery uses, so a task re-delivered by the broker after its submission was
+pooled and sent does not send it again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from .ratelimits import Limits
+from .redis_state import PROGRESS_TTL, RedisState
+from .spool import Claimed
+from .steps import Progress
+from .submission import Submission
+
+_NOW = """
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+"""
+
+# KEYS: items, ready, single-task progress. ARGV: id, record, created ms. 1 if
+# added, 0 if already pooled. Due at once, ranked by age (claims go oldest
+# first); the record carries the progress from now on.
+_ADD = _NOW + """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], math.min(now, tonumber(ARGV[3])), ARGV[1])
+redis.call('DEL', KEYS[3])
+return 1
+"""
+
+# KEYS: items, ready, owners. ARGV: owner, limit, lease ms. The records leased.
+_CLAIM = _NOW + """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local records = {}
+for _, id in ipairs(ids) do
+  local record = redis.call('HGET', KEYS[1], id)
+  if record then
+    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), id)
+    redis.call('HSET', KEYS[3], id, ARGV[1])
+    table.insert(records, record)
+  else
+    redis.call('ZREM', KEYS[2], id)
+  end
+end
+return records
+"""
+
+# KEYS: items, ready, owners. ARGV: owner, lease ms, then (id, record) pairs.
+# Saves progress and renews the lease where the lease still holds; returns those ids.
+_SAVE = _NOW + """
+local kept = {}
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  local until_ms = tonumber(redis.call('ZSCORE', KEYS[2], id) or '0')
+  if redis.call('HGET', KEYS[3], id) == ARGV[1] and until_ms > now then
+    redis.call('HSET', KEYS[1], id, ARGV[i + 1])
+    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), id)
+    table.insert(kept, id)
+  end
+end
+return kept
+"""
+
+# KEYS: items, ready, owners, finished, delivered. ARGV: owner, ttl s, ids...
+_COMPLETE = """
+local removed = 0
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  if redis.call('HGET', KEYS[3], id) == ARGV[1] then
+    redis.call('HDEL', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('HDEL', KEYS[3], id)
+    redis.call('SADD', KEYS[4], id)
+    removed = removed + 1
+  end
+end
+if removed > 0 then
+  redis.call('INCRBY', KEYS[5], removed)
+  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[2]))
+end
+return removed
+"""
+
+# KEYS: items, ready, owners. ARGV: owner, id, record, delay ms.
+_RESCHEDULE = _NOW + """
+if redis.call('HGET', KEYS[3], ARGV[2]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[2])
+return 1
+"""
+
+# KEYS: items, ready, owners, dead, finished. ARGV: owner, id, dead letter, ttl s.
+_BURY = """
+if redis.call('HGET', KEYS[3], ARGV[2]) ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
+redis.call('SADD', KEYS[5], ARGV[2])
+redis.call('EXPIRE', KEYS[5], tonumber(ARGV[4]))
+return 1
+"""
+
+# KEYS: ready. Milliseconds until the first pooled submission may be claimed, or -1.
+_NEXT_DUE = _NOW + """
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #first == 0 then return -1 end
+local wait = tonumber(first[2]) - now
+if wait < 0 then return 0 end
+return wait
+"""
+
+
+class RedisPool:
+    """Pooled submissions of one account, leased to drain tasks.
+
+    Implements :class:`~klaviyo_middleware.courier.LeaseStore`; the pause
+    and the rate limits are the ones single-task delivery uses, in ``state``.
+    """
+
+    def __init__(self, state: RedisState) -> None:
+        self.state = state
+        self.redis = state.redis
+        key = state.key
+        self._items, self._ready, self._owners = key("pool", "items"), key("pool", "ready"), key(
+            "pool", "owners")
+        self._drain_flag = key("pool", "drain")
+        self._scripts = {name: self.redis.register_script(source) for name, source in {
+            "add": _ADD, "claim": _CLAIM, "save": _SAVE, "complete": _COMPLETE,
+            "reschedule": _RESCHEDULE, "bury": _BURY, "next_due": _NEXT_DUE,
+        }.items()}
+
+    def __repr__(self) -> str:
+        return f"<RedisPool {self._items!r}>"
+
+    @property
+    def _keys(self) -> list[str]:
+        return [self._items, self._ready, self._owners]
+
+    # -- filling and claiming ---------------------------------------------------
+
+    def add(self, submission: Submission, progress: Progress, attempts: int,
+            created_at: float) -> bool:
+        """Pool a submission (idempotent); ``False`` if it was already here."""
+        record = _record(Claimed(submission, progress, attempts, created_at))
+        keys = [self._items, self._ready, self.state.key("progress", submission.id)]
+        return bool(self._scripts["add"](
+            keys=keys, args=[submission.id, record, int(created_at * 1000)]))
+
+    def holds(self, submission_id: str) -> bool:
+        return bool(self.redis.hexists(self._items, submission_id))
+
+    def claim(self, owner: str, limit: int, lease: float) -> list[Claimed]:
+        """Lease up to ``limit`` due submissions to ``owner``, oldest first."""
+        if limit <= 0:
+            return []
+        records = self._scripts["claim"](
+            keys=self._keys, args=[owner, limit, _milliseconds(lease)])
+        claimed = [_claimed(json.loads(record)) for record in records]
+        claimed.sort(key=lambda item: item.created_at)
+        return claimed
+
+    def size(self) -> int:
+        return int(self.redis.hlen(self._items))
+
+    def next_due_in(self) -> float | None:
+        """Seconds until a pooled submission may be claimed; ``None`` when empty."""
+        wait = int(self._scripts["next_due"](keys=[self._ready]))
+        return None if wait < 0 else wait / 1000
+
+    # -- the drain flag ---------------------------------------------------------
+
+    def want_drain(self, within: float) -> bool:
+        """Claim the duty of enqueueing a drain; ``False`` if one is already due.
+
+        The flag lives a little longer than the drain's countdown: should that
+        drain be slow to start, a later submission enqueues another rather than
+        waiting on it for ever (two drains only share the leases).
+        """
+        return bool(self.redis.set(self._drain_flag, "1", nx=True,
+                                   ex=max(1, int(within) + 60)))
+
+    def drain_started(self) -> None:
+        """A drain is running; the next submission pooled may enqueue another."""
+        self.redis.delete(self._drain_flag)
+
+    # -- LeaseStore ---------------------------------------------------------------
+
+    def save_progress_many(self, owner: str, items: list[Claimed], lease: float) -> set[str]:
+        if not items:
+            return set()
+        arguments: list[Any] = [owner, _milliseconds(lease)]
+        for item in items:
+            arguments += [item.submission.id, _record(item)]
+        kept = self._scripts["save"](keys=self._keys, args=arguments)
+        return {value.decode() if isinstance(value, bytes) else value for value in kept}
+
+    def complete_many(self, owner: str, items: list[Claimed]) -> None:
+        if items:
+            self._scripts["complete"](
+                keys=[*self._keys, self.state.key("finished"), self.state.key("delivered")],
+                args=[owner, PROGRESS_TTL, *[item.submission.id for item in items]],
+            )
+
+    def reschedule(self, owner: str, claimed: Claimed, due_at: float,
+                   error: dict[str, Any]) -> None:
+        retried = Claimed(claimed.submission, claimed.progress, claimed.attempts + 1,
+                          claimed.created_at)
+        self._scripts["reschedule"](keys=self._keys, args=[
+            owner, claimed.submission.id, _record(retried, error),
+            _milliseconds(max(0.0, due_at - time.time())),
+        ])
+
+    def bury(self, owner: str, claimed: Claimed, error: dict[str, Any]) -> None:
+        letter = self.state.dead_letter(claimed.submission, claimed.progress, error,
+                                        claimed.attempts + 1)
+        self._scripts["bury"](
+            keys=[*self._keys, self.state.key("dead"), self.state.key("finished")],
+            args=[owner, claimed.submission.id, letter, PROGRESS_TTL],
+        )
+
+    def pause(self, until: float) -> None:
+        self.state.pause(until - time.time())
+
+    def paused_until(self) -> float:
+        paused = self.state.paused_for()
+        return time.time() + paused if paused > 0 else 0.0
+
+    def take_rate_slot(self, endpoint: str, limits: Limits) -> float:
+        return self.state.take_rate_slot(endpoint, limits)
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def _record(item: Claimed, error: dict[str, Any] | None = None) -> str:
+    return json.dumps({
+        "submission": item.submission.to_dict(),
+        "progress": item.progress.to_dict(),
+        "attempts": item.attempts,
+        "created_at": item.created_at,
+        "last_error": error,
+    }, separators=(",", ":"))
+
+
+def _claimed(record: dict[str, Any]) -> Claimed:
+    return Claimed(
+        Submission.from_dict(record["submission"]),
+        Progress.from_dict(record["progress"]),
+        int(record["attempts"]),
+        float(record["created_at"]),
+    )
