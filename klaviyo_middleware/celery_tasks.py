@@ -65,6 +65,9 @@ _SHORT_WAIT = 2.0
 # A drain hands its worker back after this long and enqueues its successor,
 # so that a long backlog never holds one worker slot (or one lease) for hours.
 _DRAIN_BUDGET = 30.0
+# A drain also takes what falls due within this many seconds, so that
+# submissions retried together are sent together.
+_GATHER = 1.0
 # How long a measured queue length is trusted: one broker round trip a
 # second per worker process, not one per task.
 _BACKLOG_TTL = 1.0
@@ -307,7 +310,7 @@ def _drain(task: Task) -> str:
     deadline = time.monotonic() + _DRAIN_BUDGET
     sent = 0
     while time.monotonic() < deadline and pool.paused_until() <= time.time():
-        claimed = pool.claim(courier.owner, runtime.bulk_size, runtime.lease)
+        claimed = pool.claim(courier.owner, runtime.bulk_size, runtime.lease, _GATHER)
         if not claimed:
             break
         # A few stragglers go one call per step: a bulk job is slower to land.

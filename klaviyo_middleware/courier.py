@@ -133,7 +133,8 @@ class Courier:
     def deliver_bulk(self, items: list[Claimed]) -> None:
         """Deliver a backlog through the bulk endpoints, stage by stage."""
         active = list(items)
-        failed: dict[str, KlaviyoError] = {}
+        # id → the error and the jitter of the call that failed it.
+        failed: dict[str, tuple[KlaviyoError, float]] = {}
         singles: list[Claimed] = []
         for stage in bulk.stages():
             for call in stage(active):
@@ -146,7 +147,11 @@ class Courier:
                     if error.status == 429:
                         self.store.pause(time.time() + (error.retry_after or self._backoff(1)))
                     if error.transient:
-                        failed.update((item.submission.id, error) for item in members)
+                        # One jitter for the whole call keeps its submissions
+                        # due together, so that they are retried as one bulk
+                        # call rather than scattered into single ones.
+                        jitter = self._rng.random()
+                        failed.update((item.submission.id, (error, jitter)) for item in members)
                     else:
                         # Klaviyo refused the whole job; one call per step
                         # finds the submission at fault and delivers the rest.
@@ -169,9 +174,11 @@ class Courier:
         self.store.complete_many(self.owner, active)
         for item in active:
             self.hooks.delivered(item.submission)
+        now = time.time()
         for item in items:
             if item.submission.id in failed:
-                self._failed(item, failed[item.submission.id])
+                cause, jitter = failed[item.submission.id]
+                self._failed(item, cause, _Fixed(jitter), now)
         for item in singles:
             if self.stopping.is_set():
                 return
@@ -193,13 +200,14 @@ class Courier:
             self.stopping.wait(min(wait, self.lease / 2))
         return False
 
-    def _failed(self, item: Claimed, error: KlaviyoError) -> None:
+    def _failed(self, item: Claimed, error: KlaviyoError,
+                rng: random.Random | None = None, now: float | None = None) -> None:
         submission = item.submission
-        now = time.time()
+        now = time.time() if now is None else now
         if error.status == 429:
             self.store.pause(now + (error.retry_after or self._backoff(1)))
         delay = self.retry.later(error, item.attempts + 1, now - item.created_at,
-                                 self.max_age, self._rng)
+                                 self.max_age, rng or self._rng)
         if delay is None:
             self._bury(item, error)
             return
@@ -224,3 +232,14 @@ class Courier:
 
     def _backoff(self, attempt: int) -> float:
         return self.retry.backoff(attempt, self._rng)
+
+
+class _Fixed(random.Random):
+    """Jitter drawn once and shared: every draw gives the same fraction."""
+
+    def __init__(self, fraction: float) -> None:
+        super().__init__()
+        self.fraction = fraction
+
+    def random(self) -> float:
+        return self.fraction

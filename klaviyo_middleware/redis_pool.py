@@ -52,9 +52,11 @@ redis.call('DEL', KEYS[3])
 return 1
 """
 
-# KEYS: items, ready, owners. ARGV: owner, limit, lease ms. The records leased.
+# KEYS: items, ready, owners. ARGV: owner, limit, lease ms, ahead ms. The
+# records leased: those due now, or within ``ahead``.
 _CLAIM = _NOW + """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now + tonumber(ARGV[4]),
+                       'LIMIT', 0, tonumber(ARGV[2]))
 local records = {}
 for _, id in ipairs(ids) do
   local record = redis.call('HGET', KEYS[1], id)
@@ -175,12 +177,17 @@ class RedisPool:
     def holds(self, submission_id: str) -> bool:
         return bool(self.redis.hexists(self._items, submission_id))
 
-    def claim(self, owner: str, limit: int, lease: float) -> list[Claimed]:
-        """Lease up to ``limit`` due submissions to ``owner``, oldest first."""
+    def claim(self, owner: str, limit: int, lease: float, ahead: float = 0.0) -> list[Claimed]:
+        """Lease up to ``limit`` due submissions to ``owner``, oldest first.
+
+        ``ahead`` also takes those due within that many seconds: the members
+        of a failed bulk call fall due a few milliseconds apart, and a drain
+        that starts on the first should retry them together.
+        """
         if limit <= 0:
             return []
         records = self._scripts["claim"](
-            keys=self._keys, args=[owner, limit, _milliseconds(lease)])
+            keys=self._keys, args=[owner, limit, _milliseconds(lease), int(ahead * 1000)])
         claimed = [_claimed(json.loads(record)) for record in records]
         claimed.sort(key=lambda item: item.created_at)
         return claimed

@@ -288,6 +288,23 @@ class TestBacklog:
         assert fake.paths().count("/api/events") == 30
         assert "/api/event-bulk-create-jobs" not in fake.paths()
 
+    def test_a_failed_bulk_call_is_retried_by_a_later_drain(self, loopback_klaviyo):
+        fake = loopback_klaviyo.fake
+        fake.fail("/api/event-bulk-create-jobs", 503, times=2)
+        app = web(loopback_klaviyo.url)
+        for number in range(40):
+            app.post(UPDATE, form(number))
+        worker = start_worker(loopback_klaviyo.url)
+        try:
+            wait_for(lambda: len(fake.events) == 40, timeout=120)
+        finally:
+            stop(worker)
+        # The drain that met the failures rescheduled those submissions and
+        # left a successor counting down; only the events stage went again.
+        assert fake.paths().count("/api/event-bulk-create-jobs") >= 3
+        assert "/api/events" not in fake.paths()
+        assert fake.paths().count("/api/profile-subscription-bulk-create-jobs") == 1
+
     def test_a_drain_killed_mid_round_loses_nothing(self, loopback_klaviyo):
         fake = loopback_klaviyo.fake
         fake.latency = 1.0
@@ -343,3 +360,26 @@ def test_an_existing_celery_app(loopback_klaviyo):
     assert existing.conf.task_reject_on_worker_lost is True
     TestApp(middleware).post(UPDATE, {"email": "e@example.com"})
     assert redis.Redis.from_url(REDIS).llen("klaviyo") == 1
+
+
+def test_an_unexpected_error_is_retried_not_dropped(loopback_klaviyo, monkeypatch):
+    """Celery acknowledges a failed task even with acks_late: ours must retry instead."""
+    from klaviyo_middleware.celery_tasks import TASK_NAME, make_celery
+
+    app = make_celery(REDIS)
+    app.conf.update(klaviyo_api_key=API_KEY, klaviyo_api_url=loopback_klaviyo.url,
+                    klaviyo_state_url=REDIS)
+    outage = [redis.ConnectionError("Redis went away")]
+    is_finished = RedisState.is_finished
+
+    def flaky(self: RedisState, submission_id: str) -> bool:
+        if outage:
+            raise outage.pop()
+        return is_finished(self, submission_id)
+
+    monkeypatch.setattr(RedisState, "is_finished", flaky)
+    submission = Submission(action="identify", profile={"email": "flaky@example.com"})
+    # Run in this process: a retry is re-run at once, so the result is the last attempt's.
+    result = app.tasks[TASK_NAME].apply(args=[submission.to_dict()])
+    assert result.get() == "delivered" and outage == []
+    assert "flaky@example.com" in loopback_klaviyo.fake.profiles

@@ -111,6 +111,13 @@ class TestLeases:
         [again] = pool.claim("b", 1, 60)
         assert again.attempts == 1 and again.progress.done == ["profile"]
 
+    def test_claiming_ahead_gathers_what_falls_due_soon(self, pool):
+        fill(pool, 1)
+        [item] = pool.claim("a", 1, 60)
+        pool.reschedule("a", item, time.time() + 0.5, {"status": 503})
+        assert pool.claim("b", 1, 60) == []
+        assert len(pool.claim("b", 1, 60, ahead=1.0)) == 1
+
     def test_bury_writes_the_dead_letter_single_tasks_write(self, pool):
         [item] = fill(pool, 1)
         [claimed] = pool.claim("a", 1, 60)
@@ -174,6 +181,17 @@ def test_a_transient_bulk_failure_is_rescheduled_in_the_pool(pool, klaviyo):
     # Only the failed stage was sent again.
     assert set(subscriptions_sent(klaviyo).values()) == {1}
     assert klaviyo.paths().count("/api/event-bulk-create-jobs") == 2
+
+
+def test_a_failed_bulk_call_keeps_its_submissions_due_together(pool, klaviyo):
+    klaviyo.fail("/api/event-bulk-create-jobs", 503)
+    for item in backlog(40):
+        pool.add(item, Progress(), 0, time.time())
+    courier(pool).deliver_round(pool.claim("drain", 100, 60), use_bulk=True)
+    due = [score for _, score in pool.redis.zrange(pool.state.key("pool", "ready"), 0, -1,
+                                                   withscores=True)]
+    # 30 had events; one jitter for the call, so they come back as one bulk call.
+    assert len(due) == 30 and max(due) - min(due) < 100
 
 
 def test_a_refused_submission_is_buried_and_the_rest_delivered(pool, klaviyo):
