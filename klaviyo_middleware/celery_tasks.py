@@ -29,6 +29,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,6 +41,7 @@ from . import steps
 from .client import DEFAULT_API_URL, DEFAULT_REVISION, KlaviyoClient, KlaviyoError
 from .config import ENV_API_KEY, ENV_API_URL, ENV_REVISION, ConfigurationError
 from .courier import Courier
+from .hooks import Hooks, OnDead, OnDelivered, OnRetry
 from .ratelimits import ENDPOINT_LIMITS, Limits, endpoint_for, scaled
 from .redact import get_logger
 from .redis_pool import RedisPool
@@ -101,8 +104,21 @@ def make_celery(broker_url: str, visibility_timeout: int = DEFAULT_VISIBILITY_TI
     return app
 
 
-def register(app: Celery) -> Task:
-    """The delivery tasks on ``app`` (registered once), routed to our queue."""
+def register(
+    app: Celery,
+    on_delivered: OnDelivered | Iterable[OnDelivered] | None = None,
+    on_retry: OnRetry | Iterable[OnRetry] | None = None,
+    on_dead: OnDead | Iterable[OnDead] | None = None,
+) -> Task:
+    """The delivery tasks on ``app`` (registered once), routed to our queue.
+
+    The observers run in the worker processes, where delivery happens, so
+    pass them here, in the module the workers load (``celery -A``); the
+    middleware on the web nodes never sees a delivery. A later call with
+    observers replaces the earlier ones.
+    """
+    if on_delivered or on_retry or on_dead:
+        _observers[app] = Hooks(on_delivered=on_delivered, on_retry=on_retry, on_dead=on_dead)
     routes = dict(app.conf.task_routes or {})
     routes.setdefault(TASK_NAME, {"queue": QUEUE})
     routes.setdefault(DRAIN_TASK_NAME, {"queue": QUEUE})
@@ -135,6 +151,7 @@ class _Runtime:
     backlog: _BacklogGauge
 
 
+_observers: weakref.WeakKeyDictionary[Celery, Hooks] = weakref.WeakKeyDictionary()
 _runtimes: dict[tuple[int, int], _Runtime] = {}
 _runtimes_lock = threading.Lock()
 
@@ -145,6 +162,10 @@ def runtime_for(app: Celery) -> _Runtime:
         if key not in _runtimes:
             _runtimes[key] = _build_runtime(app)
         return _runtimes[key]
+
+
+def observers(app: Celery) -> Hooks:
+    return _observers.get(app) or Hooks()
 
 
 def _setting(app: Celery, name: str, env: str, default: str | None = None) -> str | None:
@@ -246,6 +267,7 @@ def _deliver(task: Task, payload: dict[str, Any]) -> str:
         state.save_progress(submission.id, progress)
     state.complete(submission.id)
     state.mark_finished(submission.id)
+    observers(task.app).delivered(submission)
     return "delivered"
 
 
@@ -271,10 +293,13 @@ def _failed(task: Task, runtime: _Runtime, submission: Submission,
         runtime.state.save_progress(submission.id, progress)
         log.warning("klaviyo_middleware: submission %s will be retried in %.1fs: %s",
                     submission.id, delay, error)
-        raise task.retry(countdown=delay, max_retries=None)
+        retry = task.retry(countdown=delay, max_retries=None)
+        observers(task.app).retrying(submission, error, delay)
+        raise retry
     log.error("klaviyo_middleware: submission %s dead-lettered: %s", submission.id, error)
     runtime.state.bury(submission, progress, error.to_dict(), attempt)
     runtime.state.mark_finished(submission.id)
+    observers(task.app).dead(submission, error)
     return "dead"
 
 
@@ -306,7 +331,8 @@ def _drain(task: Task) -> str:
     pool = runtime.pool
     pool.drain_started()
     courier = Courier(pool, runtime.client, new_owner(), limits=runtime.limits,
-                      retry=runtime.retry, lease=runtime.lease, max_age=runtime.max_age)
+                      retry=runtime.retry, lease=runtime.lease, max_age=runtime.max_age,
+                      hooks=observers(task.app))
     deadline = time.monotonic() + _DRAIN_BUDGET
     sent = 0
     while time.monotonic() < deadline and pool.paused_until() <= time.time():

@@ -230,6 +230,15 @@ class KlaviyoMiddleware:
         rate = self.settings.client_rate_limit
         self._client_limiter = ClientRateLimiter(*rate) if rate else None
         self.hooks = Hooks(before_send, on_delivered, on_retry, on_dead)
+        if self.settings.delivery == "celery" and (
+            self.hooks.delivered_hooks or self.hooks.retry_hooks or self.hooks.dead_hooks
+        ):
+            # They would silently never run: delivery happens on the workers.
+            raise ConfigurationError(
+                'with delivery="celery" the workers deliver: pass on_delivered, on_retry '
+                "and on_dead to klaviyo_middleware.celery_tasks.register(celery_app, ...) "
+                "in the module your workers load"
+            )
         self.mappings = MappingRegistry(user_loader=user_loader, mappings=mappings)
         self._hosts = redirects.HostPolicy(self.settings.allowed_hosts)
         self._validation = ValidationOptions(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -383,3 +384,46 @@ def test_an_unexpected_error_is_retried_not_dropped(loopback_klaviyo, monkeypatc
     result = app.tasks[TASK_NAME].apply(args=[submission.to_dict()])
     assert result.get() == "delivered" and outage == []
     assert "flaky@example.com" in loopback_klaviyo.fake.profiles
+
+
+def test_observers_run_on_the_workers(loopback_klaviyo):
+    fake = loopback_klaviyo.fake
+    app = web(loopback_klaviyo.url)
+    for number in range(30):
+        app.post(UPDATE, form(number))
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, KLAVIYO_PRIVATE_API_KEY=API_KEY, KLAVIYO_API_URL=loopback_klaviyo.url,
+               KLAVIYO_STATE_URL=REDIS, KLAVIYO_BROKER_URL=REDIS,
+               PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "celery_observed", "worker", "-Q", "klaviyo",
+         "--concurrency", "2", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    seen = redis.Redis.from_url(REDIS)
+
+    def observed() -> list[list[str]]:
+        return [json.loads(raw) for raw in seen.lrange("observed", 0, -1)]
+
+    try:
+        # The backlog went through the pool: its drain reports each delivery too.
+        wait_for(lambda: len(observed()) == 30, timeout=120)
+        assert "/api/event-bulk-create-jobs" in fake.paths()
+        assert {email for kind, email in observed()} == {f"c{n}@example.com" for n in range(30)}
+        seen.delete("observed")
+        fake.fail("/api/events", 503)
+        app.post(UPDATE, form(100))
+        wait_for(lambda: len(observed()) == 2)
+        assert observed() == [["retry", "c100@example.com", "503"],
+                              ["delivered", "c100@example.com"]]
+        seen.delete("observed")
+        fake.fail("/api/profile-import", 400)
+        app.post(UPDATE, form(101))
+        wait_for(lambda: observed() == [["dead", "c101@example.com", "400"]])
+    finally:
+        stop(worker)
+
+
+def test_observers_on_the_web_nodes_are_refused_with_celery():
+    from klaviyo_middleware import ConfigurationError
+    with pytest.raises(ConfigurationError, match="register"):
+        KlaviyoMiddleware(site, delivery="celery", broker_url=REDIS, on_dead=print)
