@@ -35,6 +35,12 @@ def slow_klaviyo(latency: float, rate_limits: bool = False) -> Iterator[tuple[st
             calls["429"] = fake.limiter.throttled
 
 
+def site(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """The app behind the middleware: the benchmarks measure what is in front of it."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
 def form_environ(number: int) -> dict[str, Any]:
     body = (f"email=person{number}%40example.com&first_name=P&list=Y6nRLr"
             f"&event%5Bname%5D=Signed+up&event%5Bvalue%5D=9.5").encode()

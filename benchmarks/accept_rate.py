@@ -19,12 +19,7 @@ from klaviyo_middleware import KlaviyoMiddleware
 from klaviyo_middleware.spool import Spool, account_fingerprint
 from klaviyo_middleware.submission import Event, Submission
 
-from _support import API_KEY, call, form_environ, slow_klaviyo
-
-
-def inner(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"ok"]
+from _support import API_KEY, call, form_environ, site, slow_klaviyo
 
 
 def rate(app, seconds: float) -> float:
@@ -43,11 +38,11 @@ def main() -> None:
     parser.add_argument("--dir", default=".", help="where the spool files go (a real disk)")
     args = parser.parse_args()
     with slow_klaviyo(0.1) as (url, _), tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        bare = rate(inner, args.seconds)
+        bare = rate(site, args.seconds)
         print(f"bare app (same loop, no middleware): {bare:10.0f} requests/s")
         for durability in ("full", "normal"):
             middleware = KlaviyoMiddleware(
-                inner, api_key=API_KEY, api_url=url,
+                site, api_key=API_KEY, api_url=url,
                 spool_path=str(Path(tmp) / f"{durability}.sqlite3"),
                 spool_durability=durability,
             )

@@ -24,12 +24,7 @@ from klaviyo_middleware.ratelimits import ENDPOINT_LIMITS, endpoint_for
 from klaviyo_middleware.spool import Spool, account_fingerprint
 from klaviyo_middleware.submission import Event, Submission
 
-from _support import API_KEY, slow_klaviyo
-
-
-def inner(environ, start_response):
-    start_response("204 No Content", [])
-    return []
+from _support import API_KEY, site, slow_klaviyo
 
 
 def main() -> None:
@@ -88,7 +83,7 @@ def drain(burst: list[Submission], args: argparse.Namespace,
         for item in burst:
             spool.enqueue(item)
         started = time.perf_counter()
-        middleware = KlaviyoMiddleware(inner, api_key=API_KEY, api_url=url,
+        middleware = KlaviyoMiddleware(site, api_key=API_KEY, api_url=url,
                                        spool_path=str(path), worker_threads=4)
         if not batching:
             middleware.delivery.worker.options = replace(  # type: ignore[attr-defined]

@@ -23,15 +23,11 @@ from webob import Request, Response
 
 from klaviyo_middleware import KlaviyoMiddleware
 
-from _support import API_KEY, call, form_environ, percentiles, slow_klaviyo
+from _support import API_KEY, call, form_environ, percentiles, site, slow_klaviyo
 
 HEADERS = {"Authorization": f"Klaviyo-API-Key {API_KEY}", "revision": "2026-07-15",
            "Content-Type": "application/vnd.api+json", "Accept": "application/vnd.api+json"}
 
-
-def inner(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"ok"]
 
 
 def naive_inline(url: str) -> Any:
@@ -74,11 +70,11 @@ def run(latency: float, requests_count: int, directory: str) -> dict[str, list[f
     slow = max(20, requests_count // 10)  # the slow variants need fewer samples
     with slow_klaviyo(latency) as (url, _), tempfile.TemporaryDirectory(dir=directory) as tmp:
         samples["naive inline"] = measure(naive_inline(url), slow)
-        sync = KlaviyoMiddleware(inner, api_key=API_KEY, api_url=url, delivery="sync")
+        sync = KlaviyoMiddleware(site, api_key=API_KEY, api_url=url, delivery="sync")
         samples["sync"] = measure(sync, slow)
         for durability in ("full", "normal"):
             middleware = KlaviyoMiddleware(
-                inner, api_key=API_KEY, api_url=url, delivery="spool",
+                site, api_key=API_KEY, api_url=url, delivery="spool",
                 spool_path=str(Path(tmp) / f"{durability}.sqlite3"),
                 spool_durability=durability)
             samples[f"spool ({durability})"] = measure(middleware, requests_count)
