@@ -128,6 +128,17 @@ redis.call('EXPIRE', KEYS[5], tonumber(ARGV[4]))
 return 1
 """
 
+# KEYS: the drain flag. ARGV: countdown ms, slack ms. 1 (and the flag set to
+# the new drain's start) when no drain is due to start within slack of when
+# one is wanted, else 0.
+_WANT_DRAIN = _NOW + """
+local due = now + tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if current >= 0 and current <= due + tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], due, 'PX', tonumber(ARGV[1]) + 60000)
+return 1
+"""
+
 # KEYS: ready. Milliseconds until the first pooled submission may be claimed, or -1.
 _NEXT_DUE = _NOW + """
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -155,6 +166,7 @@ class RedisPool:
         self._scripts = {name: self.redis.register_script(source) for name, source in {
             "add": _ADD, "claim": _CLAIM, "save": _SAVE, "complete": _COMPLETE,
             "reschedule": _RESCHEDULE, "bury": _BURY, "next_due": _NEXT_DUE,
+            "want_drain": _WANT_DRAIN,
         }.items()}
 
     def __repr__(self) -> str:
@@ -203,14 +215,17 @@ class RedisPool:
     # -- the drain flag ---------------------------------------------------------
 
     def want_drain(self, within: float) -> bool:
-        """Claim the duty of enqueueing a drain; ``False`` if one is already due.
+        """Claim the duty of enqueueing a drain to start in ``within`` seconds.
 
-        The flag lives a little longer than the drain's countdown: should that
-        drain be slow to start, a later submission enqueues another rather than
-        waiting on it for ever (two drains only share the leases).
+        ``False`` when one is already due by then (give or take a second).
+        A drain due later — a successor counting down to a retry ten minutes
+        away — does not count: a backlog arriving now gets its own drain.
+        The flag outlives the countdown by a minute, so that a drain slow to
+        start does not hold back the next one for ever; two drains only
+        share the leases.
         """
-        return bool(self.redis.set(self._drain_flag, "1", nx=True,
-                                   ex=max(1, int(within) + 60)))
+        return bool(self._scripts["want_drain"](
+            keys=[self._drain_flag], args=[int(within * 1000), 1000]))
 
     def drain_started(self) -> None:
         """A drain is running; the next submission pooled may enqueue another."""

@@ -135,8 +135,14 @@ class TestLeases:
     def test_one_drain_is_wanted_at_a_time(self, pool):
         assert pool.want_drain(0)
         assert not pool.want_drain(0)
+        assert not pool.want_drain(30)
         pool.drain_started()
         assert pool.want_drain(10)
+
+    def test_a_drain_counting_down_does_not_hold_back_a_new_backlog(self, pool):
+        assert pool.want_drain(600)  # a successor waiting for a retry
+        assert pool.want_drain(0)  # submissions pooled now need a drain now
+        assert not pool.want_drain(0.5)
 
 
 def courier(pool: RedisPool, owner: str = "drain") -> Courier:
