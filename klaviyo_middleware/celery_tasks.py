@@ -293,7 +293,8 @@ def _failed(task: Task, runtime: _Runtime, submission: Submission,
         runtime.state.save_progress(submission.id, progress)
         log.warning("klaviyo_middleware: submission %s will be retried in %.1fs: %s",
                     submission.id, delay, error)
-        retry = task.retry(countdown=delay, max_retries=None)
+        # Enqueue the retry, tell the observers, then end this run with it.
+        retry = task.retry(countdown=delay, max_retries=None, throw=False)
         observers(task.app).retrying(submission, error, delay)
         raise retry
     log.error("klaviyo_middleware: submission %s dead-lettered: %s", submission.id, error)
