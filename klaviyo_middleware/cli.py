@@ -186,6 +186,7 @@ def _worker(args: argparse.Namespace) -> int:
 def _celery_state(args: argparse.Namespace, out: TextIO) -> int:
     import redis
 
+    from .redis_pool import RedisPool
     from .redis_state import RedisState
 
     connection = redis.Redis.from_url(args.state_url)
@@ -197,7 +198,8 @@ def _celery_state(args: argparse.Namespace, out: TextIO) -> int:
     for account in accounts:
         state = RedisState(args.state_url, account)
         if args.action == "stats":
-            print(json.dumps({"account": account, **state.stats()}), file=out)
+            print(json.dumps({"account": account, **state.stats(),
+                              "pooled": RedisPool(state).size()}), file=out)
             continue
         if args.action == "retry":
             print(f"re-queued {_requeue(state, args.broker, args.ids)} submission(s)", file=out)

@@ -159,10 +159,10 @@ class RedisPool:
     def __init__(self, state: RedisState) -> None:
         self.state = state
         self.redis = state.redis
-        key = state.key
-        self._items, self._ready, self._owners = key("pool", "items"), key("pool", "ready"), key(
-            "pool", "owners")
-        self._drain_flag = key("pool", "drain")
+        self._items = state.key("pool", "items")
+        self._ready = state.key("pool", "ready")
+        self._owners = state.key("pool", "owners")
+        self._drain_flag = state.key("pool", "drain")
         self._scripts = {name: self.redis.register_script(source) for name, source in {
             "add": _ADD, "claim": _CLAIM, "save": _SAVE, "complete": _COMPLETE,
             "reschedule": _RESCHEDULE, "bury": _BURY, "next_due": _NEXT_DUE,

@@ -150,6 +150,5 @@ class RedisState:
         return {
             "delivered": int(self.redis.get(self.key("delivered")) or 0),
             "dead": int(self.redis.hlen(self.key("dead"))),
-            "pooled": int(self.redis.hlen(self.key("pool", "items"))),
             "paused_for": self.paused_for(),
         }

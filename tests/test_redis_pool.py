@@ -94,7 +94,7 @@ class TestLeases:
         items = fill(pool, 2)
         pool.complete_many("a", pool.claim("a", 10, 60))
         assert all(pool.state.is_finished(item.id) for item in items)
-        assert pool.state.stats()["delivered"] == 2 and pool.state.stats()["pooled"] == 0
+        assert pool.state.stats()["delivered"] == 2 and pool.size() == 0
         assert pool.next_due_in() is None
 
     def test_reschedule_waits_and_counts_the_attempt(self, pool):
