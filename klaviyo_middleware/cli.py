@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from . import __version__
+from .config import ConfigurationError
 from .redact import redact
 from .spool import ENV_SPOOL_PATH, DeadLetter, SpoolAdmin, default_spool_path
 
@@ -155,6 +156,7 @@ def _worker(args: argparse.Namespace) -> int:
         ENV_STATE_URL,
         QUEUE,
         make_celery,
+        runtime_for,
     )
 
     if not args.broker:
@@ -176,6 +178,12 @@ def _worker(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[name] = str(value)
     app = make_celery(args.broker, args.visibility_timeout)
+    try:
+        # Bad settings stop the worker now, not at its first task.
+        runtime_for(app)
+    except ConfigurationError as exc:
+        print(f"klaviyo-middleware: {exc}", file=sys.stderr)
+        return 2
     app.worker_main([
         "worker", "-Q", QUEUE, f"--concurrency={args.concurrency}",
         f"--loglevel={args.loglevel}", "--without-gossip", "--without-mingle",

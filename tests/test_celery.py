@@ -441,3 +441,19 @@ def test_observers_on_the_web_nodes_are_refused_with_celery():
     from klaviyo_middleware import ConfigurationError
     with pytest.raises(ConfigurationError, match="register"):
         KlaviyoMiddleware(site, delivery="celery", broker_url=REDIS, on_dead=print)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (("--bulk-threshold", "-1"), "must not be negative"),
+    (("--state-url", ""), "KLAVIYO_STATE_URL"),
+])
+def test_the_worker_refuses_bad_settings_at_start(monkeypatch, capsys, flags, message):
+    monkeypatch.setenv("KLAVIYO_PRIVATE_API_KEY", API_KEY)
+    # The command sets these for its pool processes; set here (empty means
+    # unset), so that monkeypatch removes them again afterwards.
+    for name in ("KLAVIYO_STATE_URL", "KLAVIYO_BULK_THRESHOLD", "KLAVIYO_BULK_SIZE",
+                 "KLAVIYO_POOL_LEASE"):
+        monkeypatch.setenv(name, "")
+    broker = REDIS if "--state-url" not in flags else RABBIT
+    assert cli(["worker", "--broker", broker, *flags]) == 2
+    assert message in capsys.readouterr().err
