@@ -35,13 +35,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, signals
 
 from . import steps
 from .client import DEFAULT_API_URL, DEFAULT_REVISION, KlaviyoClient, KlaviyoError
 from .config import ENV_API_KEY, ENV_API_URL, ENV_REVISION, ConfigurationError
 from .courier import Courier
 from .hooks import Hooks, OnDead, OnDelivered, OnRetry
+from .ledger import Ledger, wants_ledger
 from .ratelimits import ENDPOINT_LIMITS, Limits, endpoint_for, scaled
 from .redact import get_logger
 from .redis_pool import RedisPool
@@ -149,6 +150,8 @@ class _Runtime:
     bulk_size: int
     lease: float
     backlog: _BacklogGauge
+    ledger: Ledger | None
+    quiet_for: float
 
 
 _observers: weakref.WeakKeyDictionary[Celery, Hooks] = weakref.WeakKeyDictionary()
@@ -197,6 +200,11 @@ def _build_runtime(app: Celery) -> _Runtime:
         bulk_size=max(1, _number(app, "klaviyo_bulk_size", ENV_BULK_SIZE, 1000)),
         lease=float(_number(app, "klaviyo_pool_lease", ENV_POOL_LEASE, 60)),
         backlog=_BacklogGauge(app),
+        ledger=Ledger(broker) if wants_ledger(broker) else None,
+        # A task reserved by a vanished worker comes back after the
+        # visibility timeout; a ledger entry quiet for as long is lost.
+        quiet_for=float((app.conf.broker_transport_options or {}).get(
+            "visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT)),
     )
 
 
@@ -250,28 +258,44 @@ def _deliver(task: Task, payload: dict[str, Any]) -> str:
     state = runtime.state
     submission = Submission.from_dict(payload)
     if state.is_finished(submission.id):
+        _settle(runtime, submission.id)
         return "already finished"
+    _alive(runtime, submission.id)
     progress = state.load_progress(submission.id)
     if runtime.pool.holds(submission.id) or _backlogged(runtime):
         # The drain delivers it with the rest; the broker may acknowledge this
         # task once the pool has the submission (and a drain is on its way).
         runtime.pool.add(submission, progress, task.request.retries, _created_at(submission))
         schedule_drain(task.app, runtime.pool)
+        _settle(runtime, submission.id)
         return "pooled"
     for step in steps.pending(submission, progress):
-        _wait_for_capacity(task, runtime, endpoint_for(step))
+        _wait_for_capacity(task, runtime, submission, endpoint_for(step))
         try:
             steps.run_step(runtime.client, submission, step, progress)
         except KlaviyoError as error:
             return _failed(task, runtime, submission, progress, error)
         state.save_progress(submission.id, progress)
+        _alive(runtime, submission.id)
     state.complete(submission.id)
     state.mark_finished(submission.id)
+    _settle(runtime, submission.id)
     observers(task.app).delivered(submission)
     return "delivered"
 
 
-def _wait_for_capacity(task: Task, runtime: _Runtime, endpoint: str) -> None:
+def _alive(runtime: _Runtime, submission_id: str, until: float | None = None) -> None:
+    if runtime.ledger is not None:
+        runtime.ledger.alive(submission_id, until)
+
+
+def _settle(runtime: _Runtime, submission_id: str) -> None:
+    if runtime.ledger is not None:
+        runtime.ledger.settle(submission_id)
+
+
+def _wait_for_capacity(task: Task, runtime: _Runtime, submission: Submission,
+                       endpoint: str) -> None:
     while True:
         wait = runtime.state.paused_for() or runtime.state.take_rate_slot(
             endpoint, runtime.limits[endpoint])
@@ -279,6 +303,7 @@ def _wait_for_capacity(task: Task, runtime: _Runtime, endpoint: str) -> None:
             return
         if wait > _SHORT_WAIT:
             # Free the worker: the task comes back when capacity does.
+            _alive(runtime, submission.id, time.time() + wait)
             raise task.retry(countdown=wait, max_retries=None)
         time.sleep(wait)
 
@@ -294,12 +319,14 @@ def _failed(task: Task, runtime: _Runtime, submission: Submission,
         log.warning("klaviyo_middleware: submission %s will be retried in %.1fs: %s",
                     submission.id, delay, error)
         # Enqueue the retry, tell the observers, then end this run with it.
+        _alive(runtime, submission.id, time.time() + delay)
         retry = task.retry(countdown=delay, max_retries=None, throw=False)
         observers(task.app).retrying(submission, error, delay)
         raise retry
     log.error("klaviyo_middleware: submission %s dead-lettered: %s", submission.id, error)
     runtime.state.bury(submission, progress, error.to_dict(), attempt)
     runtime.state.mark_finished(submission.id)
+    _settle(runtime, submission.id)
     observers(task.app).dead(submission, error)
     return "dead"
 
@@ -349,6 +376,73 @@ def _drain(task: Task) -> str:
         paused = max(0.0, pool.paused_until() - time.time())
         schedule_drain(task.app, pool, max(wait, paused))
     return f"drained {sent}"
+
+
+def sweep(app: Celery) -> int:
+    """Recover what a vanished worker took with it; the number re-enqueued.
+
+    Run by every worker every few seconds (one at a time fleet-wide), and
+    only while the queue is empty, so that nothing merely waiting its turn
+    is taken for lost: ledger entries quiet for longer than the visibility
+    timeout are enqueued again, and a pool with no drain due gets one.
+    """
+    runtime = runtime_for(app)
+    ledger = runtime.ledger
+    if ledger is not None and not ledger.take_sweep_turn(_sweep_interval(runtime)):
+        return 0
+    if runtime.backlog.waiting() > 0:
+        return 0
+    resent = _resend_lost(app, runtime, ledger) if ledger is not None else 0
+    wait = runtime.pool.next_due_in()
+    if wait is not None:
+        schedule_drain(app, runtime.pool, wait)
+    return resent
+
+
+def _resend_lost(app: Celery, runtime: _Runtime, ledger: Ledger) -> int:
+    resent = 0
+    for payload in ledger.stale(runtime.quiet_for):
+        submission_id = str(payload.get("id", ""))
+        if runtime.state.is_finished(submission_id) or runtime.pool.holds(submission_id):
+            ledger.settle(submission_id)
+            continue
+        log.warning("klaviyo_middleware: re-enqueueing %s, lost with a worker", submission_id)
+        app.send_task(TASK_NAME, args=[payload], queue=QUEUE)
+        ledger.alive(submission_id)
+        resent += 1
+    return resent
+
+
+def _sweep_interval(runtime: _Runtime) -> float:
+    return max(1.0, min(60.0, runtime.quiet_for / 5))
+
+
+def _sweep_forever(app: Celery) -> None:
+    interval = _sweep_interval(runtime_for(app))
+    while True:
+        time.sleep(interval)
+        try:
+            sweep(app)
+        except Exception:
+            # Redis or the broker away for a moment: the next sweep tries again.
+            log.exception("klaviyo_middleware: ledger sweep failed")
+
+
+def _start_sweeper(sender: Any = None, **_: Any) -> None:
+    """Each worker's main process sweeps in a thread of its own."""
+    app = getattr(sender, "app", None)
+    if app is None or TASK_NAME not in app.tasks:
+        return
+    try:
+        runtime_for(app)
+    except ConfigurationError as exc:
+        log.error("klaviyo_middleware: no ledger sweeper: %s", exc)
+        return
+    threading.Thread(target=_sweep_forever, args=(app,), name="klaviyo-sweeper",
+                     daemon=True).start()
+
+
+signals.worker_ready.connect(_start_sweeper)
 
 
 def _created_at(submission: Submission) -> float:

@@ -20,6 +20,8 @@ from webtest import TestApp
 
 from klaviyo_middleware import KlaviyoMiddleware
 from klaviyo_middleware.cli import main as cli
+from klaviyo_middleware.delivery import CeleryDelivery
+from klaviyo_middleware.ledger import Ledger
 from klaviyo_middleware.redis_pool import RedisPool
 from klaviyo_middleware.redis_state import RedisState
 from klaviyo_middleware.spool import account_fingerprint
@@ -263,6 +265,7 @@ class TestBacklog:
         # backlog was measured, and the last few, go singly.
         assert sum(calls.values()) < 100
         assert len(fake.events) == 200 and RedisPool(state).size() == 0
+        assert Ledger(REDIS).size() == 0
 
     def test_light_traffic_is_not_pooled(self, loopback_klaviyo):
         app = web(loopback_klaviyo.url)
@@ -338,6 +341,51 @@ class TestBacklog:
         assert len(sent) == 60
         # The killed round never reached its events stage: nobody's event went twice.
         assert set(sent.values()) == {1}
+
+
+class TestLedger:
+    """With a Redis broker, a task a worker took and lost is sent again."""
+
+    def test_the_web_node_records_each_submission(self, loopback_klaviyo):
+        web(loopback_klaviyo.url).post(UPDATE, form(1))
+        assert Ledger(REDIS).size() == 1
+        require_rabbit()
+        purge_queue(RABBIT)
+        rabbit = KlaviyoMiddleware(site, delivery="celery", broker_url=RABBIT)
+        _middlewares.append(rabbit)
+        # RabbitMQ redelivers whatever a dead consumer held: no ledger there.
+        assert isinstance(rabbit.delivery, CeleryDelivery) and rabbit.delivery.ledger is None
+        TestApp(rabbit).post(UPDATE, form(2))
+        purge_queue(RABBIT)
+        assert Ledger(REDIS).size() == 1
+
+    def test_a_task_lost_with_its_worker_is_sent_again(self, loopback_klaviyo):
+        app = web(loopback_klaviyo.url)
+        for number in range(3):
+            app.post(UPDATE, form(number))
+        # What a worker killed between BRPOP and recording the task leaves:
+        # the task gone from the queue and from the unacknowledged set.
+        assert redis.Redis.from_url(REDIS).rpop("klaviyo") is not None
+        fake = loopback_klaviyo.fake
+        worker = start_worker(loopback_klaviyo.url, REDIS, "--visibility-timeout", "3")
+        try:
+            wait_for(lambda: len(fake.events) == 3, timeout=60)
+            wait_for(lambda: Ledger(REDIS).size() == 0)
+        finally:
+            stop(worker)
+        assert set(fake.profiles) == {f"c{n}@example.com" for n in range(3)}
+
+    def test_a_pool_without_a_drain_gets_one(self, loopback_klaviyo):
+        state = RedisState(REDIS, account_fingerprint(loopback_klaviyo.url, API_KEY))
+        submission = Submission(action="identify", profile={"email": "pooled@example.com"})
+        # Pooled, but the drain task that should follow was lost.
+        RedisPool(state).add(submission, Progress(), 0, time.time())
+        worker = start_worker(loopback_klaviyo.url, REDIS, "--visibility-timeout", "3")
+        try:
+            wait_for(lambda: "pooled@example.com" in loopback_klaviyo.fake.profiles, timeout=60)
+        finally:
+            stop(worker)
+        assert RedisPool(state).size() == 0
 
 
 def test_configuration_errors():
