@@ -226,21 +226,28 @@ def _celery_state(args: argparse.Namespace, out: TextIO) -> int:
 def _requeue(state: Any, broker: str, ids: list[str] | None) -> int:
     """Dead letters back onto the queue; finished steps stay finished."""
     from .celery_tasks import make_celery
+    from .delivery import CeleryDelivery
     from .steps import Progress
     from .submission import Submission
 
-    app = make_celery(broker)
-    task = app.tasks["klaviyo_middleware.deliver"]
+    # Enqueued as the web nodes do it (ledger included, with a Redis broker).
+    delivery = CeleryDelivery(make_celery(broker), owns_app=True)
     letters = state.take_dead(ids)
+    requeued = 0
     try:
         for letter in letters:
             submission = Submission.from_dict(letter["submission"])
-            state.save_progress(submission.id, Progress.from_dict(letter["progress"]))
+            progress = Progress.from_dict(letter["progress"])
+            state.save_progress(submission.id, progress)
             state.redis.srem(state.prefix + "finished", submission.id)
-            task.apply_async(args=[submission.to_dict()])
+            if delivery.submit(submission).accepted:
+                requeued += 1
+            else:
+                # The broker refused it: back to the dead letters, not lost.
+                state.bury(submission, progress, letter["error"], letter["attempts"])
     finally:
-        app.close()
-    return len(letters)
+        delivery.close()
+    return requeued
 
 
 def _spool_command(args: argparse.Namespace, admin: SpoolAdmin, out: TextIO) -> int:

@@ -505,3 +505,16 @@ def test_the_worker_refuses_bad_settings_at_start(monkeypatch, capsys, flags, me
     broker = REDIS if "--state-url" not in flags else RABBIT
     assert cli(["worker", "--broker", broker, *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_retry_keeps_dead_letters_the_broker_refuses(capsys):
+    state = RedisState(REDIS, account_fingerprint("https://klaviyo.test", API_KEY))
+    submission = Submission(action="identify", profile={"email": "kept@example.com"})
+    state.bury(submission, Progress(), {"status": 400}, attempts=1)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+    out = io.StringIO()
+    assert cli(["celery", "retry", "--state-url", REDIS, "--broker", closed], out=out) == 0
+    assert out.getvalue() == "re-queued 0 submission(s)\n"
+    assert [letter["id"] for letter in state.dead_letters()] == [submission.id]
