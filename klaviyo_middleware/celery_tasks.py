@@ -371,11 +371,16 @@ def _drain(task: Task) -> str:
         threshold = runtime.bulk_threshold
         courier.deliver_round(claimed, use_bulk=threshold > 0 and len(claimed) >= threshold)
         sent += len(claimed)
+    _drain_what_is_left(task.app, pool)
+    return f"drained {sent}"
+
+
+def _drain_what_is_left(app: Celery, pool: RedisPool) -> None:
+    """A drain for when the pool's next submission falls due and no pause holds it."""
     wait = pool.next_due_in()
     if wait is not None:
         paused = max(0.0, pool.paused_until() - time.time())
-        schedule_drain(task.app, pool, max(wait, paused))
-    return f"drained {sent}"
+        schedule_drain(app, pool, max(wait, paused))
 
 
 def sweep(app: Celery) -> int:
@@ -393,9 +398,7 @@ def sweep(app: Celery) -> int:
     if runtime.backlog.waiting() > 0:
         return 0
     resent = _resend_lost(app, runtime, ledger) if ledger is not None else 0
-    wait = runtime.pool.next_due_in()
-    if wait is not None:
-        schedule_drain(app, runtime.pool, wait)
+    _drain_what_is_left(app, runtime.pool)
     return resent
 
 
