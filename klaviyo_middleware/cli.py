@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -198,8 +199,9 @@ def _celery_state(args: argparse.Namespace, out: TextIO) -> int:
     from .redis_state import RedisState
 
     connection = redis.Redis.from_url(args.state_url)
-    accounts = sorted({key.decode().split(":")[1] for key in
-                       connection.scan_iter("klaviyo_middleware:*:*")})
+    # Account fingerprints only: the ledger's keys share the namespace.
+    accounts = sorted({part for key in connection.scan_iter("klaviyo_middleware:*:*")
+                       if re.fullmatch("[0-9a-f]{16}", part := key.decode().split(":")[1])})
     if args.action == "retry" and not args.broker:
         print("klaviyo-middleware: retry needs --broker or KLAVIYO_BROKER_URL", file=sys.stderr)
         return 2
