@@ -117,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     retry = action("retry", "move dead letters back into the spool")
     retry.add_argument("--id", action="append", dest="ids", help="only this submission")
+    action("resume", "lift the pause a 429 from Klaviyo put on delivery")
     purge = action("purge", "delete dead letters")
     purge.add_argument("--id", action="append", dest="ids", help="only this submission")
     purge.add_argument("--older-than", type=float, metavar="SECONDS", help="only older ones")
@@ -278,6 +279,11 @@ def _spool_command(args: argparse.Namespace, admin: SpoolAdmin, out: TextIO) -> 
     if args.action == "retry":
         print(f"re-queued {admin.retry(args.ids)} submission(s)", file=out)
         return 0
+    if args.action == "resume":
+        lifted = admin.resume()
+        print(f"lifted a pause of {lifted:.0f} s" if lifted else "delivery was not paused",
+              file=out)
+        return 0
     if args.ids is None and args.older_than is None and not args.all:
         print("klaviyo-middleware: purge needs --id, --older-than or --all", file=sys.stderr)
         return 2
@@ -293,14 +299,14 @@ def _describe(letter: DeadLetter, personal: bool) -> dict[str, Any]:
         if part
     )
     shown = text if personal else redact(text)
-    email = str(letter.submission.profile.get("email", ""))
+    email = letter.email
     return {
         "id": letter.id,
         "dead_at": datetime.fromtimestamp(letter.dead_at, timezone.utc).isoformat(
             timespec="seconds"
         ),
         "attempts": letter.attempts,
-        "action": letter.submission.action,
+        "action": letter.submission.action if letter.submission else "unreadable",
         "email": email if personal else redact(email),
         "done": ", ".join(letter.progress.done),
         "status": error.get("status"),

@@ -7,8 +7,13 @@ Sessions are per thread because ``requests.Session`` is not thread-safe.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -16,11 +21,20 @@ from urllib.parse import quote
 
 import requests
 
+from .redact import redact
+
 DEFAULT_API_URL = "https://a.klaviyo.com"
 DEFAULT_REVISION = "2026-07-15"
 # (connect, read) seconds: Klaviyo answers in well under a second normally;
 # anything slower is better retried than waited on.
 DEFAULT_TIMEOUT = (5.0, 15.0)
+
+# The longest pause a 429 may impose. Klaviyo's windows are a second and a
+# minute, so its Retry-After is seconds to a minute; a larger value is a
+# proxy's or a mistake, and one "Retry-After: 1e12" must not stop every
+# process on the spool for good (``klaviyo-middleware spool resume`` lifts a
+# pause by hand).
+MAX_RETRY_AFTER = 600.0
 
 _JSON_API = "application/vnd.api+json"
 _EXPECTED_IN = re.compile(r"available in (\d+(?:\.\d+)?) second", re.IGNORECASE)
@@ -80,6 +94,7 @@ class KlaviyoClient:
         self.revision = revision
         self.timeout = timeout
         self._local = threading.local()
+        self._deadlines = threading.local()
 
     def __repr__(self) -> str:
         # Never the key: reprs end up in logs and error pages.
@@ -113,6 +128,28 @@ class KlaviyoClient:
             session.close()
             self._local.session = None
 
+    @contextmanager
+    def deadline(self, seconds: float) -> Iterator[None]:
+        """Within the block, this thread's calls end ``seconds`` from now at
+        the latest: timeouts shrink to the time left, and a call with none
+        left fails at once (transiently). For answers a visitor waits on."""
+        previous = getattr(self._deadlines, "at", None)
+        self._deadlines.at = time.monotonic() + seconds
+        try:
+            yield
+        finally:
+            self._deadlines.at = previous
+
+    def _timeouts(self, path: str) -> tuple[float, float]:
+        at: float | None = getattr(self._deadlines, "at", None)
+        if at is None:
+            return self.timeout
+        left = at - time.monotonic()
+        if left <= 0:
+            raise KlaviyoError(f"no time left to call POST {path}", transient=True)
+        connect, read = self.timeout
+        return min(connect, left), min(read, left)
+
     def import_profile(self, body: dict[str, Any]) -> str:
         """Create or update a profile; returns its Klaviyo id."""
         answer = self._post("/api/profile-import", body)
@@ -145,7 +182,15 @@ class KlaviyoClient:
 
     def _post(self, path: str, body: dict[str, Any]) -> Any:
         try:
-            response = self.session.post(self.api_url + path, json=body, timeout=self.timeout)
+            # Serialised here, strictly, rather than by requests: a value
+            # JSON cannot hold is the submission's fault, and must not pass
+            # for "Klaviyo unreachable" and be retried forever.
+            data = json.dumps(body, allow_nan=False, separators=(",", ":")).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise unserialisable(exc) from None
+        timeout = self._timeouts(path)
+        try:
+            response = self.session.post(self.api_url + path, data=data, timeout=timeout)
         except requests.Timeout:
             raise KlaviyoError(
                 f"Klaviyo did not answer POST {path} in time", transient=True
@@ -167,6 +212,15 @@ class KlaviyoClient:
             return None
 
 
+def unserialisable(exc: Exception) -> KlaviyoError:
+    """The permanent error of a submission holding a value JSON cannot carry."""
+    return KlaviyoError(
+        f"the submission holds a value that cannot be sent as JSON ({type(exc).__name__})",
+        code="unserialisable",
+        transient=False,
+    )
+
+
 def error_from_response(path: str, response: requests.Response) -> KlaviyoError:
     """A :class:`KlaviyoError` from any failed answer, JSON:API or not.
 
@@ -185,7 +239,10 @@ def error_from_response(path: str, response: requests.Response) -> KlaviyoError:
         if isinstance(errors, list) and errors and isinstance(errors[0], dict):
             first = errors[0]
     code = _string(first.get("code"))
+    # The title goes into log lines; Klaviyo's titles are generic, but a
+    # proxy's need not be.
     title = _string(first.get("title"))
+    title = redact(title) if title else None
     detail = _string(first.get("detail"))
     source = first.get("source")
     pointer = _string(source.get("pointer")) if isinstance(source, dict) else None
@@ -218,20 +275,28 @@ def _string(value: Any) -> str | None:
 
 
 def _retry_after(header: str | None, detail: str | None) -> float | None:
-    if header:
-        try:
-            return max(0.0, float(header))
-        except ValueError:
-            pass
-        try:
-            # HTTP also allows a date; Klaviyo sends seconds, proxies may not.
-            when = parsedate_to_datetime(header)
-        except (TypeError, ValueError):
-            when = None
-        if when is not None and when.tzinfo is not None:
-            return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-    if detail:
+    """Seconds from ``Retry-After`` (or Klaviyo's detail text), at most
+    :data:`MAX_RETRY_AFTER`; ``None`` when neither says."""
+    seconds = _retry_after_header(header) if header else None
+    if seconds is None and detail:
         match = _EXPECTED_IN.search(detail)
         if match:
-            return float(match.group(1))
-    return None
+            seconds = float(match.group(1))
+    if seconds is None or math.isnan(seconds):
+        return None
+    return min(MAX_RETRY_AFTER, max(0.0, seconds))
+
+
+def _retry_after_header(header: str) -> float | None:
+    try:
+        return float(header)
+    except ValueError:
+        pass
+    try:
+        # HTTP also allows a date; Klaviyo sends seconds, proxies may not.
+        when = parsedate_to_datetime(header)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return (when - datetime.now(timezone.utc)).total_seconds()

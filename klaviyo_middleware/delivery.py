@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import steps
-from .client import KlaviyoClient, KlaviyoError
+from .client import KlaviyoClient, KlaviyoError, unserialisable
 from .hooks import Hooks
 from .redact import get_logger
 from .retry import RetryPolicy
@@ -64,22 +64,37 @@ class SyncDelivery:
         hooks: Hooks,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.hooks = hooks
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
+        self._clock = clock
 
     def submit(self, submission: Submission) -> Outcome:
+        """Deliver now; the visitor's wait is bounded by :attr:`deadline`."""
         progress = steps.Progress()
+        with self.client.deadline(self.deadline):
+            return self._attempts(submission, progress)
+
+    @property
+    def deadline(self) -> float:
+        """The longest a visitor waits: the retry budget plus one read
+        timeout (the last attempt may start just before the budget ends).
+        Every call's timeouts shrink to what is left of it."""
+        return self.retry.budget + self.client.timeout[1]
+
+    def _attempts(self, submission: Submission, progress: steps.Progress) -> Outcome:
         attempt = 0
-        waited = 0.0
+        started = self._clock()
         while True:
             attempt += 1
             try:
                 steps.deliver(self.client, submission, progress)
             except KlaviyoError as error:
-                delay = self.retry.next_delay(error, attempt, waited)
+                # Time spent in calls counts too, not only the sleeps.
+                delay = self.retry.next_delay(error, attempt, self._clock() - started)
                 if delay is None:
                     return self._failed(submission, progress, error)
                 log.warning(
@@ -90,7 +105,6 @@ class SyncDelivery:
                 )
                 self.hooks.retrying(submission, error, delay)
                 self._sleep(delay)
-                waited += delay
                 continue
             self.hooks.delivered(submission)
             return Outcome(accepted=True, delivered=True, profile_id=progress.profile_id)
@@ -140,6 +154,12 @@ class SpoolDelivery:
         except sqlite3.Error as exc:
             log.error("klaviyo_middleware: could not spool %s: %r", submission.id, exc)
             return Outcome(accepted=False, error=KlaviyoError("spool unavailable", transient=True))
+        except (TypeError, ValueError) as exc:
+            # Only a before_send hook can put a value JSON cannot hold into a
+            # submission; trying again would not help.
+            log.error("klaviyo_middleware: submission %s cannot be stored: %s",
+                      submission.id, type(exc).__name__)
+            return Outcome(accepted=False, error=unserialisable(exc))
         self.worker.ensure_running()
         self.worker.notify()
         return Outcome(accepted=True, queued=True)

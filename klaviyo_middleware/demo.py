@@ -125,7 +125,7 @@ class DemoSite:
         admin = SpoolAdmin(self.spool_path)
         try:
             dead = [
-                {"id": letter.id, "email": redact(str(letter.submission.profile.get("email"))),
+                {"id": letter.id, "email": redact(letter.email),
                  "error": redact(str(letter.error.get("message", "")))}
                 for letter in admin.dead_letters()
             ]

@@ -24,6 +24,12 @@ _FALSE = frozenset({"0", "false", "off", "no", "n", ""})
 
 # Klaviyo's limit for metric names.
 MAX_EVENT_NAME = 127
+# Event values are money or counts: a quadrillion is past any real order, and
+# the bound keeps huge exponents ("1e1000000") from costing any arithmetic.
+MAX_NUMBER = 10**15
+# "-123456789012345.123456789" and then some; longer text is not a number a
+# visitor typed.
+_MAX_NUMBER_TEXT = 40
 
 
 class FieldError(ValueError):
@@ -70,22 +76,39 @@ def _phone_message(region: str | None) -> str:
 
 
 def number(value: Any) -> int | float:
-    """A finite number, from a JSON number or a form string like ``"9.99"``."""
+    """A finite number below :data:`MAX_NUMBER`, from JSON or a form string like ``"9.99"``.
+
+    The size is checked on the decimal's exponent before anything is
+    computed with it: turning ``"1e1000000"`` into an ``int`` would hold the
+    interpreter for many seconds.
+    """
     if isinstance(value, bool):
         raise FieldError("Enter a number.")
     if isinstance(value, (int, float)):
-        result: int | float = value
-    else:
-        try:
-            parsed = Decimal(text(value))
-        except InvalidOperation:
-            raise FieldError("Enter a number.") from None
-        if not parsed.is_finite():
+        if isinstance(value, float) and not math.isfinite(value):
             raise FieldError("Enter a number.")
-        result = int(parsed) if parsed == parsed.to_integral_value() else float(parsed)
-    if isinstance(result, float) and not math.isfinite(result):
+        if abs(value) >= MAX_NUMBER:
+            raise FieldError(_too_large())
+        return value
+    raw = text(value)
+    if len(raw) > _MAX_NUMBER_TEXT:
+        raise FieldError(_too_large())
+    try:
+        parsed = Decimal(raw)
+    except InvalidOperation:
+        raise FieldError("Enter a number.") from None
+    if not parsed.is_finite():
         raise FieldError("Enter a number.")
-    return result
+    if parsed and parsed.adjusted() >= 15:
+        raise FieldError(_too_large())
+    if parsed and parsed.adjusted() < -30:
+        # Far below a cent of anything: zero, without computing 10**-huge.
+        return 0
+    return int(parsed) if parsed == parsed.to_integral_value() else float(parsed)
+
+
+def _too_large() -> str:
+    return f"Enter a number below {MAX_NUMBER:,}."
 
 
 def currency(value: Any) -> str:

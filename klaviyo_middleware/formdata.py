@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl
 
+from multipart import MultipartError, PushMultipartParser, parse_options_header
 from webob import Request
 
 FORM_URLENCODED = "application/x-www-form-urlencoded"
@@ -30,6 +32,12 @@ JSON_TYPES = ("application/json", "application/vnd.api+json")
 # the last closing bracket, and so do we.
 _KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)")
 _SEGMENT = re.compile(r"\[([^\[\]]*)\]")
+# A bracket index longer than this is a name, not a position: int() of a
+# 4,300-digit string raises, and no form has a billion list entries.
+_MAX_INDEX_DIGITS = 9
+# JSON integers beyond 64 bits are refused: Python would build them at any
+# size (a million digits take seconds), and Klaviyo stores 64-bit numbers.
+_MAX_INTEGER_DIGITS = 19
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,7 @@ def parse_body(request: Request, body: bytes, limits: Limits) -> dict[str, Any]:
     if kind == FORM_URLENCODED:
         return nest_pairs(parse_urlencoded(body, limits), limits)
     if kind == MULTIPART:
-        return nest_pairs(_multipart_pairs(request, limits), limits)
+        return nest_pairs(_multipart_pairs(request, body, limits), limits)
     if not body:
         return {}
     raise BodyError(
@@ -129,15 +137,64 @@ def parse_urlencoded(body: bytes, limits: Limits) -> list[tuple[str, str]]:
         raise BodyError(400, "The submission is not valid form data.") from None
 
 
-def _multipart_pairs(request: Request, limits: Limits) -> list[tuple[str, str]]:
+def _multipart_pairs(request: Request, body: bytes, limits: Limits) -> list[tuple[str, str]]:
+    """Text fields of a ``multipart/form-data`` body, strictly parsed.
+
+    The ``multipart`` package does the parsing (WebOb's relies on the
+    deprecated ``cgi`` module, which recurses into nested parts and tolerates
+    nameless ones); every part must be named, and text must be UTF-8, the
+    same rule as for the other body types.
+    """
+    _, options = parse_options_header(request.environ.get("CONTENT_TYPE") or "")
+    boundary = options.get("boundary")
+    if not boundary:
+        raise BodyError(400, "The multipart submission has no boundary.")
+    pairs: list[tuple[str, str]] = []
+    name: str | None = None
+    is_file = False
+    chunks: list[bytes] = []
     try:
-        items = list(request.POST.items())
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        with PushMultipartParser(
+            boundary,
+            content_length=len(body),
+            max_segment_count=limits.max_fields,
+            # Each UTF-8 character takes at most four bytes.
+            max_segment_size=limits.max_string_length * 4,
+            strict=True,
+        ) as parser:
+            for event in parser.parse(body):
+                if event is None:
+                    if name is not None and not is_file:
+                        pairs.append((name, _utf8(b"".join(chunks), limits)))
+                    name, chunks = None, []
+                elif isinstance(event, (bytes, bytearray)):
+                    if not is_file:
+                        chunks.append(bytes(event))
+                else:
+                    if not event.name:
+                        raise BodyError(400, "Every part of the form must have a name.")
+                    name = event.name
+                    # Uploaded files are not ours to send anywhere.
+                    is_file = event.filename is not None
+            for _ in parser.parse(b""):
+                pass
+    except MultipartError as exc:
+        if "count" in str(exc):
+            raise BodyError(413, _too_many_fields(limits)) from None
+        if "size" in str(exc):
+            raise BodyError(413, _too_long(limits)) from None
         raise BodyError(400, "The submission is not valid multipart form data.") from None
-    if len(items) > limits.max_fields:
-        raise BodyError(413, _too_many_fields(limits))
-    # Uploaded files are not ours to send anywhere: only text fields count.
-    return [(key, value) for key, value in items if isinstance(value, str)]
+    return pairs
+
+
+def _utf8(raw: bytes, limits: Limits) -> str:
+    try:
+        value = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BodyError(400, "The submission is not valid UTF-8.") from None
+    if len(value) > limits.max_string_length:
+        raise BodyError(413, _too_long(limits))
+    return value
 
 
 def _too_many_fields(limits: Limits) -> str:
@@ -148,7 +205,12 @@ def parse_json(body: bytes, limits: Limits) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        data = json.loads(body.decode("utf-8"))
+        data = json.loads(
+            body.decode("utf-8"),
+            parse_constant=_refuse_constant,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+        )
     except UnicodeDecodeError:
         raise BodyError(400, "The submission is not valid UTF-8.") from None
     except RecursionError:
@@ -159,6 +221,30 @@ def parse_json(body: bytes, limits: Limits) -> dict[str, Any]:
         raise BodyError(400, "The JSON submission must be an object.")
     _check_json_bounds(data, limits)
     return data
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    # NaN and Infinity are not JSON, though Python's parser accepts them;
+    # Klaviyo cannot store them, so they must never be accepted.
+    raise BodyError(400, f"The submission contains {name}, which is not a number JSON allows.")
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > _MAX_INTEGER_DIGITS:
+        raise BodyError(400, _too_big())
+    return int(digits)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        # 1e999 overflows to infinity.
+        raise BodyError(400, _too_big())
+    return value
+
+
+def _too_big() -> str:
+    return "The submission contains a number that is too large."
 
 
 def _check_json_bounds(data: dict[str, Any], limits: Limits) -> None:
@@ -240,7 +326,7 @@ def _assign(node: dict[str, Any], path: list[str], value: str) -> None:
 
 def _is_index(key: str) -> bool:
     # ASCII only: "¹".isdigit() is true, but int("¹") fails.
-    return key.isascii() and key.isdigit()
+    return len(key) <= _MAX_INDEX_DIGITS and key.isascii() and key.isdigit()
 
 
 def _next_index(node: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ import io
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from webob import Request, Response
@@ -55,6 +56,21 @@ _POINTER_FIELDS = {
     "location": None,
     "properties": "extra",
 }
+
+
+# What the visitor reads when a post could not be read for a reason we did
+# not foresee; the details go to the log.
+UNREADABLE = "The submission could not be read. Please check the form and try again."
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    """A post that passed every check, ready to hand to delivery."""
+
+    body: bytes
+    submission: Submission
+    forward: tuple[str, str] | None
+    redirect: str | None
 
 
 class KlaviyoMiddleware:
@@ -302,12 +318,18 @@ class KlaviyoMiddleware:
             # chunked upload, or too large), so not ours to judge: the app
             # gets the untouched stream.
             return self.app(environ, start_response)
+        body: bytes | None = None
         try:
             body = read_body(environ, limits)
             form = parse_body(Request(environ), body, limits)
-        except BodyError:
-            # read_body has replaced the stream with a rewindable copy.
-            environ["wsgi.input"].seek(0)
+        except Exception as exc:
+            # Not a form we can read, so not ours to judge: the app gets the
+            # request as it came (read_body left a rewindable copy, if any).
+            if not isinstance(exc, BodyError):
+                log.warning("klaviyo_middleware: could not read a form post (%s); "
+                            "passing it to the app", type(exc).__name__)
+            if body is not None:
+                environ["wsgi.input"] = io.BytesIO(body)
             return self.app(environ, start_response)
         raw_action = form.get("action")
         action = action_for_field(raw_action) if isinstance(raw_action, str) else None
@@ -324,23 +346,18 @@ class KlaviyoMiddleware:
         parsed: tuple[bytes, dict[str, Any]] | None,
     ) -> Iterable[bytes]:
         request = Request(environ)
-        refusal = self._screen(request)
-        if refusal is not None:
-            return refusal(environ, start_response)
         try:
-            body, form = parsed or self._read(request)
-        except BodyError as exc:
-            return self._refuse(request, exc.status, {"form": [exc.message]})(
-                environ, start_response
-            )
-        environ[FORM_ENVIRON_KEY] = form
-        refusal = self._check_form(request, form)
-        if refusal is not None:
-            return refusal(environ, start_response)
-        submission, errors = self._validate(request, action, form)
-        forward, redirect = self._targets(request, form, errors)
-        if submission is None or errors:
-            return self._invalid(request, body, forward, errors or {}, 400, start_response)
+            intake = self._intake(request, action, parsed)
+        except Exception:
+            # The one place where anything unexpected while reading a post
+            # (a parser's corner case, a site's mapping with a bug) becomes a
+            # clear 400 instead of a 500. The traceback is logged redacted.
+            log.exception("klaviyo_middleware: could not read a post to %s", action)
+            intake = self._refuse(request, 400, {"form": [UNREADABLE]})
+        if not isinstance(intake, _Accepted):
+            return intake(environ, start_response)
+        body, submission, forward, redirect = (
+            intake.body, intake.submission, intake.forward, intake.redirect)
         outcome = self._send(request, submission)
         if outcome is not None and not outcome.accepted:
             status, failure = self._failure(outcome.error)
@@ -359,6 +376,31 @@ class KlaviyoMiddleware:
             return self._forward(environ, body, forward, start_response)
         response = self._success(request, redirect, result)
         return response(environ, start_response)
+
+    def _intake(
+        self,
+        request: Request,
+        action: Action,
+        parsed: tuple[bytes, dict[str, Any]] | None,
+    ) -> _Accepted | WSGIApplication:
+        """Screen, read and validate a post: a valid submission, or the answer to give."""
+        environ = request.environ
+        refusal = self._screen(request)
+        if refusal is not None:
+            return refusal
+        try:
+            body, form = parsed or self._read(request)
+        except BodyError as exc:
+            return self._refuse(request, exc.status, {"form": [exc.message]})
+        environ[FORM_ENVIRON_KEY] = form
+        refusal = self._check_form(request, form)
+        if refusal is not None:
+            return refusal
+        submission, errors = self._validate(request, action, form)
+        forward, redirect = self._targets(request, form, errors)
+        if submission is None or errors:
+            return self._invalid_response(request, body, forward, errors or {}, 400)
+        return _Accepted(body, submission, forward, redirect)
 
     def _screen(self, request: Request) -> Response | None:
         """Refuse cross-site posts and clients over their rate, before reading the body."""
@@ -463,6 +505,9 @@ class KlaviyoMiddleware:
         if error is not None and error.status in (400, 409, 422) and not error.transient:
             field = _field_for_pointer(error.pointer)
             return 400, {field: ["This value was not accepted. Please check it."]}
+        if error is not None and error.code == "unserialisable":
+            # Asking the visitor to try again would give the same result.
+            return 400, {"form": [UNREADABLE]}
         return 503, {
             "form": ["We could not save your details just now. Please try again in a minute."]
         }
@@ -488,12 +533,27 @@ class KlaviyoMiddleware:
         status: int,
         start_response: StartResponse,
     ) -> Iterable[bytes]:
+        answer = self._invalid_response(request, body, forward, errors, status)
+        return answer(request.environ, start_response)
+
+    def _invalid_response(
+        self,
+        request: Request,
+        body: bytes,
+        forward: tuple[str, str] | None,
+        errors: Errors,
+        status: int,
+    ) -> WSGIApplication:
         environ = request.environ
         environ[ERRORS_KEY] = errors
         environ[RESULT_KEY] = {"success": False, "errors": errors}
         if forward is not None:
-            return self._forward(environ, body, forward, start_response)
-        return self._refuse(request, status, errors)(environ, start_response)
+            def forwarding(environ: WSGIEnvironment, start_response: StartResponse
+                           ) -> Iterable[bytes]:
+                return self._forward(environ, body, forward, start_response)
+
+            return forwarding
+        return self._refuse(request, status, errors)
 
     @staticmethod
     def _refuse(
@@ -545,12 +605,13 @@ def build_delivery(settings: Settings, hooks: Hooks, celery_app: Any = None) -> 
             durability=settings.spool_durability,
             max_bytes=settings.spool_max_size,
         )
+        # Starts the worker, whose first write shows a read-only file.
+        return SpoolDelivery(spool, client, hooks, settings.worker)
     except (OSError, sqlite3.Error) as exc:
         raise ConfigurationError(
             f"cannot use the spool at {settings.spool_path!r} ({exc}); set spool_path "
             "or KLAVIYO_SPOOL_PATH to a writable file"
         ) from None
-    return SpoolDelivery(spool, client, hooks, settings.worker)
 
 
 def _celery_delivery(settings: Settings, celery_app: Any) -> Delivery:

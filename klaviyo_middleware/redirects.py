@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
-from urllib.parse import unquote, unquote_to_bytes, urlsplit
+from urllib.parse import SplitResult, unquote, unquote_to_bytes, urlsplit
 
 from .fields import FieldError
 from .paths import action_for_path
@@ -40,7 +40,9 @@ def sign_redirect(url: str, secret: str) -> str:
 def unsign_redirect(value: str, secret: str) -> str:
     """The URL inside a signed value; raises :class:`FieldError` if tampered with."""
     digest, url = value[:_DIGEST_LENGTH], value[_DIGEST_LENGTH:]
-    if len(value) <= _DIGEST_LENGTH or not hmac.compare_digest(digest, _digest(url, secret)):
+    # Bytes, not str: compare_digest refuses non-ASCII text with a TypeError.
+    expected = _digest(url, secret).encode("ascii")
+    if len(value) <= _DIGEST_LENGTH or not hmac.compare_digest(digest.encode("utf-8"), expected):
         raise FieldError("The redirect is not signed by this site.")
     return url
 
@@ -58,17 +60,45 @@ class HostPolicy:
 
     def __init__(self, hosts: Iterable[str]) -> None:
         self.hosts = tuple(host.strip().lower() for host in hosts if host.strip())
+        # Each entry as (host, port or None), IPv6 brackets removed.
+        self._entries = tuple(split_host(host) for host in self.hosts)
 
     def allows(self, netloc: str) -> bool:
-        netloc = netloc.lower()
-        host = netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
-        for allowed in self.hosts:
+        host, port = split_host(netloc)
+        for allowed, allowed_port in self._entries:
+            if allowed_port is not None and allowed_port != port:
+                continue
             if allowed.startswith("."):
                 if host == allowed[1:] or host.endswith(allowed):
                     return True
-            elif allowed in (netloc, host):
+            elif allowed == host:
                 return True
         return False
+
+
+def split_host(netloc: str) -> tuple[str, str | None]:
+    """``'Shop.example.com:8000'`` → ``('shop.example.com', '8000')``; IPv6
+    literals lose their brackets (``'[::1]:8000'`` → ``('::1', '8000')``), so
+    that a Host header and a parsed URL compare equal."""
+    netloc = netloc.strip().lower()
+    if netloc.startswith("["):
+        host, _, rest = netloc[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") and rest[1:] else None
+    if netloc.count(":") == 1:
+        host, _, port = netloc.partition(":")
+        return host, port or None
+    return netloc, None
+
+
+def split_url(value: str) -> SplitResult | None:
+    """``urlsplit``, or ``None`` for what it cannot parse (``http://[x``)."""
+    try:
+        parts = urlsplit(value)
+        # .port raises for a port that is not a number; touch it here.
+        _ = parts.port
+    except ValueError:
+        return None
+    return parts
 
 
 def _check_characters(value: str) -> None:
@@ -110,9 +140,10 @@ def safe_redirect(value: str, hosts: HostPolicy) -> str:
     _check_characters(value)
     if _is_same_site_path(value):
         return value
-    parts = urlsplit(value)
+    parts = split_url(value)
     if (
-        parts.scheme in ("http", "https")
+        parts is not None
+        and parts.scheme in ("http", "https")
         and parts.netloc
         and "@" not in parts.netloc
         and parts.netloc.isascii()
@@ -149,8 +180,9 @@ def same_origin_referer(referer: str | None, host_url: str) -> str | None:
         _check_characters(referer)
     except FieldError:
         return None
-    parts = urlsplit(referer)
-    own = urlsplit(host_url)
-    if (parts.scheme, parts.netloc.lower()) == (own.scheme, own.netloc.lower()):
+    parts, own = split_url(referer), split_url(host_url)
+    if parts is None or own is None:
+        return None
+    if parts.scheme == own.scheme and split_host(parts.netloc) == split_host(own.netloc):
         return referer
     return None

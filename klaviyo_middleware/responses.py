@@ -63,8 +63,22 @@ def html_response(status: int, title: str, body_html: str, **headers: str) -> Re
     return response
 
 
+class _AsWritten(Response):
+    """A response whose ``Location`` is sent as written.
+
+    WebOb makes a relative ``Location`` absolute from the request's ``Host``
+    header, which the client chooses: behind a proxy that passes any Host
+    through, ``/thanks`` would become ``http://evil.example/thanks``.
+    Browsers resolve a relative ``Location`` against the page they asked
+    for (RFC 9110 §10.2.2), which is the site's real address.
+    """
+
+    def _abs_headerlist(self, environ: dict[str, Any]) -> list[tuple[str, str]]:
+        return list(self.headerlist)
+
+
 def see_other(location: str) -> Response:
-    response = Response(status=303, location=location)
+    response = _AsWritten(status=303, location=location)
     _no_store(response)
     return response
 

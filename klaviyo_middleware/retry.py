@@ -20,8 +20,9 @@ class RetryPolicy:
     :param base: first backoff ceiling in seconds.
     :param cap: largest backoff ceiling in seconds.
     :param max_attempts: attempts in all, the first one included.
-    :param budget: seconds of waiting allowed in all; a wait that would go
-        past it ends the attempts (keeps a synchronous visitor's wait bounded).
+    :param budget: seconds allowed in all, calls and waits; a wait that would
+        go past it ends the attempts (keeps a synchronous visitor's wait
+        bounded, see :class:`~klaviyo_middleware.delivery.SyncDelivery`).
     """
 
     base: float = 0.5
@@ -50,11 +51,14 @@ class RetryPolicy:
         delay = self.delay(error, attempt, rng)
         return delay if age + delay <= max_age else None
 
-    def next_delay(self, error: KlaviyoError, attempt: int, waited: float) -> float | None:
-        """Seconds to wait before trying again, or ``None`` to stop trying."""
+    def next_delay(self, error: KlaviyoError, attempt: int, elapsed: float) -> float | None:
+        """Seconds to wait before trying again, or ``None`` to stop trying.
+
+        ``elapsed`` is the time spent so far, calls included.
+        """
         if not error.transient or attempt >= self.max_attempts:
             return None
         delay = self.delay(error, attempt)
-        if waited + delay > self.budget:
+        if elapsed + delay > self.budget:
             return None
         return delay

@@ -17,9 +17,8 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping
-from urllib.parse import urlsplit
 
-from .redirects import HostPolicy
+from .redirects import HostPolicy, split_host, split_url
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
 _PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
@@ -55,22 +54,14 @@ def cross_site_reason(headers: Mapping[str, str], host: str, hosts: HostPolicy) 
 
 
 def _same_site(url: str, own: str, hosts: HostPolicy) -> bool:
-    try:
-        parts = urlsplit(url.strip())
-        netloc = parts.netloc
-        hostname = parts.hostname
-    except ValueError:
+    parts = split_url(url.strip())
+    if parts is None or not parts.netloc or parts.hostname is None:
         return False
-    if not netloc or hostname is None:
-        return False
-    return hostname == own or hosts.allows(netloc)
+    return split_host(parts.netloc)[0] == own or hosts.allows(parts.netloc)
 
 
 def _hostname(host: str) -> str:
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host.split("]", 1)[0] + "]"
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return split_host(host)[0]
 
 
 # -- CSRF tokens ------------------------------------------------------------------
@@ -89,12 +80,15 @@ def csrf_token(secret: str, session: str, now: float | None = None) -> str:
 def check_csrf_token(token: str, secret: str, session: str, max_age: float,
                      now: float | None = None) -> bool:
     issued, _, digest = token.partition(".")
-    if not (issued.isascii() and issued.isdigit()) or not digest:
+    # A Unix time has 10 digits; a longer one is forged (and int() of a few
+    # thousand digits raises).
+    if not (len(issued) <= 12 and issued.isascii() and issued.isdigit()) or not digest:
         return False
     age = (time.time() if now is None else now) - int(issued)
     if not 0 <= age <= max_age:
         return False
-    return hmac.compare_digest(digest, _csrf_digest(secret, session, issued))
+    expected = _csrf_digest(secret, session, issued).encode("ascii")
+    return hmac.compare_digest(digest.encode("utf-8"), expected)
 
 
 def _csrf_digest(secret: str, session: str, issued: str) -> str:

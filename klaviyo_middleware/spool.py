@@ -33,8 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .redact import get_logger
 from .steps import Progress
 from .submission import Submission
+
+log = get_logger(__name__)
 
 ENV_SPOOL_PATH = "KLAVIYO_SPOOL_PATH"
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
@@ -115,13 +118,22 @@ class Claimed:
 
 @dataclass
 class DeadLetter:
+    """A submission Klaviyo refused for good, or a row that could not be read
+    (then ``submission`` is ``None``)."""
+
     id: str
-    submission: Submission
+    submission: Submission | None
     progress: Progress
     attempts: int
     created_at: float
     dead_at: float
     error: dict[str, Any]
+
+    @property
+    def email(self) -> str:
+        if self.submission is None:
+            return ""
+        return str(self.submission.profile.get("email", ""))
 
 
 class Spool:
@@ -270,7 +282,10 @@ class Spool:
     def enqueue(self, submission: Submission, now: float | None = None) -> None:
         """Commit a submission; raises :class:`SpoolFull` or ``sqlite3.Error``."""
         now = time.time() if now is None else now
-        payload = json.dumps(submission.to_dict(), separators=(",", ":"))
+        # allow_nan=False: NaN and Infinity are not JSON and Klaviyo cannot
+        # take them; a hook that put one in gets a ValueError here, at once,
+        # rather than a submission that can never be delivered.
+        payload = json.dumps(submission.to_dict(), separators=(",", ":"), allow_nan=False)
         with self._transaction() as db:
             (used,) = db.execute(
                 "SELECT (page_count - freelist_count) * page_size "
@@ -318,27 +333,49 @@ class Spool:
     def claim(
         self, owner: str, limit: int, lease: float, now: float | None = None
     ) -> list[Claimed]:
-        """Lease up to ``limit`` due submissions to ``owner`` for ``lease`` seconds."""
+        """Lease up to ``limit`` due submissions to ``owner`` for ``lease`` seconds.
+
+        A row that cannot be read back (written by another version, or
+        damaged) goes alone to the dead letters with the reason, in the same
+        transaction, so that it can never hold back the rows leased with it.
+        """
         now = time.time() if now is None else now
+        claimed: list[Claimed] = []
         with self._transaction() as db:
             rows = db.execute(
                 "UPDATE submissions SET lease_owner = ?, lease_until = ? "
                 "WHERE id IN (SELECT id FROM submissions WHERE account = ? AND due_at <= ? "
                 "AND lease_until <= ? ORDER BY due_at LIMIT ?) "
-                "RETURNING payload, progress, attempts, created_at",
+                "RETURNING id, payload, progress, attempts, created_at",
                 (owner, now + lease, self.account, now, now, limit),
             ).fetchall()
-        claimed = [
-            Claimed(
-                Submission.from_dict(json.loads(payload)),
-                Progress.from_dict(json.loads(progress)),
-                attempts,
-                created_at,
-            )
-            for payload, progress, attempts, created_at in rows
-        ]
+            for submission_id, payload, progress, attempts, created_at in rows:
+                try:
+                    claimed.append(Claimed(
+                        Submission.from_dict(json.loads(payload)),
+                        Progress.from_dict(json.loads(progress)),
+                        attempts,
+                        created_at,
+                    ))
+                except Exception as exc:
+                    self._bury_unreadable(db, submission_id, exc, now)
         claimed.sort(key=lambda item: item.created_at)
         return claimed
+
+    def _bury_unreadable(
+        self, db: sqlite3.Connection, submission_id: str, exc: Exception, now: float
+    ) -> None:
+        # The exception's class only: its text may quote the payload.
+        reason = f"the spool row could not be read ({type(exc).__name__})"
+        log.error("klaviyo_middleware: submission %s dead-lettered: %s", submission_id, reason)
+        db.execute(
+            "INSERT OR REPLACE INTO dead_letters (id, account, payload, progress, attempts, "
+            "created_at, dead_at, error) SELECT id, account, payload, progress, attempts, "
+            "created_at, ?, ? FROM submissions WHERE id = ?",
+            (now, json.dumps({"message": reason, "status": None, "code": "unreadable",
+                              "detail": None, "pointer": None}), submission_id),
+        )
+        db.execute("DELETE FROM submissions WHERE id = ?", (submission_id,))
 
     def save_progress(
         self, owner: str, claimed: Claimed, lease: float, now: float | None = None
@@ -586,6 +623,14 @@ class SpoolAdmin:
                 db.execute("DELETE FROM dead_letters WHERE id = ?", (submission_id,))
         return len(rows)
 
+    def resume(self, now: float | None = None) -> float:
+        """Lift every account's 429 pause; returns the seconds it had left."""
+        now = time.time() if now is None else now
+        with self.spool._transaction() as db:
+            (until,) = db.execute("SELECT coalesce(max(until), 0) FROM pauses").fetchone()
+            db.execute("DELETE FROM pauses")
+        return max(0.0, float(until) - now)
+
     def purge(
         self,
         ids: list[str] | None = None,
@@ -614,14 +659,17 @@ class SpoolAdmin:
 
 def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
     submission_id, payload, progress, attempts, created_at, dead_at, error = row
+    submission: Submission | None
+    try:
+        submission = Submission.from_dict(json.loads(payload))
+    except Exception:
+        submission = None
+    try:
+        done = Progress.from_dict(json.loads(progress))
+    except Exception:
+        done = Progress()
     return DeadLetter(
-        submission_id,
-        Submission.from_dict(json.loads(payload)),
-        Progress.from_dict(json.loads(progress)),
-        attempts,
-        created_at,
-        dead_at,
-        json.loads(error),
+        submission_id, submission, done, attempts, created_at, dead_at, json.loads(error)
     )
 
 

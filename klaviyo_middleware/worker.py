@@ -108,6 +108,7 @@ class SpoolWorker:
 
     def ensure_running(self) -> None:
         if self._pid == os.getpid() and not self._closed:
+            self._revive()
             return
         with self._lock:
             if self._pid == os.getpid() or self._closed:
@@ -121,13 +122,33 @@ class SpoolWorker:
                 stopping=self._stopping,
             )
             self._stopping.clear()
-            for number in range(self.options.threads):
-                thread = threading.Thread(
-                    target=self._run, name=f"klaviyo-spool-{number}", daemon=True
-                )
-                thread.start()
-                self._threads.append(thread)
+            self._threads = [self._start_thread(number) for number in range(self.options.threads)]
             self._pid = os.getpid()
+
+    def _start_thread(self, number: int) -> threading.Thread:
+        thread = threading.Thread(target=self._run, name=f"klaviyo-spool-{number}", daemon=True)
+        thread.start()
+        return thread
+
+    def _revive(self) -> None:
+        """The watchdog: restart any delivery thread that died anyway.
+
+        The loop survives every exception, so this only catches what it
+        cannot (a ``BaseException`` from a hook, a bug in the loop itself);
+        without it, posts would still be accepted and sit in the spool until
+        the process restarts. Called on every submission and by the living
+        threads' housekeeping, so it costs one ``is_alive()`` per thread.
+        """
+        if self._stopping.is_set() or all(thread.is_alive() for thread in self._threads):
+            return
+        with self._lock:
+            if self._stopping.is_set() or self._pid != os.getpid():
+                return
+            for number, thread in enumerate(self._threads):
+                if not thread.is_alive():
+                    log.error("klaviyo_middleware: delivery thread %s had stopped; "
+                              "restarting it", thread.name)
+                    self._threads[number] = self._start_thread(number)
 
     def notify(self) -> None:
         self._wake.set()
@@ -175,18 +196,18 @@ class SpoolWorker:
         while not self._stopping.is_set():
             try:
                 busy = self._tick()
+                if not busy:
+                    self._wake.wait(self._idle_wait())
+                    # Once stopping, the event stays set so that every thread,
+                    # not only the first to wake, sees it at once.
+                    if not self._stopping.is_set():
+                        self._wake.clear()
             except Exception:
-                # A broken spool file or a bug must not kill the thread for
-                # good; the work stays in the spool and is tried again.
+                # Every call in the loop is inside this try: a locked or
+                # replaced spool file, or a bug, must not end delivery. The
+                # work stays in the spool and is tried again after a pause.
                 log.exception("klaviyo_middleware: spool worker error")
-                busy = False
                 self._stopping.wait(self.options.poll)
-            if not busy:
-                self._wake.wait(self._idle_wait())
-                # Once stopping, the event stays set so that every thread,
-                # not only the first to wake, sees it at once.
-                if not self._stopping.is_set():
-                    self._wake.clear()
 
     def _idle_wait(self) -> float:
         next_due = self.spool.next_due()
@@ -200,6 +221,7 @@ class SpoolWorker:
             self._last_housekeeping = now
             self.spool.register_worker(self._owner, now)
             self.spool.release_dead_owners()
+            self._revive()
         pause = self.spool.paused_until() - now
         if pause > 0:
             self._stopping.wait(min(pause, self.options.poll))

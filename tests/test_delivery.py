@@ -6,13 +6,20 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 import responses
 
-from klaviyo_middleware.client import KlaviyoClient, KlaviyoError, error_from_response
+from klaviyo_middleware.client import (
+    MAX_RETRY_AFTER,
+    KlaviyoClient,
+    KlaviyoError,
+    error_from_response,
+)
 from klaviyo_middleware.delivery import SyncDelivery
 from klaviyo_middleware.hooks import Hooks
 from klaviyo_middleware.retry import RetryPolicy
@@ -178,9 +185,30 @@ class TestErrorParsing:
 
         response = requests.Response()
         response.status_code = 429
-        response.headers["Retry-After"] = "Wed, 21 Oct 2099 07:28:00 GMT"
+        soon = datetime.now(timezone.utc) + timedelta(seconds=120)
+        response.headers["Retry-After"] = format_datetime(soon, usegmt=True)
         error = error_from_response("/api/events", response)
-        assert error.retry_after is not None and error.retry_after > 1e6
+        assert error.retry_after is not None and 100 < error.retry_after <= 120
+
+    @pytest.mark.parametrize("header", ["1e12", "inf", "Wed, 21 Oct 2099 07:28:00 GMT"])
+    def test_retry_after_is_capped(self, header):
+        import requests
+
+        response = requests.Response()
+        response.status_code = 429
+        response.headers["Retry-After"] = header
+        error = error_from_response("/api/events", response)
+        assert error.retry_after == MAX_RETRY_AFTER
+
+    @pytest.mark.parametrize("header", ["nan", "-5", "soon"])
+    def test_retry_after_nonsense(self, header):
+        import requests
+
+        response = requests.Response()
+        response.status_code = 429
+        response.headers["Retry-After"] = header
+        error = error_from_response("/api/events", response)
+        assert error.retry_after in (None, 0.0)
 
 
 @pytest.fixture
