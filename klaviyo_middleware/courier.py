@@ -20,13 +20,14 @@ pause, dead-letter and batch — exactly alike:
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
 from typing import Any, Protocol
 
 from . import bulk, steps
-from .client import KlaviyoClient, KlaviyoError
+from .client import KlaviyoClient, KlaviyoError, unserialisable
 from .hooks import Hooks
 from .ratelimits import Limits, endpoint_for
 from .redact import get_logger
@@ -132,6 +133,7 @@ class Courier:
 
     def deliver_bulk(self, items: list[Claimed]) -> None:
         """Deliver a backlog through the bulk endpoints, stage by stage."""
+        items = self._sendable(items)
         active = list(items)
         # id → the error and the jitter of the call that failed it.
         failed: dict[str, tuple[KlaviyoError, float]] = {}
@@ -183,6 +185,19 @@ class Courier:
             if self.stopping.is_set():
                 return
             self.deliver(item)
+
+    def _sendable(self, items: list[Claimed]) -> list[Claimed]:
+        """Bury alone what cannot be sent as JSON: in a bulk body it would
+        fail the call for everyone with it."""
+        sendable = []
+        for item in items:
+            try:
+                json.dumps(item.submission.to_dict(), allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                self._bury(item, unserialisable(exc))
+                continue
+            sendable.append(item)
+        return sendable
 
     def _wait_for_capacity(self, items: list[Claimed], endpoint: str) -> bool:
         """Wait out a shared pause and the rate limit; ``False`` if stopping."""

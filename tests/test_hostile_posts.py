@@ -52,9 +52,9 @@ class TestNumbers:
                                          "123456789012345678901234567890"])
     @pytest.mark.parametrize("where", ["event", "extra"])
     def test_json_numbers_klaviyo_cannot_store_are_refused(self, app, klaviyo, literal, where):
-        inner = ('"event": {"name": "Ordered", "value": %s}' if where == "event"
-                 else '"extra": {"n": %s}') % literal
-        body = ('{"email": "a@example.com", %s}' % inner).encode()
+        inner = (f'"event": {{"name": "Ordered", "value": {literal}}}' if where == "event"
+                 else f'"extra": {{"n": {literal}}}')
+        body = ('{"email": "a@example.com", ' + inner + "}").encode()
         answer = app.post(UPDATE, body, content_type="application/json", status=400)
         assert answer.json["success"] is False
         assert klaviyo.calls == []

@@ -1,0 +1,249 @@
+"""No single bad row, call or exception stops delivery or takes other submissions with it."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sqlite3
+import threading
+import time
+from typing import Any
+
+import pytest
+import requests
+
+from klaviyo_middleware import ConfigurationError, KlaviyoMiddleware
+from klaviyo_middleware.cli import main
+from klaviyo_middleware.client import MAX_RETRY_AFTER, KlaviyoClient
+from klaviyo_middleware.delivery import SpoolDelivery, SyncDelivery
+from klaviyo_middleware.hooks import Hooks
+from klaviyo_middleware.retry import RetryPolicy
+from klaviyo_middleware.spool import Spool, SpoolAdmin, account_fingerprint
+from klaviyo_middleware.submission import Event, Submission
+from klaviyo_middleware.worker import WorkerOptions
+
+from klaviyo_fake import API_KEY, API_URL
+from waiting import wait_for
+
+ACCOUNT = account_fingerprint(API_URL, API_KEY)
+FAST = WorkerOptions(threads=2, poll=0.05, retry_base=0.01, retry_cap=0.05, lease=5.0,
+                     batch=5)
+UPDATE = "/klaviyoConnect/api/updateProfile"
+JSON = {"Accept": "application/json"}
+
+
+def person(number: int, **changes: Any) -> Submission:
+    values: dict[str, Any] = {
+        "action": "updateProfile",
+        "profile": {"email": f"p{number}@example.com", "properties": {"n": number}},
+        "lists": ["L1"],
+        "event": Event(name="Joined", unique_id=f"u-{number}"),
+    }
+    values.update(changes)
+    return Submission(**values)
+
+
+def spool_delivery(tmp_path: Any, options: WorkerOptions = FAST) -> SpoolDelivery:
+    spool = Spool(tmp_path / "spool.sqlite3", ACCOUNT)
+    return SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(), options)
+
+
+def raw_row(spool: Spool, submission_id: str, payload: str) -> None:
+    """A row as another version (or a damaged file) might have left it."""
+    with spool._transaction() as db:
+        db.execute("INSERT INTO submissions (id, account, payload, created_at, due_at) "
+                   "VALUES (?, ?, ?, ?, ?)", (submission_id, ACCOUNT, payload, 0.0, 0.0))
+
+
+class TestTheLoop:
+    def test_an_error_while_idle_does_not_end_delivery(self, tmp_path, klaviyo, monkeypatch):
+        delivery = spool_delivery(tmp_path)
+        try:
+            real = Spool.next_due
+            failures = []
+
+            def locked(self: Spool) -> float | None:
+                if len(failures) < 3:
+                    failures.append(1)
+                    raise sqlite3.OperationalError("database is locked")
+                return real(self)
+
+            monkeypatch.setattr(Spool, "next_due", locked)
+            wait_for(lambda: len(failures) == 3, timeout=10)
+            delivery.submit(person(1))
+            assert delivery.flush(20)
+            assert len(klaviyo.events) == 1
+            assert all(thread.is_alive() for thread in delivery.worker._threads)
+        finally:
+            delivery.close()
+
+    def test_a_thread_that_died_is_restarted(self, tmp_path, klaviyo, monkeypatch, caplog):
+        delivery = spool_delivery(tmp_path, WorkerOptions(threads=1, poll=0.05))
+        try:
+            class Fatal(BaseException):
+                pass
+
+            def die(*args: Any, **kwargs: Any) -> Any:
+                raise Fatal
+
+            # Something no `except Exception` catches ends the only thread.
+            monkeypatch.setattr(delivery.worker, "_tick", die)
+            monkeypatch.setattr(threading, "excepthook", lambda args: None)
+            wait_for(lambda: not delivery.worker._threads[0].is_alive(), timeout=10)
+            monkeypatch.undo()
+            with caplog.at_level(logging.ERROR):
+                delivery.submit(person(2))
+            assert "restarting it" in caplog.text
+            assert delivery.flush(20)
+            assert len(klaviyo.events) == 1
+        finally:
+            delivery.close()
+
+
+class TestOneBadSubmission:
+    def test_an_unreadable_row_goes_alone_to_the_dead_letters(self, tmp_path, klaviyo):
+        spool = Spool(tmp_path / "spool.sqlite3", ACCOUNT)
+        for number in range(19):
+            spool.enqueue(person(number))
+        raw_row(spool, "from-another-version", '{"action": "identify", "shape": "new"}')
+        delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(),
+                                 WorkerOptions(poll=0.05, batch=20))
+        try:
+            assert delivery.flush(30)
+        finally:
+            delivery.close()
+        assert len(klaviyo.events) == 19
+        (letter,) = spool.dead_letters()
+        assert letter.id == "from-another-version" and letter.submission is None
+        assert letter.error["code"] == "unreadable"
+        out = io.StringIO()
+        assert main(["spool", "dead", "--spool", str(spool.path)], out=out) == 0
+        assert "from-another-version" in out.getvalue() and "unreadable" in out.getvalue()
+
+    def test_a_value_json_cannot_hold_never_takes_its_batch_mates(self, tmp_path, klaviyo):
+        spool = Spool(tmp_path / "spool.sqlite3", ACCOUNT)
+        for number in range(24):
+            spool.enqueue(person(number))
+        # Written by a version that let NaN through: readable, not sendable.
+        bad = person(99).to_dict()
+        bad["profile"]["properties"]["n"] = float("nan")
+        raw_row(spool, bad["id"], json.dumps(bad))
+        delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(),
+                                 WorkerOptions(poll=0.05, batch=5, retry_base=0.01))
+        try:
+            assert delivery.flush(30)
+        finally:
+            delivery.close()
+        # The backlog went through the bulk endpoints, and only the bad one died.
+        assert klaviyo.bodies("/api/profile-bulk-import-jobs")
+        assert len(klaviyo.events) == 24
+        (letter,) = spool.dead_letters()
+        assert letter.id == bad["id"] and letter.error["code"] == "unserialisable"
+
+    def test_a_hook_that_adds_nan_gets_a_clear_400(self, make_app, klaviyo):
+        def hook(submission: Submission, request: Any) -> None:
+            submission.profile["properties"] = {"score": float("nan")}
+
+        for delivery in ("sync", "spool"):
+            app = make_app(before_send=hook, delivery=delivery)
+            answer = app.post(UPDATE, {"email": "a@example.com"}, headers=JSON, status=400)
+            assert answer.json["success"] is False
+        assert klaviyo.calls == []
+
+
+class TestPauses:
+    def test_retry_after_is_capped_and_spool_resume_lifts_the_pause(self, tmp_path, klaviyo):
+        klaviyo.fail("/api/profile-import", 429, headers={"Retry-After": "1e12"})
+        spool = Spool(tmp_path / "spool.sqlite3", ACCOUNT)
+        delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(), FAST)
+        try:
+            delivery.submit(person(1))
+            wait_for(lambda: spool.paused_until() > 0, timeout=10)
+            assert spool.paused_until() - time.time() <= MAX_RETRY_AFTER
+            out = io.StringIO()
+            assert main(["spool", "resume", "--spool", str(spool.path)], out=out) == 0
+            assert "lifted a pause" in out.getvalue()
+            assert delivery.flush(20)
+            assert len(klaviyo.events) == 1
+            out = io.StringIO()
+            main(["spool", "resume", "--spool", str(spool.path)], out=out)
+            assert "not paused" in out.getvalue()
+        finally:
+            delivery.close()
+
+
+class _SilentSession:
+    """A Klaviyo that never answers: every call takes its whole read timeout."""
+
+    def __init__(self, clock: list[float]) -> None:
+        self.clock = clock
+        self.timeouts: list[tuple[float, float]] = []
+
+    def post(self, url: str, data: bytes, timeout: tuple[float, float]) -> Any:
+        self.timeouts.append(timeout)
+        self.clock[0] += timeout[1]
+        raise requests.ReadTimeout("no answer")
+
+
+class TestSyncDeadline:
+    def test_a_silent_klaviyo_costs_at_most_the_budget_and_one_read_timeout(self, monkeypatch):
+        clock = [1000.0]
+        monkeypatch.setattr("klaviyo_middleware.client.time.monotonic", lambda: clock[0])
+        client = KlaviyoClient(API_KEY, api_url=API_URL, timeout=(5.0, 15.0))
+        session = _SilentSession(clock)
+        client._local.session = session
+        delivery = SyncDelivery(client, Hooks(), RetryPolicy(budget=5.0, max_attempts=10),
+                                sleep=lambda seconds: clock.__setitem__(0, clock[0] + seconds),
+                                clock=lambda: clock[0])
+        submission = person(1)
+        outcome = delivery.submit(submission)
+        assert not outcome.accepted and outcome.error is not None and outcome.error.transient
+        assert clock[0] - 1000.0 <= delivery.deadline == 20.0
+        assert len(session.timeouts) >= 1
+
+
+class TestStartUp:
+    def test_a_read_only_spool_is_a_configuration_error(self, tmp_path, monkeypatch):
+        # Root ignores file modes, so the first write fails the way SQLite
+        # fails on a read-only file.
+        def read_only(*args: Any, **kwargs: Any) -> None:
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+
+        monkeypatch.setattr(Spool, "register_worker", read_only)
+        with pytest.raises(ConfigurationError, match="writable"):
+            KlaviyoMiddleware(lambda e, s: [], api_key=API_KEY, api_url=API_URL,
+                              spool_path=str(tmp_path / "spool.sqlite3"))
+
+
+class TestRedaction:
+    def test_tracebacks_are_redacted(self, make_app, klaviyo, caplog):
+        def hook(submission: Submission, request: Any) -> None:
+            raise KeyError(submission.profile["email"])
+
+        app = make_app(before_send=hook)
+        with caplog.at_level(logging.DEBUG):
+            app.post(UPDATE, {"email": "josé.alvarez@example.com", "phone_number":
+                              "+44 20 7946 0958"})
+        handler = logging.StreamHandler(io.StringIO())
+        text = "\n".join(handler.format(record) for record in caplog.records)
+        assert "KeyError" in text and "before_send hook" in text
+        assert "josé.alvarez" not in text and "j***@example.com" in text
+
+    def test_unicode_addresses_in_dead_letters_are_masked(self, tmp_path, klaviyo):
+        klaviyo.fail("/api/profile-import", 400,
+                     body={"errors": [{"code": "invalid", "title": "Bad: josé@example.com",
+                                       "detail": "josé@example.com is not valid"}]})
+        spool = Spool(tmp_path / "spool.sqlite3", ACCOUNT)
+        delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(), FAST)
+        try:
+            delivery.submit(person(1, profile={"email": "josé@example.com"}))
+            assert delivery.flush(20)
+        finally:
+            delivery.close()
+        (letter,) = spool.dead_letters()
+        assert "josé" not in letter.error["message"]
+        out = io.StringIO()
+        main(["spool", "dead", "--spool", str(spool.path)], out=out)
+        assert "josé" not in out.getvalue() and "j***@example.com" in out.getvalue()
+        assert SpoolAdmin(spool.path).dead_letters()[0].email == "josé@example.com"
