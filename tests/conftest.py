@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -8,19 +9,47 @@ from wsgiref.validate import validator
 
 import pytest
 import responses
+from personal_data import Watch, WatchedOut
 from webtest import TestApp
 
-from klaviyo_middleware import KlaviyoMiddleware
+from klaviyo_middleware import KlaviyoMiddleware, cli
 from klaviyo_middleware.worker import SpoolWorker
 
 from klaviyo_fake import API_KEY, API_URL, FakeKlaviyo, LoopbackKlaviyo
 from openapi_contract import spec_path
+
+WATCH = Watch()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     # In CI the contract tests are the point: a missing spec fails the run.
     if os.environ.get("CI") and not spec_path().exists():
         raise pytest.UsageError(f"Klaviyo's OpenAPI spec is missing: {spec_path()}")
+    # Everything the package logs, at every level, passes the watch.
+    package = logging.getLogger("klaviyo_middleware")
+    package.setLevel(logging.DEBUG)
+    package.addHandler(WATCH)
+
+
+@pytest.fixture(autouse=True)
+def _no_personal_data_in_clear(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fails the test whose logs or CLI output showed personal data in clear."""
+    for name in ("_spool_command", "_celery_state"):
+        command = getattr(cli, name)
+
+        def watched(args: Any, *rest: Any, _command: Any = command) -> int:
+            *before, out = rest
+            tee = WatchedOut(out, WATCH)
+            try:
+                return int(_command(args, *before, tee))
+            finally:
+                tee.flush_to_target(bool(getattr(args, "show_personal_data", False)))
+
+        monkeypatch.setattr(cli, name, watched)
+    WATCH.take()
+    yield
+    found = WATCH.take()
+    assert not found, f"personal data or a key in clear: {found[:5]}"
 
 
 @pytest.fixture(autouse=True)

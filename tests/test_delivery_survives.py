@@ -247,3 +247,18 @@ class TestRedaction:
         main(["spool", "dead", "--spool", str(spool.path)], out=out)
         assert "josé" not in out.getvalue() and "j***@example.com" in out.getvalue()
         assert SpoolAdmin(spool.path).dead_letters()[0].email == "josé@example.com"
+
+
+class TestTheSuiteWideWatch:
+    """tests/personal_data.py checks every test's logs; it must be able to fail."""
+
+    def test_it_sees_what_redaction_missed(self):
+        from personal_data import Watch
+
+        watch = Watch()
+        for text, leaked in [("for josé@example.com", True), ("call +447946000123", True),
+                             ("key pk_live_abc", True), ("for j***@example.com", False),
+                             ("submission 3f2a9c19527b98 at 2026-11-28T18:22:15", False)]:
+            watch.emit(logging.LogRecord("klaviyo_middleware", logging.INFO, __file__, 1,
+                                         text, None, None))
+            assert bool(watch.take()) is leaked, text

@@ -189,8 +189,10 @@ def test_rate_limits_hold_across_threads(tmp_path, klaviyo):
         backend.close()
     times = sorted(klaviyo.times(r"/api/lists/L1/relationships/profiles"))
     assert len(times) == 9
+    # Slots are taken before the request leaves; on a loaded machine the
+    # time from slot to arrival varies by tens of milliseconds.
     for index in range(len(times) - 3):
-        assert times[index + 3] - times[index] >= 0.99
+        assert times[index + 3] - times[index] >= 0.9
 
 
 def test_an_observer_that_raises_does_not_stop_delivery(tmp_path, klaviyo):
