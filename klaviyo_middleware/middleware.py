@@ -109,8 +109,9 @@ class KlaviyoMiddleware:
     :param on_dead: observer(s) ``f(submission, error)`` for submissions
         Klaviyo refused for good.
     :param timeout: seconds for Klaviyo calls, or a ``(connect, read)`` pair.
-    :param sync_retry_budget: seconds a synchronous delivery may spend
-        waiting between retries before the visitor is asked to try again.
+    :param sync_retry_budget: seconds a synchronous delivery may spend on
+        calls and retries before the visitor is asked to try again; the
+        visitor waits at most this plus one read timeout.
     :param max_body_size: bytes; larger submissions are answered with 413.
     :param max_fields: form fields (or JSON values) in one submission.
     :param max_depth: nesting depth of bracketed names or JSON.
