@@ -19,6 +19,7 @@ from .client import DEFAULT_API_URL, DEFAULT_REVISION, DEFAULT_TIMEOUT
 from .formdata import Limits
 from .security import parse_rate
 from .spool import DURABILITY, ENV_SPOOL_PATH, default_spool_path
+from .validation import SMS_CONSENT_MODES
 from .worker import WorkerOptions
 
 ENV_API_KEY = "KLAVIYO_PRIVATE_API_KEY"
@@ -48,6 +49,8 @@ class Settings:
     action_field: bool
     phone_region: str | None
     custom_source: str | None
+    event_prefix: str
+    sms_consent: str
     timeout: tuple[float, float]
     sync_retry_budget: float
     limits: Limits
@@ -80,6 +83,8 @@ def build_settings(
     action_field: bool,
     phone_region: str | None,
     custom_source: str | None,
+    event_prefix: str | None,
+    sms_consent: str,
     timeout: float | tuple[float, float] | None,
     sync_retry_budget: float,
     max_body_size: int,
@@ -116,6 +121,8 @@ def build_settings(
         action_field=_bool("action_field", action_field),
         phone_region=_phone_region(phone_region),
         custom_source=custom_source or None,
+        event_prefix=_event_prefix(event_prefix),
+        sms_consent=_choice("sms_consent", sms_consent, SMS_CONSENT_MODES),
         timeout=_timeout(timeout),
         sync_retry_budget=_non_negative("sync_retry_budget", sync_retry_budget),
         limits=Limits(
@@ -210,6 +217,15 @@ def _secret(value: str | None) -> str | None:
 def _bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _event_prefix(value: str | None) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > 64 or any(ord(c) < 32 for c in value):
+        raise ConfigurationError(
+            f"event_prefix must be short text such as 'Website: ', got {value!r}")
     return value
 
 

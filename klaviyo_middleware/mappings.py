@@ -75,18 +75,72 @@ def form_of(request: Request) -> dict[str, Any]:
     return form if isinstance(form, dict) else {}
 
 
+# Today's plugin nests the person under ``profile[...]``: Klaviyo's own
+# attribute names, ``location`` and ``properties`` as groups.
+_NESTED_ALIASES = {"external_id": "id", "properties": "extra"}
+LOCATION_FIELDS = ("address1", "address2", "city", "region", "country", "zip", "timezone")
+
+
 def formdata_mapping(request: Request) -> dict[str, Any]:
-    """The default: profile fields from the form, ``profile[...]`` taking precedence."""
+    """The default: profile fields from the form, ``profile[...]`` taking precedence.
+
+    Both eras of the plugin's forms read the same: ``city`` or
+    ``profile[location][city]``, ``extra[Colour]`` or
+    ``profile[properties][Colour]`` (merged, the nested one winning per
+    key), ``email`` or ``profile[email]``. An unknown key under
+    ``profile[...]`` is an error rather than silently dropped.
+    """
     form = form_of(request)
     profile = {key: form[key] for key in PROFILE_FIELDS if key in form}
     nested = form.get("profile")
-    if isinstance(nested, dict):
-        for key in PROFILE_FIELDS:
-            if key in nested:
-                profile[key] = nested[key]
-        if isinstance(nested.get("properties"), dict) and "extra" not in nested:
-            profile["extra"] = nested["properties"]
+    if nested is None or nested == "":
+        return profile
+    if not isinstance(nested, dict):
+        raise MappingError("profile", "Send profile fields as profile[NAME]=value.")
+    for key, value in nested.items():
+        name = _NESTED_ALIASES.get(key, key)
+        if name == "location":
+            _merge_location(profile, value)
+        elif name == "extra":
+            _merge_properties(profile, value)
+        elif name in PROFILE_FIELDS and name not in LOCATION_FIELDS:
+            if not _blank(value):
+                profile[name] = value
+        elif name in LOCATION_FIELDS:
+            # Flat location keys under profile[...] work too, as at the top.
+            if not _blank(value):
+                profile[name] = value
+        else:
+            raise MappingError(f"profile[{key}]", "Unknown profile field; put custom "
+                               "properties under profile[properties][NAME].")
     return profile
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _merge_location(profile: dict[str, Any], location: Any) -> None:
+    if not isinstance(location, dict):
+        raise MappingError("profile[location]", "Send the location as "
+                           "profile[location][city]=value and so on.")
+    for key, value in location.items():
+        if key not in LOCATION_FIELDS:
+            raise MappingError(f"profile[location][{key}]", "Unknown location field.")
+        if not _blank(value):
+            profile[key] = value
+
+
+def _merge_properties(profile: dict[str, Any], properties: Any) -> None:
+    if not isinstance(properties, dict):
+        raise MappingError("profile[properties]", "Send custom properties as "
+                           "profile[properties][NAME]=value.")
+    extra = profile.get("extra")
+    if extra is not None and not isinstance(extra, dict):
+        return  # validation reports the malformed extra
+    merged = dict(extra or {})
+    merged.update(properties)
+    profile["extra"] = merged
 
 
 def make_user_mapping(user_loader: UserLoader | None) -> ProfileMapping:

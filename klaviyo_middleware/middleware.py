@@ -26,7 +26,7 @@ from .mappings import (
     ProfileMapping,
     UserLoader,
 )
-from .paths import ACTION_PATHS, Action, action_for_field
+from .paths import ACTION_PATHS, Route, route_for_field
 from .redact import get_logger, set_personal_data_logging
 from .retry import RetryPolicy
 from .security import (
@@ -99,6 +99,12 @@ class KlaviyoMiddleware:
     :param phone_region: region for phone numbers written without ``+``
         (e.g. ``"US"``); without it they must be international.
     :param custom_source: stored on Klaviyo's consent record of subscriptions.
+    :param event_prefix: put in front of every metric name (``"Website: "``).
+    :param sms_consent: ``"form"`` (default) subscribes a phone number to SMS
+        when it subscribes alone or the form posts a true ``sms_consent``;
+        ``"with_phone"`` whenever a subscribing form carries a phone number,
+        as today's Craft plugin does. SMS consent carries legal duties:
+        choose it knowingly.
     :param user_loader: ``user_loader(environ)`` returns the signed-in user
         for the ``user`` profile mapping.
     :param mappings: extra profile mappings, ``{name: func(request)}``.
@@ -165,6 +171,8 @@ class KlaviyoMiddleware:
         action_field: bool = False,
         phone_region: str | None = None,
         custom_source: str | None = None,
+        event_prefix: str | None = None,
+        sms_consent: str = "form",
         user_loader: UserLoader | None = None,
         mappings: Mapping[str, ProfileMapping] | None = None,
         before_send: BeforeSend | Iterable[BeforeSend] | None = None,
@@ -218,6 +226,8 @@ class KlaviyoMiddleware:
             action_field=action_field,
             phone_region=phone_region,
             custom_source=custom_source,
+            event_prefix=event_prefix,
+            sms_consent=sms_consent,
             timeout=timeout,
             sync_retry_budget=sync_retry_budget,
             max_body_size=max_body_size,
@@ -261,6 +271,8 @@ class KlaviyoMiddleware:
         self._validation = ValidationOptions(
             phone_region=self.settings.phone_region,
             custom_source=self.settings.custom_source,
+            event_prefix=self.settings.event_prefix,
+            sms_consent=self.settings.sms_consent,
             max_lists=self.settings.max_lists,
             max_properties=self.settings.max_properties,
             refuse_email=refuse_email,
@@ -294,14 +306,14 @@ class KlaviyoMiddleware:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         # The hot path: one dict lookup, no Request object, for every request
         # that is not a Klaviyo action.
-        action = ACTION_PATHS.get(environ.get("PATH_INFO", ""))
-        if action is None:
+        route = ACTION_PATHS.get(environ.get("PATH_INFO", ""))
+        if route is None:
             if self._action_field and environ.get("REQUEST_METHOD") == "POST":
                 return self._maybe_action_field(environ, start_response)
             return self.app(environ, start_response)
         if environ.get("REQUEST_METHOD") != "POST":
             return responses.method_not_allowed()(environ, start_response)
-        return self._handle(environ, start_response, action, None)
+        return self._handle(environ, start_response, route, None)
 
     def _maybe_action_field(
         self, environ: WSGIEnvironment, start_response: StartResponse
@@ -333,22 +345,23 @@ class KlaviyoMiddleware:
                 environ["wsgi.input"] = io.BytesIO(body)
             return self.app(environ, start_response)
         raw_action = form.get("action")
-        action = action_for_field(raw_action) if isinstance(raw_action, str) else None
-        if action is None:
+        route = route_for_field(raw_action) if isinstance(raw_action, str) else None
+        if route is None:
             environ["wsgi.input"] = io.BytesIO(body)
             return self.app(environ, start_response)
-        return self._handle(environ, start_response, action, (body, form))
+        return self._handle(environ, start_response, route, (body, form))
 
     def _handle(
         self,
         environ: WSGIEnvironment,
         start_response: StartResponse,
-        action: Action,
+        route: Route,
         parsed: tuple[bytes, dict[str, Any]] | None,
     ) -> Iterable[bytes]:
         request = Request(environ)
+        action = route.action
         try:
-            intake = self._intake(request, action, parsed)
+            intake = self._intake(request, route, parsed)
         except Exception:
             # The one place where anything unexpected while reading a post
             # (a parser's corner case, a site's mapping with a bug) becomes a
@@ -381,7 +394,7 @@ class KlaviyoMiddleware:
     def _intake(
         self,
         request: Request,
-        action: Action,
+        route: Route,
         parsed: tuple[bytes, dict[str, Any]] | None,
     ) -> _Accepted | WSGIApplication:
         """Screen, read and validate a post: a valid submission, or the answer to give."""
@@ -397,7 +410,7 @@ class KlaviyoMiddleware:
         refusal = self._check_form(request, form)
         if refusal is not None:
             return refusal
-        submission, errors = self._validate(request, action, form)
+        submission, errors = self._validate(request, route, form)
         forward, redirect = self._targets(request, form, errors)
         if submission is None or errors:
             return self._invalid_response(request, body, forward, errors or {}, 400)
@@ -451,7 +464,7 @@ class KlaviyoMiddleware:
     # -- validation -------------------------------------------------------
 
     def _validate(
-        self, request: Request, action: Action, form: dict[str, Any]
+        self, request: Request, route: Route, form: dict[str, Any]
     ) -> tuple[Submission | None, Errors]:
         name = form.get("klaviyoProfileMapping") or DEFAULT_MAPPING
         mapping = self.mappings.get(name) if isinstance(name, str) else None
@@ -461,7 +474,7 @@ class KlaviyoMiddleware:
             profile_fields = mapping(request)
         except MappingError as exc:
             return None, {exc.field: [exc.message]}
-        return build_submission(action, profile_fields, form, self._validation)
+        return build_submission(route, profile_fields, form, self._validation)
 
     def _targets(
         self, request: Request, form: dict[str, Any], errors: Errors

@@ -71,6 +71,8 @@ _CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     "action_field": asbool,
     "phone_region": _as_str,
     "custom_source": _as_str,
+    "event_prefix": _as_str,
+    "sms_consent": _as_str,
     "timeout": astimeout,
     "sync_retry_budget": asfloat,
     "max_body_size": asint,

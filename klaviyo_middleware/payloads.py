@@ -20,9 +20,7 @@ def profile_import(submission: Submission) -> dict[str, Any]:
 def subscribe(submission: Submission, list_id: str) -> dict[str, Any]:
     """``POST /api/profile-subscription-bulk-create-jobs`` for one list.
 
-    Only the email channel is consented: the form asked for an email
-    address, and SMS consent has legal requirements a generic form cannot
-    promise. Whether Klaviyo sends a confirmation is the list's own setting.
+    Whether Klaviyo sends a confirmation is the list's own setting.
     """
     attributes: dict[str, Any] = {"profiles": {"data": [subscriber(submission)]}}
     if submission.custom_source:
@@ -37,13 +35,19 @@ def subscribe(submission: Submission, list_id: str) -> dict[str, Any]:
 
 
 def subscriber(submission: Submission) -> dict[str, Any]:
-    return {
-        "type": "profile",
-        "attributes": {
-            "email": submission.profile["email"],
-            "subscriptions": {"email": {"marketing": {"consent": "SUBSCRIBED"}}},
-        },
-    }
+    """The person and the channels they consent to: email when the form
+    gave an address, SMS when validation decided so (``sms_consent``)."""
+    attributes: dict[str, Any] = {}
+    channels: dict[str, Any] = {}
+    email = submission.profile.get("email")
+    if email:
+        attributes["email"] = email
+        channels["email"] = {"marketing": {"consent": "SUBSCRIBED"}}
+    if submission.sms_consent and submission.profile.get("phone_number"):
+        attributes["phone_number"] = submission.profile["phone_number"]
+        channels["sms"] = {"marketing": {"consent": "SUBSCRIBED"}}
+    attributes["subscriptions"] = channels
+    return {"type": "profile", "attributes": attributes}
 
 
 def add_to_list(profile_ids: list[str]) -> dict[str, Any]:
@@ -62,7 +66,7 @@ def event_attributes(submission: Submission, event: Event) -> dict[str, Any]:
     attributes: dict[str, Any] = {
         "properties": dict(event.properties),
         "metric": {"data": {"type": "metric", "attributes": {"name": event.name}}},
-        "time": submission.submitted_at,
+        "time": event.time or submission.submitted_at,
         "unique_id": event.unique_id,
     }
     if event.value is not None:

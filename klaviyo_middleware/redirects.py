@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from urllib.parse import SplitResult, unquote, unquote_to_bytes, urlsplit
 
 from .fields import FieldError
-from .paths import action_for_path
+from .paths import route_for_path
 
 MAX_TARGET_LENGTH = 2048
 _DIGEST_LENGTH = 64  # hex SHA-256
@@ -165,7 +165,7 @@ def forward_target(value: str) -> tuple[str, str]:
     path, _, query = value.partition("?")
     path = path.split("#", 1)[0]
     path_info = unquote_to_bytes(path).decode("latin-1")
-    if action_for_path(path_info) is not None:
+    if route_for_path(path_info) is not None:
         raise FieldError("Forward to a page of the site, not to another Klaviyo action.")
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in path_info):
         raise FieldError("The address contains characters that are not allowed.")

@@ -24,6 +24,8 @@ class Event:
     properties: dict[str, Any] = field(default_factory=dict)
     value: int | float | None = None
     value_currency: str | None = None
+    # ISO 8601 from event[timestamp]; None means the submission time.
+    time: str | None = None
 
 
 @dataclass
@@ -41,6 +43,8 @@ class Submission:
     confirm_opt_in: bool = True
     event: Event | None = None
     custom_source: str | None = None
+    # Subscribe the phone number to SMS marketing too (see the README's "SMS").
+    sms_consent: bool = False
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     submitted_at: str = field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")

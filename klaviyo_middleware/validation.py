@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from . import fields
 from .fields import FieldError
-from .paths import UPDATE_PROFILE, Action
+from .mappings import LOCATION_FIELDS
+from .paths import UPDATE_PROFILE, Route
 from .redact import get_logger
 from .submission import Event, Submission
 
@@ -26,7 +28,14 @@ log = get_logger(__name__)
 Errors = dict[str, list[str]]
 
 _PLAIN_ATTRIBUTES = ("first_name", "last_name", "title", "organization")
-_LOCATION = ("address1", "address2", "city", "region", "country", "zip", "timezone")
+# Keys under event[...] that are not custom properties; every other key is
+# one (today's plugin: event[Topic]), as is everything under event[extra].
+_EVENT_RESERVED = frozenset({"name", "event_id", "unique_id", "value", "value_currency",
+                             "timestamp", "extra"})
+# The plugin's bounds for event[timestamp]: older or further ahead is a typo.
+_EARLIEST_EVENT = datetime(1990, 1, 1, tzinfo=timezone.utc)
+_LATEST_EVENT_AHEAD = timedelta(days=365)
+SMS_CONSENT_MODES = ("form", "with_phone")
 
 
 EmailFilter = Callable[[str], "bool | str | None"]
@@ -40,6 +49,12 @@ class ValidationOptions:
     # Klaviyo's limit for event properties; the same cap serves profiles.
     max_properties: int = 400
     refuse_email: EmailFilter | None = None
+    # Put in front of every metric name (the plugin's "event prefix").
+    event_prefix: str = ""
+    # "form": SMS consent only when a phone number subscribes alone or the
+    # form posts a true sms_consent; "with_phone": whenever a subscribing
+    # form carries a phone number (today's plugin).
+    sms_consent: str = "form"
 
 
 class _Collector:
@@ -60,7 +75,7 @@ class _Collector:
 
 
 def build_submission(
-    action: Action,
+    route: Route,
     profile_fields: Mapping[str, Any],
     form: Mapping[str, Any],
     options: ValidationOptions,
@@ -69,24 +84,34 @@ def build_submission(
     collector = _Collector()
     profile = _profile(profile_fields, collector, options)
     lists: list[str] = []
-    confirm = True
+    confirm = route.subscribes_by_default
     event = None
-    if action == UPDATE_PROFILE:
+    if route.action == UPDATE_PROFILE:
         lists = _lists(form, collector)
         if len(lists) > options.max_lists:
             collector.add("lists", f"Choose at most {options.max_lists} lists.")
-        confirm = _confirm_opt_in(form, collector)
-        event = _event(form, collector)
+        confirm = _confirm_opt_in(form, collector, route.subscribes_by_default)
+        event = _event(form, collector, options)
         if event is not None and len(event.properties) > options.max_properties:
             collector.add("event[extra]", f"Send at most {options.max_properties} properties.")
+    subscribing = bool(lists) and confirm
+    has_email = "email" in profile or "email" in collector.errors
+    if not has_email and not (subscribing and profile.get("phone_number")):
+        # A phone number alone may subscribe (SMS); everything else needs
+        # the address that identifies the person.
+        collector.add("email", "Enter your email address.")
+    sms = subscribing and bool(profile.get("phone_number")) and (
+        not has_email or options.sms_consent == "with_phone"
+        or _sms_consent(form, collector))
     if collector.errors:
         return None, collector.errors
     submission = Submission(
-        action=action,
+        action=route.action,
         profile=profile,
         lists=lists,
         confirm_opt_in=confirm,
         custom_source=options.custom_source,
+        sms_consent=sms,
     )
     if event is not None:
         # Without an event_id, the submission id makes retries idempotent:
@@ -101,11 +126,11 @@ def _profile(
 ) -> dict[str, Any]:
     profile: dict[str, Any] = {}
     raw_email = values.get("email")
-    if raw_email is None or (isinstance(raw_email, str) and not raw_email.strip()):
-        collector.add("email", "Enter your email address.")
-    else:
+    if not (raw_email is None or (isinstance(raw_email, str) and not raw_email.strip())):
         profile["email"] = collector.check("email", fields.email, raw_email)
-        if profile["email"] and options.refuse_email is not None:
+        if profile["email"] is None:
+            del profile["email"]
+        elif options.refuse_email is not None:
             try:
                 verdict = options.refuse_email(profile["email"])
             except Exception:
@@ -134,7 +159,7 @@ def _profile(
         "phone_number",
     )
     location: dict[str, Any] = {}
-    for name in _LOCATION:
+    for name in LOCATION_FIELDS:
         value = values.get(name)
         if value is None or (isinstance(value, str) and not value.strip()):
             continue
@@ -175,15 +200,22 @@ def _lists(form: Mapping[str, Any], collector: _Collector) -> list[str]:
     return lists
 
 
-def _confirm_opt_in(form: Mapping[str, Any], collector: _Collector) -> bool:
+def _confirm_opt_in(form: Mapping[str, Any], collector: _Collector, default: bool) -> bool:
     for name in ("confirmOptIn", "subscribe"):
         if name in form:
             value = collector.check(name, fields.boolean, form[name])
-            return bool(value) if value is not None else True
-    return True
+            return bool(value) if value is not None else default
+    return default
 
 
-def _event(form: Mapping[str, Any], collector: _Collector) -> Event | None:
+def _sms_consent(form: Mapping[str, Any], collector: _Collector) -> bool:
+    if form.get("sms_consent") in (None, ""):
+        return False
+    return bool(collector.check("sms_consent", fields.boolean, form["sms_consent"]))
+
+
+def _event(form: Mapping[str, Any], collector: _Collector,
+           options: ValidationOptions) -> Event | None:
     raw = form.get("event")
     if raw is None:
         return None
@@ -192,21 +224,29 @@ def _event(form: Mapping[str, Any], collector: _Collector) -> Event | None:
         return None
     if not raw:
         return None
-    name = collector.check("event[name]", fields.event_name, raw.get("name"))
-    event_id = raw.get("event_id")
+    raw_name = raw.get("name")
+    if options.event_prefix and isinstance(raw_name, str) and raw_name.strip():
+        raw_name = options.event_prefix + raw_name.strip()
+    name = collector.check("event[name]", fields.event_name, raw_name)
     unique_id = ""
-    if event_id is not None and not (isinstance(event_id, str) and not event_id.strip()):
-        unique_id = collector.check("event[event_id]", fields.text, event_id) or ""
+    for key in ("event_id", "unique_id"):
+        event_id = raw.get(key)
+        if event_id is not None and not (isinstance(event_id, str) and not event_id.strip()):
+            unique_id = collector.check(f"event[{key}]", fields.text, event_id) or ""
+            break
     value = None
     if raw.get("value") not in (None, ""):
         value = collector.check("event[value]", fields.number, raw["value"])
     currency = None
     if raw.get("value_currency") not in (None, ""):
         currency = collector.check("event[value_currency]", fields.currency, raw["value_currency"])
-    properties: dict[str, Any] = {}
+    # Today's plugin: any other key under event[...] is a property;
+    # event[extra][...] (the first era's) wins over a key of the same name.
+    properties: dict[str, Any] = {
+        key: item for key, item in raw.items() if key not in _EVENT_RESERVED}
     extra = raw.get("extra")
     if isinstance(extra, dict):
-        properties = dict(extra)
+        properties.update(extra)
     elif extra is not None:
         collector.add("event[extra]", "Send event properties as event[extra][NAME]=value.")
     if name is None:
@@ -217,4 +257,32 @@ def _event(form: Mapping[str, Any], collector: _Collector) -> Event | None:
         properties=properties,
         value=value,
         value_currency=currency,
+        time=_event_time(raw.get("timestamp")),
     )
+
+
+def _event_time(value: Any) -> str | None:
+    """``event[timestamp]`` as an ISO 8601 UTC time, or ``None`` for "when
+    the form was submitted" — also for a value that is not a usable time, as
+    the plugin does (logged, since the form may have a bug)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    when = None
+    if isinstance(value, str) and len(value) <= 64:
+        text = value.strip()
+        # Python 3.10's fromisoformat does not read a trailing "Z".
+        if text[-1:] in ("Z", "z"):
+            text = text[:-1] + "+00:00"
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            when = None
+    if when is not None:
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        now = datetime.now(timezone.utc)
+        if _EARLIEST_EVENT <= when <= now + _LATEST_EVENT_AHEAD:
+            return when.astimezone(timezone.utc).isoformat(timespec="seconds")
+    log.warning("klaviyo_middleware: event[timestamp] is not a usable ISO 8601 time; "
+                "the submission time is used instead")
+    return None

@@ -1,24 +1,31 @@
-"""DESIGN §2: which paths and methods are intercepted."""
+"""Which paths and methods are intercepted: every spelling the plugin has used."""
 
 from __future__ import annotations
 
 import pytest
 
-IDENTIFY_PATHS = [
-    "/klaviyoConnect/api/identify",
-    "/klaviyo-connect/api/identify",
-    "/actions/klaviyoConnect/api/identify",
-    "/actions/klaviyo-connect/api/identify/",
-    "/klaviyoConnect/api/identify/",
-]
-UPDATE_PATHS = [
-    "/klaviyoConnect/api/updateProfile",
-    "/klaviyo-connect/api/update-profile",
-    "/klaviyoConnect/api/track",
-    "/klaviyo-connect/api/track/",
-    "/actions/klaviyoConnect/api/updateProfile/",
-    "/actions/klaviyo-connect/api/update-profile",
-]
+HANDLES = ["klaviyoConnect", "klaviyoconnect", "klaviyo-connect"]
+
+
+def spellings(*names: str) -> list[str]:
+    """Every handle × name, with and without /actions and a trailing slash."""
+    return [f"{prefix}{handle}/api/{name}{slash}"
+            for handle in HANDLES for name in names
+            for prefix in ("/", "/actions/") for slash in ("", "/")]
+
+
+IDENTIFY_PATHS = spellings("identify")
+# The first era's names: a form without confirmOptIn subscribes.
+UPDATE_PATHS = spellings("updateProfile", "update-profile")
+# Today's name: a form without subscribe only adds to the list.
+TRACK_PATHS = spellings("track")
+
+
+def test_every_spelling_is_one_lookup():
+    from klaviyo_middleware.paths import ACTION_PATHS
+
+    assert set(ACTION_PATHS) == set(IDENTIFY_PATHS + UPDATE_PATHS + TRACK_PATHS)
+    assert len(ACTION_PATHS) == 3 * 4 * 2 * 2
 
 
 @pytest.mark.parametrize("path", IDENTIFY_PATHS)
@@ -41,6 +48,16 @@ def test_update_profile_paths(app, klaviyo, path):
     ]
 
 
+@pytest.mark.parametrize("path", TRACK_PATHS)
+def test_track_paths_add_to_the_list_unless_asked_to_subscribe(app, klaviyo, path):
+    response = app.post(path, {"email": "a@example.com", "list": "ListA"},
+                        headers={"Accept": "application/json"})
+    assert response.json["action"] == "updateProfile"
+    assert klaviyo.paths() == ["/api/profile-import", "/api/lists/ListA/relationships/profiles"]
+    app.post(path, {"email": "b@example.com", "list": "ListA", "subscribe": "1"})
+    assert klaviyo.paths()[-1] == "/api/profile-subscription-bulk-create-jobs"
+
+
 @pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"])
 @pytest.mark.parametrize("path", [IDENTIFY_PATHS[0], UPDATE_PATHS[2]])
 def test_other_methods_get_405_with_allow(app, klaviyo, inner, method, path):
@@ -59,7 +76,8 @@ class TestActionField:
 
     @pytest.mark.parametrize(
         "value", ["klaviyoConnect/api/identify", "/klaviyo-connect/api/identify",
-                  "actions/klaviyoConnect/api/identify"]
+                  "actions/klaviyoConnect/api/identify", "klaviyoconnect/api/identify",
+                  " klaviyoconnect/api/identify/"]
     )
     def test_urlencoded_action_field_on_any_path(self, make_app, klaviyo, inner, value):
         app = make_app(action_field=True)
@@ -81,6 +99,18 @@ class TestActionField:
         assert response.json["action"] == "updateProfile"
         assert klaviyo.paths()[0] == "/api/profile-import"
         assert "cv" not in str(klaviyo.calls[0].body)
+
+    def test_todays_action_input(self, make_app, klaviyo, inner):
+        # {{ actionInput('klaviyoconnect/api/track') }} on a form posted to its page.
+        app = make_app(action_field=True)
+        response = app.post("/newsletter", {"action": "klaviyoconnect/api/track",
+                                            "email": "a@example.com", "list": "ListA",
+                                            "subscribe": "1"},
+                            headers={"Accept": "application/json"})
+        assert response.json["action"] == "updateProfile"
+        assert klaviyo.paths() == ["/api/profile-import",
+                                   "/api/profile-subscription-bulk-create-jobs"]
+        assert inner.calls == []
 
     def test_other_form_posts_still_reach_the_app_with_their_body(self, make_app, klaviyo,
                                                                   inner):
