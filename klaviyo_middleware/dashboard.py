@@ -23,7 +23,7 @@ th{background:#f4f4f4}.counts span{display:inline-block;margin-right:1.2rem}
 <table id="dead"><thead><tr><th>Dead letter</th><th>Email</th><th>Error</th></tr></thead>
 <tbody></tbody></table>
 <h2>Profiles</h2>
-<table id="profiles"><thead><tr><th>Email</th><th>Name</th><th>Email marketing</th>
+<table id="profiles"><thead><tr><th>Email / phone</th><th>Name</th><th>Marketing consent</th>
 <th>Lists</th><th>Properties</th></tr></thead><tbody></tbody></table>
 <h2>Lists</h2>
 <table id="lists"><thead><tr><th>List</th><th>Opt-in</th><th>Members</th></tr></thead>
@@ -65,15 +65,19 @@ async function refresh() {
     });
   }
   if (state) {
-    const emails = Object.fromEntries(state.profiles.map(p => [p.id, p.email || p.id]));
+    const emails = Object.fromEntries(state.profiles.map(
+      p => [p.id, p.email || p.phone_number || p.id]));
     const pending = Object.fromEntries(state.pending_confirmations.map(c => [c.profile_id, c]));
     fill("profiles", state.profiles, (row, p) => {
-      cell(row, p.email);
+      cell(row, [p.email, p.phone_number].filter(Boolean).join(" "));
       cell(row, [p.first_name, p.last_name].filter(Boolean).join(" "));
       const consent = state.consent[p.id];
       const status = document.createElement("span");
-      status.textContent = consent ? consent.email_marketing : "never subscribed";
-      if (consent) status.className = consent.email_marketing;
+      const channels = consent ? [["email", consent.email_marketing],
+                                  ["SMS", consent.sms_marketing]].filter(c => c[1]) : [];
+      status.textContent = channels.length
+        ? channels.map(c => c[0] + ": " + c[1]).join(", ") : "never subscribed";
+      if (channels.length) status.className = channels[0][1];
       const td = cell(row, status);
       if (pending[p.id]) {
         const link = document.createElement("button");

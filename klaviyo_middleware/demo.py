@@ -62,6 +62,18 @@ form{{border:1px solid #ccc;padding:1rem;margin:1rem 0}}label{{display:block;mar
   <button>Send</button>
 </form>
 
+<form id="sms" method="post" action="/actions/klaviyoconnect/api/track">
+  <h2>Text me offers</h2>
+  <input type="hidden" name="list" value="{list_id}">
+  <input type="hidden" name="subscribe" value="1">
+  <input type="hidden" name="redirect" value="thanks">
+  <label>Mobile number <input type="tel" name="profile[phone_number]"
+    placeholder="+14155552671" pattern="\\+[1-9][0-9]{{7,14}}" required></label>
+  <p><small>By subscribing you agree to receive marketing text messages from the demo
+  shop. Reply STOP to cancel.</small></p>
+  <button>Text me</button>
+</form>
+
 <form id="ajax" method="post" action="/klaviyoConnect/api/updateProfile">
   <h2>AJAX signup</h2>
   <input type="hidden" name="list" value="{list_id}">

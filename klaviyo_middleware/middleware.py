@@ -7,6 +7,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from urllib.parse import quote
 from typing import TYPE_CHECKING, Any
 
 from webob import Request, Response
@@ -493,7 +494,7 @@ class KlaviyoMiddleware:
                 target = fields.text(raw_redirect)
                 if self.settings.secret is not None:
                     target = redirects.unsign_redirect(target, self.settings.secret)
-                redirect = redirects.safe_redirect(target, self._hosts)
+                redirect = redirects.safe_redirect(target, self._hosts, _root(request.environ))
             except FieldError as exc:
                 errors.setdefault("redirect", []).append(str(exc))
         return forward, redirect
@@ -645,6 +646,13 @@ def _celery_delivery(settings: Settings, celery_app: Any) -> Delivery:
             'delivery="celery" needs broker_url (or KLAVIYO_BROKER_URL) or celery_app'
         )
     return CeleryDelivery(make_celery(settings.broker_url), owns_app=True)
+
+
+def _root(environ: WSGIEnvironment) -> str:
+    """The application's root path, as a URL path (``SCRIPT_NAME`` holds the
+    raw bytes as latin-1 characters)."""
+    script_name = environ.get("SCRIPT_NAME", "")
+    return quote(script_name.encode("latin-1", "replace"), safe="/%")
 
 
 def _field_for_pointer(pointer: str | None) -> str:

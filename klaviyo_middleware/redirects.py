@@ -6,7 +6,12 @@ on ``allowed_hosts``. Browsers are lenient in ways that matter here — they
 treat ``\\`` like ``/`` and drop tabs and newlines inside URLs, so
 ``/\\evil.example`` and ``/\\t/evil.example`` both become ``//evil.example`` —
 so backslashes and control characters are refused outright rather than
-cleaned up.
+cleaned up. Non-ASCII characters are percent-encoded as UTF-8, as browsers
+do (``/über-uns`` is a real page), which leaves look-alikes inert.
+
+Craft writes ``redirectInput('newsletter/thanks')`` without a leading slash,
+meaning the page at the site's root: such targets are resolved against the
+application's ``SCRIPT_NAME``.
 
 When a ``secret`` is configured, ``redirect`` values must be signed with
 :func:`sign_redirect` (an HMAC-SHA256 hex digest in front of the URL, the
@@ -18,13 +23,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import unicodedata
 from collections.abc import Iterable
-from urllib.parse import SplitResult, unquote, unquote_to_bytes, urlsplit
+from urllib.parse import SplitResult, quote, unquote, unquote_to_bytes, urlsplit
 
 from .fields import FieldError
 from .paths import route_for_path
 
 MAX_TARGET_LENGTH = 2048
+# Characters some parsers read as "/", "\\" or "." (IIS's best-fit mapping,
+# NFKC normalisation, lenient proxies). Encoded they are inert to browsers,
+# but no real page name needs them, so they are refused outright.
+_LOOK_ALIKES = frozenset("\u2215\u2044\u29f8\u29f5\u29f9\u2216\u3031\u3033\u3035"
+                         "\uff0f\uff3c\ufe68\u3002\uff0e\ufe52\u2024\uff61")
 _DIGEST_LENGTH = 64  # hex SHA-256
 
 
@@ -101,19 +112,47 @@ def split_url(value: str) -> SplitResult | None:
     return parts
 
 
-def _check_characters(value: str) -> None:
+def encode_non_ascii(value: str) -> str:
+    """Percent-encode non-ASCII characters as UTF-8 (``/über-uns`` →
+    ``/%C3%BCber-uns``), as a browser does, leaving ASCII as it is.
+
+    Encoded, a full-width solidus or an ideographic full stop is inert: it
+    can never be read as "/" or "." and so never make a second slash or
+    another host. Invisible and spacing characters (bidi controls,
+    zero-width and non-breaking spaces) have no place in a link and are
+    refused instead.
+    """
+    if value.isascii():
+        return value
+    encoded = []
+    for char in value:
+        if char.isascii():
+            encoded.append(char)
+        elif char in _LOOK_ALIKES or unicodedata.category(char)[0] in "ZC":
+            raise FieldError("The address contains characters that are not allowed.")
+        else:
+            encoded.append(quote(char, safe=""))
+    return "".join(encoded)
+
+
+def _check_characters(value: str) -> str:
+    """``value`` with non-ASCII encoded; raises :class:`FieldError` for
+    characters that browsers or proxies reinterpret."""
     if len(value) > MAX_TARGET_LENGTH:
         raise FieldError("The address is too long.")
-    # Non-ASCII is refused rather than interpreted: full-width solidi and
-    # ideographic full stops are read as "/" and "." by some URL parsers.
-    # Percent-encode non-ASCII paths.
-    if not value.isascii() or any(ord(char) < 0x21 for char in value):
+    value = encode_non_ascii(value)
+    if len(value) > MAX_TARGET_LENGTH:
+        raise FieldError("The address is too long.")
+    if any(ord(char) < 0x21 for char in value):
         raise FieldError("The address contains characters that are not allowed.")
     # Decoded, the address may hold spaces and UTF-8, but never the control
     # characters and backslashes that browsers and proxies reinterpret.
     for text in _decodings(value):
         if "\\" in text or any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
             raise FieldError("The address contains characters that are not allowed.")
+        if any(char in _LOOK_ALIKES for char in text):
+            raise FieldError("The address contains characters that are not allowed.")
+    return value
 
 
 def _decodings(value: str) -> list[str]:
@@ -135,12 +174,30 @@ def _is_same_site_path(value: str) -> bool:
     )
 
 
-def safe_redirect(value: str, hosts: HostPolicy) -> str:
-    """``value`` if it is a safe redirect target; raises :class:`FieldError`."""
-    _check_characters(value)
+def _plainly_relative(value: str) -> bool:
+    """A path with no scheme, also once decoded (``javascript%3Aalert(1)``
+    is refused, not made a page name)."""
+    for text in _decodings(value):
+        parts = split_url(text)
+        if parts is None or parts.scheme or parts.netloc or text.startswith(("/", "\\")):
+            return False
+    return True
+
+
+def safe_redirect(value: str, hosts: HostPolicy, root: str = "") -> str:
+    """The ``Location`` for a redirect target; raises :class:`FieldError`.
+
+    Same-site paths (``/thanks``), Craft's site-relative paths
+    (``newsletter/thanks``: ``root``, the application's ``SCRIPT_NAME``,
+    then ``/newsletter/thanks``) and absolute URLs on ``hosts``.
+    """
+    value = _check_characters(value)
+    parts = split_url(value)
+    if not value.startswith("/") and _plainly_relative(value):
+        # Craft's redirectInput('newsletter/thanks'): relative to the site.
+        value = root.rstrip("/") + "/" + value
     if _is_same_site_path(value):
         return value
-    parts = split_url(value)
     if (
         parts is not None
         and parts.scheme in ("http", "https")
@@ -159,7 +216,7 @@ def forward_target(value: str) -> tuple[str, str]:
     The path is percent-decoded the way a server decodes a request line, and
     it must not name a Klaviyo action: forwarding into one would submit twice.
     """
-    _check_characters(value)
+    value = _check_characters(value)
     if not _is_same_site_path(value):
         raise FieldError("Forward to a path on this site, starting with /.")
     path, _, query = value.partition("?")
@@ -177,7 +234,7 @@ def same_origin_referer(referer: str | None, host_url: str) -> str | None:
     if not referer:
         return None
     try:
-        _check_characters(referer)
+        referer = _check_characters(referer)
     except FieldError:
         return None
     parts, own = split_url(referer), split_url(host_url)

@@ -58,7 +58,9 @@ class FakeKlaviyo:
         # Klaviyo's side of things, whichever endpoints put it there.
         self.profiles: dict[str, dict[str, Any]] = {}
         self.members: dict[str, set[str]] = {}
+        # list → emails with email consent, and phone numbers with SMS consent.
         self.subscribed: dict[str, set[str]] = {}
+        self.sms_subscribed: dict[str, set[str]] = {}
         self.events: dict[str, Any] = {}
         self._ids: dict[str, str] = {}
         self.latency = 0.0
@@ -154,14 +156,21 @@ class FakeKlaviyo:
                 self._upsert(profile["attributes"])
                 for entry in lists:
                     self.members.setdefault(entry["id"], set()).add(
-                        profile["attributes"]["email"])
+                        profile["attributes"].get("email")
+                        or profile["attributes"]["phone_number"])
             return 202, {}, ""
         if path == "/api/profile-subscription-bulk-create-jobs":
             list_id = data["relationships"]["list"]["data"]["id"]
             for profile in data["attributes"]["profiles"]["data"]:
-                email = profile["attributes"]["email"]
-                self._upsert({"email": email})
-                self.subscribed.setdefault(list_id, set()).add(email)
+                attributes = profile["attributes"]
+                channels = attributes.get("subscriptions", {})
+                self._upsert({key: attributes[key] for key in ("email", "phone_number")
+                              if key in attributes})
+                if "email" in channels:
+                    self.subscribed.setdefault(list_id, set()).add(attributes["email"])
+                if "sms" in channels:
+                    self.sms_subscribed.setdefault(list_id, set()).add(
+                        attributes["phone_number"])
             return 202, {}, ""
         if path == "/api/events":
             attributes = data["attributes"]
@@ -186,10 +195,11 @@ class FakeKlaviyo:
         return 202, {}, ""
 
     def _upsert(self, attributes: dict[str, Any]) -> str:
-        email = attributes.get("email", "")
-        self.profiles.setdefault(email, {}).update(attributes)
+        """Profiles are keyed by email, or by phone number when there is none."""
+        key = attributes.get("email") or attributes.get("phone_number", "")
+        self.profiles.setdefault(key, {}).update(attributes)
         return self._ids.setdefault(
-            email, "01" + hashlib.sha256(email.encode()).hexdigest()[:24].upper())
+            key, "01" + hashlib.sha256(key.encode()).hexdigest()[:24].upper())
 
 
 def _error_text(scripted: Scripted) -> str:

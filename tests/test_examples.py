@@ -125,6 +125,11 @@ def test_demo_over_a_real_socket(monkeypatch, tmp_path):
                                   data={"email": "demo@example.com", "list": "Y6nRLr",
                                         "redirect": "/thanks"})
             assert answer.url == base + "/thanks" and "Thank you" in answer.text
+            # The SMS form, as today's plugin writes it: a phone number alone.
+            sms = browser.post(base + "/actions/klaviyoconnect/api/track",
+                               data={"profile[phone_number]": "+1 415 555 2671",
+                                     "list": "Y6nRLr", "subscribe": "1", "redirect": "thanks"})
+            assert sms.url == base + "/thanks"
             bad = browser.post(base + "/klaviyoConnect/api/updateProfile",
                                data={"email": "bad"}, headers={"Accept": "application/json"})
             assert bad.status_code == 400
@@ -133,7 +138,12 @@ def test_demo_over_a_real_socket(monkeypatch, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
-    [person] = state["profiles"]
+    [person] = [p for p in state["profiles"] if p.get("email")]
+    [texter] = [p for p in state["profiles"] if not p.get("email")]
     assert person["email"] == "demo@example.com"
     # The demo's list uses double opt-in: pending until the person confirms.
     assert state["consent"][person["id"]]["email_marketing"] == "PENDING"
+    assert texter["phone_number"] == "+14155552671" and "email" not in texter
+    assert state["consent"][texter["id"]] == {**state["consent"][texter["id"]],
+                                              "sms_marketing": "PENDING"}
+    assert "email_marketing" not in state["consent"][texter["id"]]

@@ -181,7 +181,13 @@ def subscriber(item: Any, pointer: str) -> dict[str, Any]:
     if not attributes.get("email") and not attributes.get("phone_number"):
         raise ApiError(400, "invalid", "An email or phone number is required.",
                        f"{pointer}/attributes")
-    if not isinstance(attributes.get("subscriptions"), dict):
+    channels = attributes.get("subscriptions")
+    if not isinstance(channels, dict) or not channels:
         raise ApiError(400, "invalid", "subscriptions is required.",
                        f"{pointer}/attributes/subscriptions")
+    # Klaviyo refuses consent on a channel the profile gives no address for.
+    for channel, needs in (("email", "email"), ("sms", "phone_number")):
+        if channel in channels and not attributes.get(needs):
+            raise ApiError(400, "invalid", f"{needs} is required to subscribe to {channel}.",
+                           f"{pointer}/attributes/{needs}")
     return attributes

@@ -38,6 +38,8 @@ class Confirmation:
     profile_id: str
     list_id: str
     custom_source: str | None
+    # "email", "sms": the channels the person is asked to confirm.
+    channels: tuple[str, ...] = ("email",)
 
 
 class KlaviyoState:
@@ -113,20 +115,27 @@ class KlaviyoState:
 
     def subscribe(self, list_id: str | None, attributes: dict[str, Any],
                   custom_source: str | None) -> Confirmation | None:
-        """Email marketing consent; pending on a double opt-in list."""
+        """Marketing consent on the channels asked for (``subscriptions``):
+        email for an address, SMS for a phone number; pending on a double
+        opt-in list."""
         with self.lock:
             identity = {key: attributes[key] for key in ("email", "phone_number")
                         if attributes.get(key)}
+            asked = attributes.get("subscriptions") or {}
+            channels = tuple(channel for channel, needs in (("email", "email"),
+                                                            ("sms", "phone_number"))
+                             if channel in asked and identity.get(needs))
             profile_id, _ = self.upsert_profile(identity)
             target = self.find_list(list_id) if list_id else None
             if target is not None and target.opt_in_process == "double_opt_in":
                 token = secrets.token_urlsafe(16)
-                confirmation = Confirmation(token, profile_id, target.id, custom_source)
+                confirmation = Confirmation(token, profile_id, target.id, custom_source,
+                                            channels)
                 self.confirmations[token] = confirmation
-                self._set_consent(profile_id, "PENDING", target.id, custom_source)
+                self._set_consent(profile_id, "PENDING", target.id, custom_source, channels)
                 return confirmation
             self._set_consent(profile_id, "SUBSCRIBED",
-                              target.id if target else None, custom_source)
+                              target.id if target else None, custom_source, channels)
             if target is not None:
                 target.members.add(profile_id)
             return None
@@ -137,19 +146,23 @@ class KlaviyoState:
             if confirmation is None:
                 return False
             self._set_consent(confirmation.profile_id, "SUBSCRIBED", confirmation.list_id,
-                              confirmation.custom_source, double_opt_in=True)
+                              confirmation.custom_source, confirmation.channels,
+                              double_opt_in=True)
             self.lists[confirmation.list_id].members.add(confirmation.profile_id)
             return True
 
     def _set_consent(self, profile_id: str, status: str, list_id: str | None,
-                     custom_source: str | None, double_opt_in: bool = False) -> None:
-        self.consent[profile_id] = {
-            "email_marketing": status,
+                     custom_source: str | None, channels: tuple[str, ...],
+                     double_opt_in: bool = False) -> None:
+        record = self.consent.setdefault(profile_id, {})
+        for channel in channels:
+            record[f"{channel}_marketing"] = status
+        record.update({
             "list": list_id,
             "custom_source": custom_source,
             "double_opt_in": double_opt_in,
             "at": _now(),
-        }
+        })
 
     def add_members(self, list_id: str, profile_ids: list[str]) -> None:
         with self.lock:
