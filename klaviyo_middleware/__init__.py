@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .client import KlaviyoError
 from .config import ConfigurationError
+from .form_inputs import hidden_inputs
 from .hooks import CancelSubmission
 from .mappings import MappingError, register_mapping
 from .middleware import KlaviyoMiddleware
@@ -26,6 +27,7 @@ __all__ = [
     "MappingError",
     "Submission",
     "csrf_token",
+    "hidden_inputs",
     "register_mapping",
     "sign_redirect",
 ]

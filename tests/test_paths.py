@@ -8,7 +8,7 @@ HANDLES = ["klaviyoConnect", "klaviyoconnect", "klaviyo-connect"]
 
 
 def spellings(*names: str) -> list[str]:
-    """Every handle × name, with and without /actions and a trailing slash."""
+    """Every handle and name, with and without /actions and a trailing slash."""
     return [f"{prefix}{handle}/api/{name}{slash}"
             for handle in HANDLES for name in names
             for prefix in ("/", "/actions/") for slash in ("", "/")]
