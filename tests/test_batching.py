@@ -130,3 +130,20 @@ def test_every_bulk_body_is_within_klaviyos_limits(count):
         assert len(json.dumps(recorder.body)) < 5_000_000
         limit = 10_000 if call.endpoint == "profile-bulk-import" else 1000
         assert len(call.members) <= limit
+
+
+def test_sms_sign_ups_in_a_backlog_reach_klaviyo_as_single_calls_would(tmp_path, klaviyo):
+    """Phone-only subscribers go through the bulk jobs with SMS consent."""
+    items = [Submission(action="updateProfile",
+                        profile={"phone_number": f"+1415555{number:04d}"},
+                        lists=["S1"], sms_consent=True) for number in range(30)]
+    items += backlog(10)
+    drain(tmp_path, klaviyo, items, batching=True)
+    assert klaviyo.bodies("/api/profile-bulk-import-jobs")
+    assert klaviyo.sms_subscribed == {"S1": {f"+1415555{n:04d}" for n in range(30)}}
+    bulk_state = state(klaviyo)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        singles = FakeKlaviyo(mock)
+        drain(tmp_path, singles, items, batching=False)
+    assert singles.violations == []
+    assert state(singles) == bulk_state and singles.sms_subscribed == klaviyo.sms_subscribed

@@ -75,6 +75,9 @@ def test_defaults():
         ({"max_string_length": 0}, "max_string_length"),
         ({"csrf_max_age": -5}, "csrf_max_age"),
         ({"log_personal_data": 1}, "log_personal_data"),
+        ({"sms_consent": "always"}, "sms_consent"),
+        ({"event_prefix": "x" * 65}, "event_prefix"),
+        ({"event_prefix": "Web\n"}, "event_prefix"),
     ],
 )
 def test_bad_options(options, message):

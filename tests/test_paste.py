@@ -31,6 +31,8 @@ def test_pipeline_converts_every_string_option():
     assert settings.sync_retry_budget == 0.0
     assert settings.phone_region == "GB"
     assert settings.custom_source == "Paste form"
+    assert settings.event_prefix == "Website:"  # ini values are stripped
+    assert settings.sms_consent == "with_phone"
 
 
 def test_pipeline_serves_and_intercepts(klaviyo):
