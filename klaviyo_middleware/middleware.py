@@ -376,7 +376,8 @@ class KlaviyoMiddleware:
         outcome = self._send(request, submission)
         if outcome is not None and not outcome.accepted:
             status, failure = self._failure(outcome.error)
-            return self._invalid(request, body, forward, failure, status, start_response)
+            answer = self._invalid_response(request, body, forward, failure, status)
+            return answer(environ, start_response)
         result = {
             "success": True,
             "action": action,
@@ -538,18 +539,6 @@ class KlaviyoMiddleware:
         if referer is not None:
             return responses.see_other(referer)
         return responses.success_page()
-
-    def _invalid(
-        self,
-        request: Request,
-        body: bytes,
-        forward: tuple[str, str] | None,
-        errors: Errors,
-        status: int,
-        start_response: StartResponse,
-    ) -> Iterable[bytes]:
-        answer = self._invalid_response(request, body, forward, errors, status)
-        return answer(request.environ, start_response)
 
     def _invalid_response(
         self,
