@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from klaviyo_middleware.serving import BackgroundServer
 from klaviyo_middleware.testing import FakeKlaviyo, Faults
+from klaviyo_middleware.testing.server import BackgroundServer
 
 API_KEY = "pk_benchmark_key_0000"
 

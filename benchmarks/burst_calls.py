@@ -19,10 +19,11 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from klaviyo_middleware import KlaviyoMiddleware, steps
-from klaviyo_middleware.ratelimits import ENDPOINT_LIMITS, endpoint_for
-from klaviyo_middleware.spool import Spool, account_fingerprint
-from klaviyo_middleware.submission import Event, Submission
+from klaviyo_middleware import KlaviyoMiddleware
+from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
+from klaviyo_middleware.klaviyo import steps
+from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS, endpoint_for
+from klaviyo_middleware.model.submission import Event, Submission
 
 from _support import API_KEY, site, slow_klaviyo
 

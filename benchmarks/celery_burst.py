@@ -25,8 +25,8 @@ from collections import Counter
 import redis
 
 from klaviyo_middleware import KlaviyoMiddleware
-from klaviyo_middleware.redis_state import RedisState
-from klaviyo_middleware.spool import account_fingerprint
+from klaviyo_middleware.delivery.celery.state import RedisState
+from klaviyo_middleware.delivery.spool.store import account_fingerprint
 
 from _support import API_KEY, call, form_environ, site, slow_klaviyo
 

@@ -6,15 +6,15 @@
 
 from __future__ import annotations
 
-from .client import KlaviyoError
-from .config import ConfigurationError
-from .form_inputs import hidden_inputs
-from .hooks import CancelSubmission
-from .mappings import MappingError, register_mapping
-from .middleware import KlaviyoMiddleware
-from .redirects import sign_redirect
-from .security import csrf_token
-from .submission import Event, Submission
+from klaviyo_middleware.delivery.hooks import CancelSubmission
+from klaviyo_middleware.klaviyo.client import KlaviyoError
+from klaviyo_middleware.middleware import KlaviyoMiddleware
+from klaviyo_middleware.model.submission import Event, Submission
+from klaviyo_middleware.settings import ConfigurationError
+from klaviyo_middleware.web.form_inputs import hidden_inputs
+from klaviyo_middleware.web.mappings import MappingError, register_mapping
+from klaviyo_middleware.web.redirects import sign_redirect
+from klaviyo_middleware.web.security import csrf_token
 
 __version__ = "0.1.0"
 

@@ -11,10 +11,15 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from . import __version__
-from .config import ConfigurationError
-from .redact import redact
-from .spool import ENV_SPOOL_PATH, DeadLetter, SpoolAdmin, default_spool_path
+from klaviyo_middleware import __version__
+from klaviyo_middleware.delivery.spool.store import (
+    ENV_SPOOL_PATH,
+    DeadLetter,
+    SpoolAdmin,
+    default_spool_path,
+)
+from klaviyo_middleware.redact import redact
+from klaviyo_middleware.settings import ConfigurationError
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
@@ -22,7 +27,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from .demo import serve
+        from klaviyo_middleware.demo.site import serve
 
         serve(args.host, args.port)
         return 0
@@ -126,8 +131,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fake_klaviyo(args: argparse.Namespace, out: TextIO) -> int:
-    from .serving import make
-    from .testing import FakeKlaviyo, Faults
+    from klaviyo_middleware.testing import FakeKlaviyo, Faults
+    from klaviyo_middleware.testing.server import make
 
     lists = {}
     for spec in args.list:
@@ -151,7 +156,7 @@ def _fake_klaviyo(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from .celery_tasks import (
+    from klaviyo_middleware.delivery.celery.tasks import (
         ENV_BULK_SIZE,
         ENV_BULK_THRESHOLD,
         ENV_POOL_LEASE,
@@ -196,8 +201,8 @@ def _worker(args: argparse.Namespace) -> int:
 def _celery_state(args: argparse.Namespace, out: TextIO) -> int:
     import redis
 
-    from .redis_pool import RedisPool
-    from .redis_state import RedisState
+    from klaviyo_middleware.delivery.celery.pool import RedisPool
+    from klaviyo_middleware.delivery.celery.state import RedisState
 
     connection = redis.Redis.from_url(args.state_url)
     # Account fingerprints only: the ledger's keys share the namespace.
@@ -228,10 +233,10 @@ def _celery_state(args: argparse.Namespace, out: TextIO) -> int:
 
 def _requeue(state: Any, broker: str, ids: list[str] | None) -> int:
     """Dead letters back onto the queue; finished steps stay finished."""
-    from .celery_tasks import make_celery
-    from .delivery import CeleryDelivery
-    from .steps import Progress
-    from .submission import Submission
+    from klaviyo_middleware.delivery.backends import CeleryDelivery
+    from klaviyo_middleware.delivery.celery.tasks import make_celery
+    from klaviyo_middleware.klaviyo.steps import Progress
+    from klaviyo_middleware.model.submission import Submission
 
     # Enqueued as the web nodes do it (ledger included, with a Redis broker).
     delivery = CeleryDelivery(make_celery(broker), owns_app=True)

@@ -12,14 +12,25 @@ from urllib.parse import quote
 
 from webob import Request, Response
 
-from . import fields, redirects, responses
-from .client import KlaviyoClient, KlaviyoError
-from .config import ConfigurationError, Settings, build_settings
-from .delivery import Delivery, Outcome, SpoolDelivery, SyncDelivery
-from .fields import FieldError
-from .formdata import FORM_URLENCODED, MULTIPART, BodyError, media_type, parse_body, read_body
-from .hooks import BeforeSend, Hooks, OnDead, OnDelivered, OnRetry
-from .mappings import (
+from klaviyo_middleware.delivery.backends import Delivery, Outcome, SpoolDelivery, SyncDelivery
+from klaviyo_middleware.delivery.hooks import BeforeSend, Hooks, OnDead, OnDelivered, OnRetry
+from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
+from klaviyo_middleware.klaviyo.client import KlaviyoClient, KlaviyoError
+from klaviyo_middleware.klaviyo.retry import RetryPolicy
+from klaviyo_middleware.model.submission import Submission
+from klaviyo_middleware.redact import get_logger, set_personal_data_logging
+from klaviyo_middleware.settings import ConfigurationError, Settings, build_settings
+from klaviyo_middleware.web import fields, redirects, responses
+from klaviyo_middleware.web.body import (
+    FORM_URLENCODED,
+    MULTIPART,
+    BodyError,
+    media_type,
+    parse_body,
+    read_body,
+)
+from klaviyo_middleware.web.fields import FieldError
+from klaviyo_middleware.web.mappings import (
     DEFAULT_MAPPING,
     FORM_ENVIRON_KEY,
     MappingError,
@@ -27,18 +38,19 @@ from .mappings import (
     ProfileMapping,
     UserLoader,
 )
-from .paths import ACTION_PATHS, Route, route_for_field
-from .redact import get_logger, set_personal_data_logging
-from .retry import RetryPolicy
-from .security import (
+from klaviyo_middleware.web.routes import ACTION_PATHS, Route, route_for_field
+from klaviyo_middleware.web.security import (
     ClientRateLimiter,
     check_csrf_token,
     client_address,
     cross_site_reason,
 )
-from .spool import Spool, account_fingerprint
-from .submission import Submission
-from .validation import EmailFilter, Errors, ValidationOptions, build_submission
+from klaviyo_middleware.web.validation import (
+    EmailFilter,
+    Errors,
+    ValidationOptions,
+    build_submission,
+)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -264,7 +276,7 @@ class KlaviyoMiddleware:
             # They would silently never run: delivery happens on the workers.
             raise ConfigurationError(
                 'with delivery="celery" the workers deliver: pass on_delivered, on_retry '
-                "and on_dead to klaviyo_middleware.celery_tasks.register(celery_app, ...) "
+                "and on_dead to klaviyo_middleware.delivery.celery.tasks.register(celery_app, ...) "
                 "in the module your workers load"
             )
         self.mappings = MappingRegistry(user_loader=user_loader, mappings=mappings)
@@ -620,12 +632,12 @@ def build_delivery(settings: Settings, hooks: Hooks, celery_app: Any = None) -> 
 
 def _celery_delivery(settings: Settings, celery_app: Any) -> Delivery:
     try:
-        from .celery_tasks import configure, make_celery
+        from klaviyo_middleware.delivery.celery.tasks import configure, make_celery
     except ImportError:
         raise ConfigurationError(
             'delivery="celery" needs Celery: pip install "klaviyo_middleware[celery]"'
         ) from None
-    from .delivery import CeleryDelivery
+    from klaviyo_middleware.delivery.backends import CeleryDelivery
 
     if celery_app is not None:
         configure(celery_app)

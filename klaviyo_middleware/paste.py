@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .config import ConfigurationError, split_list
-from .middleware import KlaviyoMiddleware
+from klaviyo_middleware.middleware import KlaviyoMiddleware
+from klaviyo_middleware.settings import ConfigurationError, split_list
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from klaviyo_middleware.submission import Event, Submission
+from klaviyo_middleware.model.submission import Event, Submission
 
 from klaviyo_fake import FakeKlaviyo
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from klaviyo_middleware.celery_tasks import make_celery, register
+from klaviyo_middleware.delivery.celery.tasks import make_celery, register
 
 app = make_celery(os.environ["KLAVIYO_BROKER_URL"])
 _seen = redis.Redis.from_url(os.environ["KLAVIYO_STATE_URL"])

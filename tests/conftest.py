@@ -13,7 +13,7 @@ from personal_data import Watch, WatchedOut
 from webtest import TestApp
 
 from klaviyo_middleware import KlaviyoMiddleware, cli
-from klaviyo_middleware.worker import SpoolWorker
+from klaviyo_middleware.delivery.spool.worker import SpoolWorker
 
 from klaviyo_fake import API_KEY, API_URL, FakeKlaviyo, LoopbackKlaviyo
 from openapi_contract import spec_path

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 import responses
 
-from klaviyo_middleware import bulk
-from klaviyo_middleware.client import KlaviyoClient
-from klaviyo_middleware.delivery import SpoolDelivery
-from klaviyo_middleware.hooks import Hooks
-from klaviyo_middleware.spool import Claimed, Spool, account_fingerprint
-from klaviyo_middleware.steps import Progress
-from klaviyo_middleware.submission import Event, Submission
-from klaviyo_middleware.worker import WorkerOptions
+from klaviyo_middleware.delivery.backends import SpoolDelivery
+from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.delivery.spool.store import Claimed, Spool, account_fingerprint
+from klaviyo_middleware.delivery.spool.worker import WorkerOptions
+from klaviyo_middleware.klaviyo import bulk
+from klaviyo_middleware.klaviyo.client import KlaviyoClient
+from klaviyo_middleware.klaviyo.steps import Progress
+from klaviyo_middleware.model.submission import Event, Submission
 
 from backlogs import backlog, state, subscriptions_sent
 from klaviyo_fake import API_KEY, API_URL, FakeKlaviyo

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from klaviyo_middleware.demo import build_demo
-from klaviyo_middleware.serving import BackgroundServer
+from klaviyo_middleware.demo.site import build_demo
+from klaviyo_middleware.testing.server import BackgroundServer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As the machine's own checks start it: no sandbox as root, and nothing that

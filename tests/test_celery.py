@@ -20,13 +20,13 @@ from webtest import TestApp
 
 from klaviyo_middleware import KlaviyoMiddleware
 from klaviyo_middleware.cli import main as cli
-from klaviyo_middleware.delivery import CeleryDelivery
-from klaviyo_middleware.ledger import Ledger
-from klaviyo_middleware.redis_pool import RedisPool
-from klaviyo_middleware.redis_state import RedisState
-from klaviyo_middleware.spool import account_fingerprint
-from klaviyo_middleware.steps import Progress
-from klaviyo_middleware.submission import Submission
+from klaviyo_middleware.delivery.backends import CeleryDelivery
+from klaviyo_middleware.delivery.celery.ledger import Ledger
+from klaviyo_middleware.delivery.celery.pool import RedisPool
+from klaviyo_middleware.delivery.celery.state import RedisState
+from klaviyo_middleware.delivery.spool.store import account_fingerprint
+from klaviyo_middleware.klaviyo.steps import Progress
+from klaviyo_middleware.model.submission import Submission
 
 from klaviyo_fake import API_KEY
 from services import RABBIT, REDIS, require_redis
@@ -418,7 +418,7 @@ def test_an_existing_celery_app(loopback_klaviyo):
 
 def test_an_unexpected_error_is_retried_not_dropped(loopback_klaviyo, monkeypatch):
     """Celery acknowledges a failed task even with acks_late: ours must retry instead."""
-    from klaviyo_middleware.celery_tasks import TASK_NAME, make_celery
+    from klaviyo_middleware.delivery.celery.tasks import TASK_NAME, make_celery
 
     app = make_celery(REDIS)
     app.conf.update(klaviyo_api_key=API_KEY, klaviyo_api_url=loopback_klaviyo.url,
@@ -522,3 +522,15 @@ def test_retry_keeps_dead_letters_the_broker_refuses(capsys):
     assert cli(["celery", "retry", "--state-url", REDIS, "--broker", closed], out=out) == 0
     assert out.getvalue() == "re-queued 0 submission(s)\n"
     assert [letter["id"] for letter in state.dead_letters()] == [submission.id]
+
+
+def test_the_01_import_paths_still_work_with_a_warning():
+    import importlib
+    import sys
+
+    for old, name in [("klaviyo_middleware.celery_tasks", "register"),
+                      ("klaviyo_middleware.celery_worker", "app")]:
+        sys.modules.pop(old, None)
+        with pytest.warns(DeprecationWarning, match="moved|use"):
+            module = importlib.import_module(old)
+        assert callable(getattr(module, name)) or getattr(module, name) is not None

@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from klaviyo_middleware.cli import main
+from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
+from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import redact
-from klaviyo_middleware.spool import Spool, account_fingerprint
-from klaviyo_middleware.submission import Submission
 
 ACCOUNT = account_fingerprint("https://klaviyo.test", "pk_test")
 

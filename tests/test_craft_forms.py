@@ -295,7 +295,7 @@ class TestTemplateHelpers:
 
     def test_jinja2_form_reaches_klaviyo(self, make_app, klaviyo):
         jinja2 = pytest.importorskip("jinja2")
-        from klaviyo_middleware.form_inputs import jinja2_helper
+        from klaviyo_middleware.web.form_inputs import jinja2_helper
 
         env = jinja2.Environment(autoescape=True)
         env.globals["klaviyo_inputs"] = jinja2_helper(secret=SECURITY_KEY)

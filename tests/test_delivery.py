@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 import responses
 
-from klaviyo_middleware.client import (
+from klaviyo_middleware.delivery.backends import SyncDelivery
+from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.klaviyo.client import (
     MAX_RETRY_AFTER,
     KlaviyoClient,
     KlaviyoError,
     error_from_response,
 )
-from klaviyo_middleware.delivery import SyncDelivery
-from klaviyo_middleware.hooks import Hooks
-from klaviyo_middleware.retry import RetryPolicy
-from klaviyo_middleware.submission import Event, Submission
+from klaviyo_middleware.klaviyo.retry import RetryPolicy
+from klaviyo_middleware.model.submission import Event, Submission
 
 from klaviyo_fake import API_KEY, API_URL
 

@@ -15,13 +15,13 @@ import requests
 
 from klaviyo_middleware import ConfigurationError, KlaviyoMiddleware
 from klaviyo_middleware.cli import main
-from klaviyo_middleware.client import MAX_RETRY_AFTER, KlaviyoClient
-from klaviyo_middleware.delivery import SpoolDelivery, SyncDelivery
-from klaviyo_middleware.hooks import Hooks
-from klaviyo_middleware.retry import RetryPolicy
-from klaviyo_middleware.spool import Spool, SpoolAdmin, account_fingerprint
-from klaviyo_middleware.submission import Event, Submission
-from klaviyo_middleware.worker import WorkerOptions
+from klaviyo_middleware.delivery.backends import SpoolDelivery, SyncDelivery
+from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.delivery.spool.store import Spool, SpoolAdmin, account_fingerprint
+from klaviyo_middleware.delivery.spool.worker import WorkerOptions
+from klaviyo_middleware.klaviyo.client import MAX_RETRY_AFTER, KlaviyoClient
+from klaviyo_middleware.klaviyo.retry import RetryPolicy
+from klaviyo_middleware.model.submission import Event, Submission
 
 from klaviyo_fake import API_KEY, API_URL
 from waiting import wait_for
@@ -189,7 +189,7 @@ class _SilentSession:
 class TestSyncDeadline:
     def test_a_silent_klaviyo_costs_at_most_the_budget_and_one_read_timeout(self, monkeypatch):
         clock = [1000.0]
-        monkeypatch.setattr("klaviyo_middleware.client.time.monotonic", lambda: clock[0])
+        monkeypatch.setattr("klaviyo_middleware.klaviyo.client.time.monotonic", lambda: clock[0])
         client = KlaviyoClient(API_KEY, api_url=API_URL, timeout=(5.0, 15.0))
         session = _SilentSession(clock)
         client._local.session = session

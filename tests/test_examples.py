@@ -14,8 +14,8 @@ from paste.deploy import loadapp
 from webtest import TestApp
 
 from klaviyo_middleware import KlaviyoMiddleware
-from klaviyo_middleware.demo import build_demo
-from klaviyo_middleware.serving import make
+from klaviyo_middleware.demo.site import build_demo
+from klaviyo_middleware.testing.server import make
 
 from klaviyo_fake import API_KEY, API_URL
 

@@ -11,13 +11,13 @@ import requests
 from webtest import TestApp
 
 from klaviyo_middleware import KlaviyoMiddleware
-from klaviyo_middleware.client import KlaviyoClient
-from klaviyo_middleware.delivery import SpoolDelivery
-from klaviyo_middleware.hooks import Hooks
-from klaviyo_middleware.spool import Spool, account_fingerprint
-from klaviyo_middleware.submission import Submission
+from klaviyo_middleware.delivery.backends import SpoolDelivery
+from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
+from klaviyo_middleware.delivery.spool.worker import WorkerOptions
+from klaviyo_middleware.klaviyo.client import KlaviyoClient
+from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.testing import FakeKlaviyo, Faults, serve_fake_klaviyo
-from klaviyo_middleware.worker import WorkerOptions
 
 from klaviyo_fake import API_KEY
 

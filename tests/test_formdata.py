@@ -8,7 +8,7 @@ import json
 import pytest
 import webob
 
-from klaviyo_middleware.formdata import BodyError, Limits, nest_pairs, split_key
+from klaviyo_middleware.web.body import BodyError, Limits, nest_pairs, split_key
 
 LIMITS = Limits()
 

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from webob import Request
 
 from klaviyo_middleware import KlaviyoMiddleware
-from klaviyo_middleware.formdata import BodyError, Limits, nest_pairs, parse_json, parse_urlencoded
-from klaviyo_middleware.paths import ACTION_PATHS
+from klaviyo_middleware.web.body import BodyError, Limits, nest_pairs, parse_json, parse_urlencoded
+from klaviyo_middleware.web.routes import ACTION_PATHS
 
 from klaviyo_fake import API_KEY, API_URL
 

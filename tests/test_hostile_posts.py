@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from klaviyo_middleware import csrf_token, middleware, sign_redirect
-from klaviyo_middleware.fields import MAX_NUMBER
+from klaviyo_middleware.web.fields import MAX_NUMBER
 
 UPDATE = "/klaviyoConnect/api/updateProfile"
 JSON = {"Accept": "application/json"}

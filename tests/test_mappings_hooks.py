@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from klaviyo_middleware import CancelSubmission, register_mapping
-from klaviyo_middleware.mappings import _registered
+from klaviyo_middleware.web.mappings import _registered
 
 UPDATE = "/klaviyoConnect/api/updateProfile"
 JSON = {"Accept": "application/json"}

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from klaviyo_middleware.fields import FieldError
-from klaviyo_middleware.redirects import HostPolicy, forward_target, safe_redirect
+from klaviyo_middleware.web.fields import FieldError
+from klaviyo_middleware.web.redirects import HostPolicy, forward_target, safe_redirect
 
 ALLOWED = HostPolicy(["good.example", ".shop.example"])
 

@@ -22,7 +22,7 @@ TRACK_PATHS = spellings("track")
 
 
 def test_every_spelling_is_one_lookup():
-    from klaviyo_middleware.paths import ACTION_PATHS
+    from klaviyo_middleware.web.routes import ACTION_PATHS
 
     assert set(ACTION_PATHS) == set(IDENTIFY_PATHS + UPDATE_PATHS + TRACK_PATHS)
     assert len(ACTION_PATHS) == 3 * 4 * 2 * 2

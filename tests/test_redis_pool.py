@@ -9,15 +9,15 @@ from collections.abc import Iterator
 import pytest
 import responses
 
-from klaviyo_middleware.client import KlaviyoClient
-from klaviyo_middleware.courier import Courier
-from klaviyo_middleware.ratelimits import ENDPOINT_LIMITS
-from klaviyo_middleware.redis_pool import RedisPool
-from klaviyo_middleware.redis_state import RedisState
-from klaviyo_middleware.retry import RetryPolicy
-from klaviyo_middleware.spool import account_fingerprint
-from klaviyo_middleware.steps import Progress
-from klaviyo_middleware.submission import Submission
+from klaviyo_middleware.delivery.celery.pool import RedisPool
+from klaviyo_middleware.delivery.celery.state import RedisState
+from klaviyo_middleware.delivery.courier import Courier
+from klaviyo_middleware.delivery.spool.store import account_fingerprint
+from klaviyo_middleware.klaviyo.client import KlaviyoClient
+from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS
+from klaviyo_middleware.klaviyo.retry import RetryPolicy
+from klaviyo_middleware.klaviyo.steps import Progress
+from klaviyo_middleware.model.submission import Submission
 
 from backlogs import backlog, state, subscriptions_sent
 from klaviyo_fake import API_KEY, API_URL, FakeKlaviyo

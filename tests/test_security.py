@@ -9,7 +9,7 @@ from requests import ConnectionError as RequestsConnectionError
 from requests import ReadTimeout
 
 from klaviyo_middleware import ConfigurationError, csrf_token
-from klaviyo_middleware.security import ClientRateLimiter, client_address, parse_rate
+from klaviyo_middleware.web.security import ClientRateLimiter, client_address, parse_rate
 
 from klaviyo_fake import API_KEY
 

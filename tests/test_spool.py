@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from klaviyo_middleware.ratelimits import ENDPOINT_LIMITS, ENDPOINT_OPERATIONS, scaled
-from klaviyo_middleware.spool import Spool, SpoolFull, account_fingerprint
-from klaviyo_middleware.submission import Event, Submission
+from klaviyo_middleware.delivery.spool.store import Spool, SpoolFull, account_fingerprint
+from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS, ENDPOINT_OPERATIONS, scaled
+from klaviyo_middleware.model.submission import Event, Submission
 
 from openapi_contract import rate_limit
 

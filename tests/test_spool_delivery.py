@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 from requests import ConnectionError as RequestsConnectionError
 
-from klaviyo_middleware.client import KlaviyoClient
-from klaviyo_middleware.delivery import SpoolDelivery
-from klaviyo_middleware.hooks import Hooks
-from klaviyo_middleware.spool import Spool, account_fingerprint
-from klaviyo_middleware.submission import Event, Submission
-from klaviyo_middleware.worker import WorkerOptions
+from klaviyo_middleware.delivery.backends import SpoolDelivery
+from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
+from klaviyo_middleware.delivery.spool.worker import WorkerOptions
+from klaviyo_middleware.klaviyo.client import KlaviyoClient
+from klaviyo_middleware.model.submission import Event, Submission
 
 from klaviyo_fake import API_KEY, API_URL
 from waiting import wait_for

@@ -15,8 +15,8 @@ from pathlib import Path
 from webob import Request
 
 from klaviyo_middleware import KlaviyoMiddleware
-from klaviyo_middleware.spool import Spool, account_fingerprint
-from klaviyo_middleware.submission import Event, Submission
+from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
+from klaviyo_middleware.model.submission import Event, Submission
 
 from klaviyo_fake import API_KEY
 from waiting import wait_for

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..serving import BackgroundServer
-from .app import FakeKlaviyo
-from .faults import Faults
-from .state import KlaviyoState
+from klaviyo_middleware.testing.app import FakeKlaviyo
+from klaviyo_middleware.testing.faults import Faults
+from klaviyo_middleware.testing.server import BackgroundServer
+from klaviyo_middleware.testing.state import KlaviyoState
 
 __all__ = ["FakeKlaviyo", "Faults", "KlaviyoState", "RunningFakeKlaviyo", "serve_fake_klaviyo"]
 

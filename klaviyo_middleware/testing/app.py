@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from webob import Request, Response
 
-from . import checks
-from .checks import ApiError
-from .faults import Faults, RateLimiter
-from .state import KlaviyoState
+from klaviyo_middleware.testing import checks
+from klaviyo_middleware.testing.checks import ApiError
+from klaviyo_middleware.testing.faults import Faults, RateLimiter
+from klaviyo_middleware.testing.state import KlaviyoState
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

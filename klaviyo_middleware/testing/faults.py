@@ -16,8 +16,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..ratelimits import ENDPOINT_LIMITS, Limits
-from .checks import ApiError
+from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS, Limits
+from klaviyo_middleware.testing.checks import ApiError
 
 # GET endpoints we serve are in the L tier.
 READ_LIMITS: Limits = ((1.0, 75), (60.0, 750))

@@ -13,7 +13,7 @@ from typing import Any
 from django import template
 from django.conf import settings
 
-from ...form_inputs import HTML, hidden_inputs
+from klaviyo_middleware.web.form_inputs import HTML, hidden_inputs
 
 register = template.Library()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from .steps import EVENT_STEP, PROFILE_STEP
+from klaviyo_middleware.klaviyo.steps import EVENT_STEP, PROFILE_STEP
 
 Limits = tuple[tuple[float, int], ...]
 

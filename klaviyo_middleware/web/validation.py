@@ -1,4 +1,4 @@
-"""Turning form input into a :class:`~klaviyo_middleware.submission.Submission`.
+"""Turning form input into a :class:`~klaviyo_middleware.model.submission.Submission`.
 
 Errors are collected per field (``{"email": ["Enter a valid email
 address."]}``) so that a form can show every problem at once; nothing is sent
@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from . import fields
-from .fields import FieldError
-from .mappings import LOCATION_FIELDS
-from .paths import UPDATE_PROFILE, Route
-from .redact import get_logger
-from .submission import Event, Submission
+from klaviyo_middleware.model.submission import Event, Submission
+from klaviyo_middleware.redact import get_logger
+from klaviyo_middleware.web import fields
+from klaviyo_middleware.web.fields import FieldError
+from klaviyo_middleware.web.mappings import LOCATION_FIELDS
+from klaviyo_middleware.web.routes import UPDATE_PROFILE, Route
 
 log = get_logger(__name__)
 

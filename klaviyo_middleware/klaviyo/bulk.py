@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from . import payloads
-from .client import KlaviyoClient
-from .spool import Claimed
-from .steps import EVENT_STEP, PROFILE_STEP, pending
+from klaviyo_middleware.delivery.spool.store import Claimed
+from klaviyo_middleware.klaviyo import payloads
+from klaviyo_middleware.klaviyo.client import KlaviyoClient
+from klaviyo_middleware.klaviyo.steps import EVENT_STEP, PROFILE_STEP, pending
 
 PROFILES_PER_IMPORT = 10_000
 PEOPLE_PER_SUBSCRIBE = 1_000

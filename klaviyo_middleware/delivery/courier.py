@@ -2,8 +2,8 @@
 
 A *lease store* hands out submissions to one owner at a time and records
 what happens to them: the SQLite spool on one machine
-(:class:`~klaviyo_middleware.spool.Spool`), the Redis pool for a Celery
-fleet (:class:`~klaviyo_middleware.redis_pool.RedisPool`). The
+(:class:`~klaviyo_middleware.delivery.spool.store.Spool`), the Redis pool for a Celery
+fleet (:class:`~klaviyo_middleware.delivery.celery.pool.RedisPool`). The
 :class:`Courier` does the sending for both, so the two deliver — and retry,
 pause, dead-letter and batch — exactly alike:
 
@@ -26,13 +26,13 @@ import threading
 import time
 from typing import Any, Protocol
 
-from . import bulk, steps
-from .client import KlaviyoClient, KlaviyoError, unserialisable
-from .hooks import Hooks
-from .ratelimits import Limits, endpoint_for
-from .redact import get_logger
-from .retry import RetryPolicy
-from .spool import Claimed
+from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.delivery.spool.store import Claimed
+from klaviyo_middleware.klaviyo import bulk, steps
+from klaviyo_middleware.klaviyo.client import KlaviyoClient, KlaviyoError, unserialisable
+from klaviyo_middleware.klaviyo.limits import Limits, endpoint_for
+from klaviyo_middleware.klaviyo.retry import RetryPolicy
+from klaviyo_middleware.redact import get_logger
 
 log = get_logger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .client import KlaviyoError
+from klaviyo_middleware.klaviyo.client import KlaviyoError
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class RetryPolicy:
     :param max_attempts: attempts in all, the first one included.
     :param budget: seconds allowed in all, calls and waits; a wait that would
         go past it ends the attempts (keeps a synchronous visitor's wait
-        bounded, see :class:`~klaviyo_middleware.delivery.SyncDelivery`).
+        bounded, see :class:`~klaviyo_middleware.delivery.backends.SyncDelivery`).
     """
 
     base: float = 0.5

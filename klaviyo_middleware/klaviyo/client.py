@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import requests
 
-from .redact import redact
+from klaviyo_middleware.redact import redact
 
 DEFAULT_API_URL = "https://a.klaviyo.com"
 DEFAULT_REVISION = "2026-07-15"

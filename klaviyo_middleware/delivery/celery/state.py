@@ -17,9 +17,9 @@ from typing import Any
 
 import redis
 
-from .ratelimits import Limits
-from .steps import Progress
-from .submission import Submission
+from klaviyo_middleware.klaviyo.limits import Limits
+from klaviyo_middleware.klaviyo.steps import Progress
+from klaviyo_middleware.model.submission import Submission
 
 PROGRESS_TTL = 14 * 24 * 3600
 

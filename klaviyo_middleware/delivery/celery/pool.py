@@ -6,7 +6,7 @@ calls, an afternoon at Klaviyo's limits). When a task finds its queue backed
 up, it moves its submission here — progress and all — and lets the broker
 acknowledge it; a *drain* task then leases the pooled submissions in rounds
 and sends them through the bulk endpoints with the same
-:class:`~klaviyo_middleware.courier.Courier` the SQLite spool uses.
+:class:`~klaviyo_middleware.delivery.courier.Courier` the SQLite spool uses.
 
 It is the spool's table, in Redis, so that every worker on every machine
 shares it:
@@ -31,11 +31,11 @@ import json
 import time
 from typing import Any
 
-from .ratelimits import Limits
-from .redis_state import PROGRESS_TTL, RedisState
-from .spool import Claimed
-from .steps import Progress
-from .submission import Submission
+from klaviyo_middleware.delivery.celery.state import PROGRESS_TTL, RedisState
+from klaviyo_middleware.delivery.spool.store import Claimed
+from klaviyo_middleware.klaviyo.limits import Limits
+from klaviyo_middleware.klaviyo.steps import Progress
+from klaviyo_middleware.model.submission import Submission
 
 _NOW = """
 local now = redis.call('TIME')
@@ -152,7 +152,7 @@ return wait
 class RedisPool:
     """Pooled submissions of one account, leased to drain tasks.
 
-    Implements :class:`~klaviyo_middleware.courier.LeaseStore`; the pause
+    Implements :class:`~klaviyo_middleware.delivery.courier.LeaseStore`; the pause
     and the rate limits are the ones single-task delivery uses, in ``state``.
     """
 

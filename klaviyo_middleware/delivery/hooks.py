@@ -21,9 +21,9 @@ from typing import Any
 
 from webob import Request
 
-from .client import KlaviyoError
-from .redact import get_logger
-from .submission import Submission
+from klaviyo_middleware.klaviyo.client import KlaviyoError
+from klaviyo_middleware.model.submission import Submission
+from klaviyo_middleware.redact import get_logger
 
 log = get_logger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .paths import Action
+from klaviyo_middleware.web.routes import Action
 
 
 @dataclass

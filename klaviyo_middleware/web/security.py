@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 
-from .redirects import HostPolicy, split_host, split_url
+from klaviyo_middleware.web.redirects import HostPolicy, split_host, split_url
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
 _PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}

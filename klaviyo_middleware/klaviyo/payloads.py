@@ -1,6 +1,6 @@
 """The JSON:API bodies sent to Klaviyo (DESIGN §4).
 
-Pure functions from a :class:`~klaviyo_middleware.submission.Submission` to
+Pure functions from a :class:`~klaviyo_middleware.model.submission.Submission` to
 request bodies, kept apart from HTTP so the tests can validate every one of
 them against Klaviyo's OpenAPI request schemas.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .submission import Event, Submission
+from klaviyo_middleware.model.submission import Event, Submission
 
 
 def profile_import(submission: Submission) -> dict[str, Any]:

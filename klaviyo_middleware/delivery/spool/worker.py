@@ -17,13 +17,13 @@ import time
 import weakref
 from dataclasses import dataclass
 
-from .client import KlaviyoClient
-from .courier import Courier
-from .hooks import Hooks
-from .ratelimits import ENDPOINT_LIMITS, Limits, scaled
-from .redact import get_logger
-from .retry import RetryPolicy
-from .spool import Spool, new_owner
+from klaviyo_middleware.delivery.courier import Courier
+from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.delivery.spool.store import Spool, new_owner
+from klaviyo_middleware.klaviyo.client import KlaviyoClient
+from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS, Limits, scaled
+from klaviyo_middleware.klaviyo.retry import RetryPolicy
+from klaviyo_middleware.redact import get_logger
 
 log = get_logger(__name__)
 

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from webob import Response
 
-from .config import ENV_API_KEY
-from .dashboard import DASHBOARD
-from .middleware import KlaviyoMiddleware
-from .redact import redact
-from .serving import make
-from .spool import ENV_SPOOL_PATH, SpoolAdmin, default_spool_path
-from .testing import FakeKlaviyo
+from klaviyo_middleware.delivery.spool.store import ENV_SPOOL_PATH, SpoolAdmin, default_spool_path
+from klaviyo_middleware.demo.dashboard import DASHBOARD
+from klaviyo_middleware.middleware import KlaviyoMiddleware
+from klaviyo_middleware.redact import redact
+from klaviyo_middleware.settings import ENV_API_KEY
+from klaviyo_middleware.testing import FakeKlaviyo
+from klaviyo_middleware.testing.server import make
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

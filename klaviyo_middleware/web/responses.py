@@ -12,7 +12,7 @@ from typing import Any
 
 from webob import Request, Response
 
-from .formdata import JSON_TYPES, media_type
+from klaviyo_middleware.web.body import JSON_TYPES, media_type
 
 _JSON_ACCEPT = ("application/json", "application/vnd.api+json")
 

@@ -10,7 +10,7 @@ A form picks one with the hidden field ``klaviyoProfileMapping``. Mappings
 are found, latest first, in: the middleware's ``mappings=`` argument and its
 ``@middleware.mapping(name)`` decorator, the module-level
 :func:`register_mapping` decorator, the entry-point group
-``klaviyo_middleware.mappings``, and the built-ins ``formdata`` and ``user``.
+``klaviyo_middleware.web.mappings``, and the built-ins ``formdata`` and ``user``.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from functools import partial
 from html import escape
 from typing import Any
 
-from .paths import route_for_field
-from .redirects import sign_redirect
+from klaviyo_middleware.web.redirects import sign_redirect
+from klaviyo_middleware.web.routes import route_for_field
 
 
 class HTML(str):

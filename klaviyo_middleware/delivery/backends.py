@@ -16,14 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import steps
-from .client import KlaviyoClient, KlaviyoError, unserialisable
-from .hooks import Hooks
-from .redact import get_logger
-from .retry import RetryPolicy
-from .spool import Spool, SpoolFull
-from .submission import Submission
-from .worker import SpoolWorker, WorkerOptions
+from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.delivery.spool.store import Spool, SpoolFull
+from klaviyo_middleware.delivery.spool.worker import SpoolWorker, WorkerOptions
+from klaviyo_middleware.klaviyo import steps
+from klaviyo_middleware.klaviyo.client import KlaviyoClient, KlaviyoError, unserialisable
+from klaviyo_middleware.klaviyo.retry import RetryPolicy
+from klaviyo_middleware.model.submission import Submission
+from klaviyo_middleware.redact import get_logger
 
 log = get_logger(__name__)
 
@@ -181,8 +181,8 @@ class CeleryDelivery:
     """
 
     def __init__(self, app: Any, owns_app: bool = False) -> None:
-        from .celery_tasks import register
-        from .ledger import Ledger, wants_ledger
+        from klaviyo_middleware.delivery.celery.ledger import Ledger, wants_ledger
+        from klaviyo_middleware.delivery.celery.tasks import register
 
         self.app = app
         self.task = register(app)

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .redact import get_logger
-from .steps import Progress
-from .submission import Submission
+from klaviyo_middleware.klaviyo.steps import Progress
+from klaviyo_middleware.model.submission import Submission
+from klaviyo_middleware.redact import get_logger
 
 log = get_logger(__name__)
 

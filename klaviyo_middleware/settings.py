@@ -15,12 +15,12 @@ from urllib.parse import urlsplit
 
 import phonenumbers
 
-from .client import DEFAULT_API_URL, DEFAULT_REVISION, DEFAULT_TIMEOUT
-from .formdata import Limits
-from .security import parse_rate
-from .spool import DURABILITY, ENV_SPOOL_PATH, default_spool_path
-from .validation import SMS_CONSENT_MODES
-from .worker import WorkerOptions
+from klaviyo_middleware.delivery.spool.store import DURABILITY, ENV_SPOOL_PATH, default_spool_path
+from klaviyo_middleware.delivery.spool.worker import WorkerOptions
+from klaviyo_middleware.klaviyo.client import DEFAULT_API_URL, DEFAULT_REVISION, DEFAULT_TIMEOUT
+from klaviyo_middleware.web.body import Limits
+from klaviyo_middleware.web.security import parse_rate
+from klaviyo_middleware.web.validation import SMS_CONSENT_MODES
 
 ENV_API_KEY = "KLAVIYO_PRIVATE_API_KEY"
 ENV_API_URL = "KLAVIYO_API_URL"

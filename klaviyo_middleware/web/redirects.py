@@ -27,8 +27,8 @@ import unicodedata
 from collections.abc import Iterable
 from urllib.parse import SplitResult, quote, unquote, unquote_to_bytes, urlsplit
 
-from .fields import FieldError
-from .paths import route_for_path
+from klaviyo_middleware.web.fields import FieldError
+from klaviyo_middleware.web.routes import route_for_path
 
 MAX_TARGET_LENGTH = 2048
 # Characters some parsers read as "/", "\\" or "." (IIS's best-fit mapping,

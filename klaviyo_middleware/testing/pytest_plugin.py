@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .testing import RunningFakeKlaviyo, serve_fake_klaviyo
+from klaviyo_middleware.testing import RunningFakeKlaviyo, serve_fake_klaviyo
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import payloads
-from .client import KlaviyoClient
-from .paths import UPDATE_PROFILE
-from .submission import Submission
+from klaviyo_middleware.klaviyo import payloads
+from klaviyo_middleware.klaviyo.client import KlaviyoClient
+from klaviyo_middleware.model.submission import Submission
+from klaviyo_middleware.web.routes import UPDATE_PROFILE
 
 PROFILE_STEP = "profile"
 EVENT_STEP = "event"
