@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 from klaviyo_middleware.delivery.hooks import CancelSubmission
+from klaviyo_middleware.errors import ConfigurationError
 from klaviyo_middleware.klaviyo.client import KlaviyoError
 from klaviyo_middleware.middleware import KlaviyoMiddleware
 from klaviyo_middleware.model.submission import Event, Submission
-from klaviyo_middleware.settings import ConfigurationError
 from klaviyo_middleware.web.form_inputs import hidden_inputs
 from klaviyo_middleware.web.mappings import MappingError, register_mapping
 from klaviyo_middleware.web.redirects import sign_redirect

@@ -18,8 +18,8 @@ from klaviyo_middleware.delivery.spool.store import (
     SpoolAdmin,
     default_spool_path,
 )
+from klaviyo_middleware.errors import ConfigurationError
 from klaviyo_middleware.redact import redact
-from klaviyo_middleware.settings import ConfigurationError
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
@@ -233,9 +233,9 @@ def _celery_state(args: argparse.Namespace, out: TextIO) -> int:
 
 def _requeue(state: Any, broker: str, ids: list[str] | None) -> int:
     """Dead letters back onto the queue; finished steps stay finished."""
-    from klaviyo_middleware.delivery.backends import CeleryDelivery
+    from klaviyo_middleware.delivery.celery.backend import CeleryDelivery
     from klaviyo_middleware.delivery.celery.tasks import make_celery
-    from klaviyo_middleware.klaviyo.steps import Progress
+    from klaviyo_middleware.model.progress import Progress
     from klaviyo_middleware.model.submission import Submission
 
     # Enqueued as the web nodes do it (ledger included, with a Redis broker).

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -12,14 +11,14 @@ from urllib.parse import quote
 
 from webob import Request, Response
 
-from klaviyo_middleware.delivery.backends import Delivery, Outcome, SpoolDelivery, SyncDelivery
+from klaviyo_middleware.delivery.factory import build_delivery
 from klaviyo_middleware.delivery.hooks import BeforeSend, Hooks, OnDead, OnDelivered, OnRetry
-from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
-from klaviyo_middleware.klaviyo.client import KlaviyoClient, KlaviyoError
-from klaviyo_middleware.klaviyo.retry import RetryPolicy
+from klaviyo_middleware.delivery.protocol import Delivery, Outcome
+from klaviyo_middleware.errors import ConfigurationError
+from klaviyo_middleware.klaviyo.client import KlaviyoError
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import get_logger, set_personal_data_logging
-from klaviyo_middleware.settings import ConfigurationError, Settings, build_settings
+from klaviyo_middleware.settings import build_settings
 from klaviyo_middleware.web import fields, redirects, responses
 from klaviyo_middleware.web.body import (
     FORM_URLENCODED,
@@ -601,52 +600,6 @@ class KlaviyoMiddleware:
         for key in [key for key in forwarded if key.startswith("webob.")]:
             del forwarded[key]
         return self.app(forwarded, start_response)
-
-
-def build_delivery(settings: Settings, hooks: Hooks, celery_app: Any = None) -> Delivery:
-    if settings.delivery == "celery":
-        return _celery_delivery(settings, celery_app)
-    client = KlaviyoClient(
-        settings.api_key,
-        api_url=settings.api_url,
-        revision=settings.revision,
-        timeout=settings.timeout,
-    )
-    if settings.delivery == "sync":
-        return SyncDelivery(client, hooks, RetryPolicy(budget=settings.sync_retry_budget))
-    try:
-        spool = Spool(
-            settings.spool_path,
-            account_fingerprint(settings.api_url, settings.api_key),
-            durability=settings.spool_durability,
-            max_bytes=settings.spool_max_size,
-        )
-        # Starts the worker, whose first write shows a read-only file.
-        return SpoolDelivery(spool, client, hooks, settings.worker)
-    except (OSError, sqlite3.Error) as exc:
-        raise ConfigurationError(
-            f"cannot use the spool at {settings.spool_path!r} ({exc}); set spool_path "
-            "or KLAVIYO_SPOOL_PATH to a writable file"
-        ) from None
-
-
-def _celery_delivery(settings: Settings, celery_app: Any) -> Delivery:
-    try:
-        from klaviyo_middleware.delivery.celery.tasks import configure, make_celery
-    except ImportError:
-        raise ConfigurationError(
-            'delivery="celery" needs Celery: pip install "klaviyo_middleware[celery]"'
-        ) from None
-    from klaviyo_middleware.delivery.backends import CeleryDelivery
-
-    if celery_app is not None:
-        configure(celery_app)
-        return CeleryDelivery(celery_app)
-    if not settings.broker_url:
-        raise ConfigurationError(
-            'delivery="celery" needs broker_url (or KLAVIYO_BROKER_URL) or celery_app'
-        )
-    return CeleryDelivery(make_celery(settings.broker_url), owns_app=True)
 
 
 def _root(environ: WSGIEnvironment) -> str:

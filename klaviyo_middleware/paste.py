@@ -1,4 +1,4 @@
-"""PasteDeploy entry point (DESIGN §8).
+"""PasteDeploy entry point (the README's "Configuration").
 
 .. code-block:: ini
 
@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from klaviyo_middleware.errors import ConfigurationError
 from klaviyo_middleware.middleware import KlaviyoMiddleware
-from klaviyo_middleware.settings import ConfigurationError, split_list
+from klaviyo_middleware.settings import split_list
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication

@@ -1,4 +1,4 @@
-"""Checking configuration once, at start-up (DESIGN §8).
+"""Checking configuration once, at start-up (the README's "Configuration").
 
 Every option is checked when the middleware is built, so a typo fails the
 deployment with a clear message instead of the first visitor's request.
@@ -17,14 +17,18 @@ import phonenumbers
 
 from klaviyo_middleware.delivery.spool.store import DURABILITY, ENV_SPOOL_PATH, default_spool_path
 from klaviyo_middleware.delivery.spool.worker import WorkerOptions
-from klaviyo_middleware.klaviyo.client import DEFAULT_API_URL, DEFAULT_REVISION, DEFAULT_TIMEOUT
-from klaviyo_middleware.web.body import Limits
+from klaviyo_middleware.errors import ConfigurationError
+from klaviyo_middleware.klaviyo.client import (
+    DEFAULT_API_URL,
+    DEFAULT_REVISION,
+    DEFAULT_TIMEOUT,
+    ENV_API_KEY,
+    ENV_API_URL,
+    ENV_REVISION,
+)
+from klaviyo_middleware.web.body import BodyLimits
 from klaviyo_middleware.web.security import parse_rate
 from klaviyo_middleware.web.validation import SMS_CONSENT_MODES
-
-ENV_API_KEY = "KLAVIYO_PRIVATE_API_KEY"
-ENV_API_URL = "KLAVIYO_API_URL"
-ENV_REVISION = "KLAVIYO_REVISION"
 
 DELIVERIES = ("spool", "sync", "celery")
 ENV_BROKER_URL = "KLAVIYO_BROKER_URL"
@@ -32,10 +36,6 @@ _REVISION = re.compile(r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")
 # Klaviyo's public keys (site ids) are six characters; sending one as a
 # private key fails every call with 401, so catch it at start-up.
 _PUBLIC_KEY = re.compile(r"^[A-Za-z0-9]{6}$")
-
-
-class ConfigurationError(ValueError):
-    """The middleware was configured in a way that cannot work."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Settings:
     sms_consent: str
     timeout: tuple[float, float]
     sync_retry_budget: float
-    limits: Limits
+    limits: BodyLimits
     spool_path: str
     spool_durability: str
     spool_max_size: int
@@ -125,7 +125,7 @@ def build_settings(
         sms_consent=_choice("sms_consent", sms_consent, SMS_CONSENT_MODES),
         timeout=_timeout(timeout),
         sync_retry_budget=_non_negative("sync_retry_budget", sync_retry_budget),
-        limits=Limits(
+        limits=BodyLimits(
             max_body_size=_positive_int("max_body_size", max_body_size),
             max_fields=_positive_int("max_fields", max_fields),
             max_depth=_positive_int("max_depth", max_depth),

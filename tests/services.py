@@ -1,4 +1,4 @@
-"""The machine's real services (DESIGN: tests use the Redis and RabbitMQ running here)."""
+"""The machine's real services (tests use the Redis and RabbitMQ running on the machine)."""
 
 from __future__ import annotations
 

@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 import responses
 
-from klaviyo_middleware.delivery.backends import SpoolDelivery
 from klaviyo_middleware.delivery.hooks import Hooks
-from klaviyo_middleware.delivery.spool.store import Claimed, Spool, account_fingerprint
+from klaviyo_middleware.delivery.spool.backend import SpoolDelivery
+from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
 from klaviyo_middleware.delivery.spool.worker import WorkerOptions
 from klaviyo_middleware.klaviyo import bulk
 from klaviyo_middleware.klaviyo.client import KlaviyoClient
-from klaviyo_middleware.klaviyo.steps import Progress
+from klaviyo_middleware.model.lease import Leased
+from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.model.submission import Event, Submission
 
 from backlogs import backlog, state, subscriptions_sent
@@ -89,8 +90,8 @@ def test_a_transient_bulk_failure_retries_only_what_is_left(tmp_path, klaviyo):
     assert len(imported) == 40 and set(imported.values()) == {1}
 
 
-def claimed(item: Submission) -> Claimed:
-    return Claimed(item, Progress(), 0, 0.0)
+def claimed(item: Submission) -> Leased:
+    return Leased(item, Progress(), 0, 0.0)
 
 
 def test_plan_groups_profiles_by_their_lists():

@@ -20,12 +20,12 @@ from webtest import TestApp
 
 from klaviyo_middleware import KlaviyoMiddleware
 from klaviyo_middleware.cli import main as cli
-from klaviyo_middleware.delivery.backends import CeleryDelivery
+from klaviyo_middleware.delivery.celery.backend import CeleryDelivery
 from klaviyo_middleware.delivery.celery.ledger import Ledger
 from klaviyo_middleware.delivery.celery.pool import RedisPool
 from klaviyo_middleware.delivery.celery.state import RedisState
 from klaviyo_middleware.delivery.spool.store import account_fingerprint
-from klaviyo_middleware.klaviyo.steps import Progress
+from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.model.submission import Submission
 
 from klaviyo_fake import API_KEY

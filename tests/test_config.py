@@ -1,4 +1,4 @@
-"""DESIGN §8: bad configuration fails at start-up with a clear message."""
+"""The README's "Configuration": bad configuration fails at start-up with a clear message."""
 
 from __future__ import annotations
 

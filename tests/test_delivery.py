@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import responses
 
-from klaviyo_middleware.delivery.backends import SyncDelivery
 from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.delivery.sync import SyncDelivery
 from klaviyo_middleware.klaviyo.client import (
     MAX_RETRY_AFTER,
     KlaviyoClient,

@@ -1,4 +1,4 @@
-"""DESIGN §3 and §4: every form field, and exactly what Klaviyo receives.
+"""The README's "Forms": every form field, and exactly what Klaviyo receives.
 
 The ``klaviyo`` fixture validates each body against Klaviyo's OpenAPI
 request schema (unknown attributes rejected) and fails the test otherwise.

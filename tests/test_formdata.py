@@ -1,4 +1,4 @@
-"""DESIGN §3: bodies become nested data with PHP bracket semantics, within bounds."""
+"""The README's "Forms": bodies become nested data with PHP bracket semantics, within bounds."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import json
 import pytest
 import webob
 
-from klaviyo_middleware.web.body import BodyError, Limits, nest_pairs, split_key
+from klaviyo_middleware.web.body import BodyError, BodyLimits, nest_pairs, split_key
 
-LIMITS = Limits()
+LIMITS = BodyLimits()
 
 
 @pytest.mark.parametrize(
@@ -44,14 +44,14 @@ def test_split_key():
 
 def test_depth_limit():
     with pytest.raises(BodyError) as caught:
-        nest_pairs([("a" + "[x]" * 10, "v")], Limits(max_depth=10))
+        nest_pairs([("a" + "[x]" * 10, "v")], BodyLimits(max_depth=10))
     assert caught.value.status == 400
-    assert nest_pairs([("a" + "[x]" * 9, "v")], Limits(max_depth=10))
+    assert nest_pairs([("a" + "[x]" * 9, "v")], BodyLimits(max_depth=10))
 
 
 def test_field_limit():
     with pytest.raises(BodyError) as caught:
-        nest_pairs([(f"f{i}", "v") for i in range(11)], Limits(max_fields=10))
+        nest_pairs([(f"f{i}", "v") for i in range(11)], BodyLimits(max_fields=10))
     assert caught.value.status == 413
 
 

@@ -11,12 +11,18 @@ from hypothesis import strategies as st
 from webob import Request
 
 from klaviyo_middleware import KlaviyoMiddleware
-from klaviyo_middleware.web.body import BodyError, Limits, nest_pairs, parse_json, parse_urlencoded
+from klaviyo_middleware.web.body import (
+    BodyError,
+    BodyLimits,
+    nest_pairs,
+    parse_json,
+    parse_urlencoded,
+)
 from klaviyo_middleware.web.routes import ACTION_PATHS
 
 from klaviyo_fake import API_KEY, API_URL
 
-LIMITS = Limits(max_fields=200, max_depth=6)
+LIMITS = BodyLimits(max_fields=200, max_depth=6)
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 

@@ -1,4 +1,4 @@
-"""DESIGN §6: profile mappings and hooks."""
+"""The README's "Mappings and hooks": profile mappings and hooks."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from klaviyo_middleware.delivery.spool.store import account_fingerprint
 from klaviyo_middleware.klaviyo.client import KlaviyoClient
 from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS
 from klaviyo_middleware.klaviyo.retry import RetryPolicy
-from klaviyo_middleware.klaviyo.steps import Progress
+from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.model.submission import Submission
 
 from backlogs import backlog, state, subscriptions_sent

@@ -1,4 +1,4 @@
-"""DESIGN §5: forward, JSON, redirect, Referer, HTML — and the error answers."""
+"""The README's "Answers": forward, JSON, redirect, Referer, HTML — and the error answers."""
 
 from __future__ import annotations
 

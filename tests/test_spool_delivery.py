@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from requests import ConnectionError as RequestsConnectionError
 
-from klaviyo_middleware.delivery.backends import SpoolDelivery
 from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.delivery.spool.backend import SpoolDelivery
 from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
 from klaviyo_middleware.delivery.spool.worker import WorkerOptions
 from klaviyo_middleware.klaviyo.client import KlaviyoClient

@@ -27,11 +27,11 @@ import time
 from typing import Any, Protocol
 
 from klaviyo_middleware.delivery.hooks import Hooks
-from klaviyo_middleware.delivery.spool.store import Claimed
 from klaviyo_middleware.klaviyo import bulk, steps
 from klaviyo_middleware.klaviyo.client import KlaviyoClient, KlaviyoError, unserialisable
-from klaviyo_middleware.klaviyo.limits import Limits, endpoint_for
+from klaviyo_middleware.klaviyo.limits import RateLimits, endpoint_for
 from klaviyo_middleware.klaviyo.retry import RetryPolicy
+from klaviyo_middleware.model.lease import Leased
 from klaviyo_middleware.redact import get_logger
 
 log = get_logger(__name__)
@@ -44,23 +44,23 @@ class LeaseStore(Protocol):
     elsewhere (Redis) converts them to durations.
     """
 
-    def save_progress_many(self, owner: str, items: list[Claimed], lease: float) -> set[str]:
+    def save_progress_many(self, owner: str, items: list[Leased], lease: float) -> set[str]:
         """Record progress and renew leases; the ids whose lease still held."""
         ...
 
-    def complete_many(self, owner: str, items: list[Claimed]) -> None: ...
+    def complete_many(self, owner: str, items: list[Leased]) -> None: ...
 
     def reschedule(
-        self, owner: str, claimed: Claimed, due_at: float, error: dict[str, Any]
+        self, owner: str, claimed: Leased, due_at: float, error: dict[str, Any]
     ) -> None: ...
 
-    def bury(self, owner: str, claimed: Claimed, error: dict[str, Any]) -> None: ...
+    def bury(self, owner: str, claimed: Leased, error: dict[str, Any]) -> None: ...
 
     def pause(self, until: float) -> None: ...
 
     def paused_until(self) -> float: ...
 
-    def take_rate_slot(self, endpoint: str, limits: Limits) -> float: ...
+    def take_rate_slot(self, endpoint: str, limits: RateLimits) -> float: ...
 
 
 class Courier:
@@ -79,7 +79,7 @@ class Courier:
         client: KlaviyoClient,
         owner: str,
         *,
-        limits: dict[str, Limits],
+        limits: dict[str, RateLimits],
         retry: RetryPolicy,
         lease: float,
         max_age: float,
@@ -98,7 +98,7 @@ class Courier:
         # One per courier: forked workers must not share their jitter.
         self._rng = random.Random()  # noqa: S311 - jitter, not security
 
-    def deliver_round(self, items: list[Claimed], use_bulk: bool) -> None:
+    def deliver_round(self, items: list[Leased], use_bulk: bool) -> None:
         if use_bulk:
             self.deliver_bulk(items)
             return
@@ -107,7 +107,7 @@ class Courier:
                 return
             self.deliver(item)
 
-    def deliver(self, item: Claimed) -> None:
+    def deliver(self, item: Leased) -> None:
         """Every pending step of one submission, one call each."""
         submission = item.submission
         for step in steps.pending(submission, item.progress):
@@ -131,13 +131,13 @@ class Courier:
         self.store.complete_many(self.owner, [item])
         self.hooks.delivered(submission)
 
-    def deliver_bulk(self, items: list[Claimed]) -> None:
+    def deliver_bulk(self, items: list[Leased]) -> None:
         """Deliver a backlog through the bulk endpoints, stage by stage."""
         items = self._sendable(items)
         active = list(items)
         # id → the error and the jitter of the call that failed it.
         failed: dict[str, tuple[KlaviyoError, float]] = {}
-        singles: list[Claimed] = []
+        singles: list[Leased] = []
         for stage in bulk.stages():
             for call in stage(active):
                 members = [item for item, _ in call.members]
@@ -180,13 +180,13 @@ class Courier:
         for item in items:
             if item.submission.id in failed:
                 cause, jitter = failed[item.submission.id]
-                self._failed(item, cause, _Fixed(jitter), now)
+                self._failed(item, cause, _SharedJitter(jitter), now)
         for item in singles:
             if self.stopping.is_set():
                 return
             self.deliver(item)
 
-    def _sendable(self, items: list[Claimed]) -> list[Claimed]:
+    def _sendable(self, items: list[Leased]) -> list[Leased]:
         """Bury alone what cannot be sent as JSON: in a bulk body it would
         fail the call for everyone with it."""
         sendable = []
@@ -199,7 +199,7 @@ class Courier:
             sendable.append(item)
         return sendable
 
-    def _wait_for_capacity(self, items: list[Claimed], endpoint: str) -> bool:
+    def _wait_for_capacity(self, items: list[Leased], endpoint: str) -> bool:
         """Wait out a shared pause and the rate limit; ``False`` if stopping."""
         while not self.stopping.is_set():
             pause = self.store.paused_until() - time.time()
@@ -215,7 +215,7 @@ class Courier:
             self.stopping.wait(min(wait, self.lease / 2))
         return False
 
-    def _failed(self, item: Claimed, error: KlaviyoError,
+    def _failed(self, item: Leased, error: KlaviyoError,
                 rng: random.Random | None = None, now: float | None = None) -> None:
         submission = item.submission
         now = time.time() if now is None else now
@@ -235,7 +235,7 @@ class Courier:
         self.store.reschedule(self.owner, item, now + delay, error.to_dict())
         self.hooks.retrying(submission, error, delay)
 
-    def _bury(self, item: Claimed, error: KlaviyoError) -> None:
+    def _bury(self, item: Leased, error: KlaviyoError) -> None:
         log.error(
             "klaviyo_middleware: submission %s dead-lettered (steps done: %s): %s",
             item.submission.id,
@@ -249,7 +249,7 @@ class Courier:
         return self.retry.backoff(attempt, self._rng)
 
 
-class _Fixed(random.Random):
+class _SharedJitter(random.Random):
     """Jitter drawn once and shared: every draw gives the same fraction."""
 
     def __init__(self, fraction: float) -> None:

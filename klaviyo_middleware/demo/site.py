@@ -20,9 +20,9 @@ from webob import Response
 
 from klaviyo_middleware.delivery.spool.store import ENV_SPOOL_PATH, SpoolAdmin, default_spool_path
 from klaviyo_middleware.demo.dashboard import DASHBOARD
+from klaviyo_middleware.klaviyo.client import ENV_API_KEY
 from klaviyo_middleware.middleware import KlaviyoMiddleware
 from klaviyo_middleware.redact import redact
-from klaviyo_middleware.settings import ENV_API_KEY
 from klaviyo_middleware.testing import FakeKlaviyo
 from klaviyo_middleware.testing.server import make
 

@@ -1,4 +1,4 @@
-"""Draining a backlog through Klaviyo's bulk endpoints (DESIGN §4, klaviyo-api.md §2.5).
+"""Draining a backlog through Klaviyo's bulk endpoints (design.md §4).
 
 When many submissions wait, one call per step would take hours against
 Klaviyo's rate limits (10,000 submissions with a list and an event are
@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from klaviyo_middleware.delivery.spool.store import Claimed
 from klaviyo_middleware.klaviyo import payloads
 from klaviyo_middleware.klaviyo.client import KlaviyoClient
 from klaviyo_middleware.klaviyo.steps import EVENT_STEP, PROFILE_STEP, pending
+from klaviyo_middleware.model.lease import Leased
 
 PROFILES_PER_IMPORT = 10_000
 PEOPLE_PER_SUBSCRIBE = 1_000
@@ -43,10 +43,10 @@ class BulkCall:
 
     endpoint: str
     send: Callable[[KlaviyoClient], None]
-    members: list[tuple[Claimed, list[str]]] = field(default_factory=list)
+    members: list[tuple[Leased, list[str]]] = field(default_factory=list)
 
 
-def stages() -> tuple[Callable[[list[Claimed]], list[BulkCall]], ...]:
+def stages() -> tuple[Callable[[list[Leased]], list[BulkCall]], ...]:
     """Planners for the calls of each stage, in the order of the steps.
 
     Each stage is planned only when the one before has been sent, so that a
@@ -55,13 +55,13 @@ def stages() -> tuple[Callable[[list[Claimed]], list[BulkCall]], ...]:
     return (profile_imports, subscriptions, events)
 
 
-def plan(items: list[Claimed]) -> list[BulkCall]:
+def plan(items: list[Leased]) -> list[BulkCall]:
     """Every bulk call for ``items``, as if each stage succeeds."""
     return [call for stage in stages() for call in stage(items)]
 
 
-def profile_imports(items: list[Claimed]) -> list[BulkCall]:
-    groups: dict[tuple[str, ...], list[tuple[Claimed, list[str]]]] = {}
+def profile_imports(items: list[Leased]) -> list[BulkCall]:
+    groups: dict[tuple[str, ...], list[tuple[Leased, list[str]]]] = {}
     for item in items:
         todo = list(pending(item.submission, item.progress))
         adds = [step for step in todo if step.startswith("add:")]
@@ -85,8 +85,8 @@ def profile_imports(items: list[Claimed]) -> list[BulkCall]:
     return calls
 
 
-def subscriptions(items: list[Claimed]) -> list[BulkCall]:
-    groups: dict[tuple[str, str | None], list[tuple[Claimed, list[str]]]] = {}
+def subscriptions(items: list[Leased]) -> list[BulkCall]:
+    groups: dict[tuple[str, str | None], list[tuple[Leased, list[str]]]] = {}
     for item in items:
         for step in pending(item.submission, item.progress):
             if step.startswith("subscribe:"):
@@ -105,7 +105,7 @@ def subscriptions(items: list[Claimed]) -> list[BulkCall]:
     return calls
 
 
-def events(items: list[Claimed]) -> list[BulkCall]:
+def events(items: list[Leased]) -> list[BulkCall]:
     entries = []
     for item in items:
         event = item.submission.event
@@ -122,7 +122,7 @@ def events(items: list[Claimed]) -> list[BulkCall]:
     ]
 
 
-Entry = tuple[dict[str, Any], tuple[Claimed, list[str]]]
+Entry = tuple[dict[str, Any], tuple[Leased, list[str]]]
 
 
 def _chunks(entries: list[Entry], max_count: int) -> list[list[Entry]]:

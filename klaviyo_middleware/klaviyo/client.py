@@ -1,4 +1,4 @@
-"""A small client for the few Klaviyo server-side endpoints we call (DESIGN §4).
+"""A small client for the few Klaviyo server-side endpoints we call (design.md §2).
 
 Plain ``requests`` rather than Klaviyo's 14 MB SDK: we need five endpoints,
 exact control over retries and timeouts, and a pinned revision as a setting.
@@ -22,6 +22,11 @@ from urllib.parse import quote
 import requests
 
 from klaviyo_middleware.redact import redact
+
+# Where every process (web node, spool thread, Celery worker) finds the account.
+ENV_API_KEY = "KLAVIYO_PRIVATE_API_KEY"
+ENV_API_URL = "KLAVIYO_API_URL"
+ENV_REVISION = "KLAVIYO_REVISION"
 
 DEFAULT_API_URL = "https://a.klaviyo.com"
 DEFAULT_REVISION = "2026-07-15"
@@ -79,7 +84,7 @@ class KlaviyoError(Exception):
 
 
 class KlaviyoClient:
-    """Calls Klaviyo's REST API with the headers of DESIGN §4."""
+    """Calls Klaviyo's REST API with the headers of design.md §2."""
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
-"""Klaviyo's published per-endpoint rate limits (klaviyo-api.md §4).
+"""Klaviyo's published per-endpoint rate limits (design.md §4).
 
 The numbers are the ``x-klaviyo-ratelimit`` of each operation in Klaviyo's
-OpenAPI spec for the pinned revision (a test checks them against it). Limits
+OpenAPI spec for the pinned revision (a test checks them against it). RateLimits
 are per account and shared by every key and integration on it, so by default
 a site uses only ``share`` of them and leaves headroom for the rest.
 """
@@ -12,10 +12,10 @@ from typing import Final
 
 from klaviyo_middleware.klaviyo.steps import EVENT_STEP, PROFILE_STEP
 
-Limits = tuple[tuple[float, int], ...]
+RateLimits = tuple[tuple[float, int], ...]
 
 # endpoint → ((window seconds, calls), ...): burst per second, steady per minute.
-ENDPOINT_LIMITS: Final[dict[str, Limits]] = {
+ENDPOINT_LIMITS: Final[dict[str, RateLimits]] = {
     "profile-import": ((1.0, 75), (60.0, 750)),
     "subscribe": ((1.0, 75), (60.0, 750)),
     "add-to-list": ((1.0, 10), (60.0, 150)),
@@ -46,6 +46,6 @@ def endpoint_for(step: str) -> str:
     return _STEP_ENDPOINTS[step.split(":", 1)[0]]
 
 
-def scaled(limits: Limits, share: float) -> Limits:
+def scaled(limits: RateLimits, share: float) -> RateLimits:
     """``limits`` cut to ``share`` of each allowance, never below one call."""
     return tuple((window, max(1, int(calls * share))) for window, calls in limits)

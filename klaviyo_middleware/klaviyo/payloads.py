@@ -1,4 +1,4 @@
-"""The JSON:API bodies sent to Klaviyo (DESIGN §4).
+"""The JSON:API bodies sent to Klaviyo (design.md §2).
 
 Pure functions from a :class:`~klaviyo_middleware.model.submission.Submission` to
 request bodies, kept apart from HTTP so the tests can validate every one of
@@ -80,7 +80,7 @@ def profile_object(submission: Submission) -> dict[str, Any]:
     return {"type": "profile", "attributes": dict(submission.profile)}
 
 
-# -- the bulk endpoints, for draining a backlog (DESIGN §4) -------------------
+# -- the bulk endpoints, for draining a backlog (design.md §2) -------------------
 
 
 def bulk_profile_import(profiles: list[dict[str, Any]], list_ids: list[str]) -> dict[str, Any]:

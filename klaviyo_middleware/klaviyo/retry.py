@@ -1,4 +1,4 @@
-"""When to ask Klaviyo again (klaviyo-api.md §4).
+"""When to ask Klaviyo again (design.md §4).
 
 Exponential backoff with full jitter, except that a 429's ``Retry-After`` is
 honoured exactly: Klaviyo says when capacity returns, and asking earlier only
@@ -22,7 +22,7 @@ class RetryPolicy:
     :param max_attempts: attempts in all, the first one included.
     :param budget: seconds allowed in all, calls and waits; a wait that would
         go past it ends the attempts (keeps a synchronous visitor's wait
-        bounded, see :class:`~klaviyo_middleware.delivery.backends.SyncDelivery`).
+        bounded, see :class:`~klaviyo_middleware.delivery.sync.SyncDelivery`).
     """
 
     base: float = 0.5

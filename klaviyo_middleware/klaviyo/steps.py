@@ -1,4 +1,4 @@
-"""The ordered Klaviyo calls for one submission, each done at most once (DESIGN §4).
+"""The ordered Klaviyo calls for one submission, each done at most once (design.md §2).
 
 :class:`Progress` records which steps have succeeded (and the profile id the
 first one returned). A delivery that fails half-way is resumed from the same
@@ -10,29 +10,16 @@ that the spool can store it next to the submission.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
 from klaviyo_middleware.klaviyo import payloads
 from klaviyo_middleware.klaviyo.client import KlaviyoClient
-from klaviyo_middleware.model.submission import Submission
-from klaviyo_middleware.web.routes import UPDATE_PROFILE
+from klaviyo_middleware.model.progress import Progress
+from klaviyo_middleware.model.submission import UPDATE_PROFILE, Submission
 
 PROFILE_STEP = "profile"
 EVENT_STEP = "event"
 
 
-@dataclass
-class Progress:
-    done: list[str] = field(default_factory=list)
-    profile_id: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"done": list(self.done), "profile_id": self.profile_id}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Progress:
-        return cls(done=list(data.get("done", [])), profile_id=data.get("profile_id"))
 
 
 def list_step(submission: Submission, list_id: str) -> str:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Final, Literal
 
-from klaviyo_middleware.web.routes import Action
+# What a submission asks for: a profile only, or the profile, lists and event.
+Action = Literal["identify", "updateProfile"]
+IDENTIFY: Final = "identify"
+UPDATE_PROFILE: Final = "updateProfile"
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """``FakeKlaviyo``: a WSGI app that behaves like Klaviyo's server-side API.
 
-It serves every call the middleware makes (DESIGN §4) plus the reads a test
+It serves every call the middleware makes (design.md §2) plus the reads a test
 wants (``GET /api/lists/{id}``, ``GET /api/profiles?filter=...``, bulk job
 status), and two of its own: ``GET /_state`` (everything it knows, as JSON)
 and ``GET /_confirm/{token}`` (the link in a double opt-in email).

@@ -1,7 +1,7 @@
 """Klaviyo's rate limits and injected faults, for the fake Klaviyo.
 
 Rate limits use Klaviyo's own algorithm (fixed one-second and one-minute
-windows per endpoint, klaviyo-api.md §4) with its published numbers, so a
+windows per endpoint, design.md §4) with its published numbers, so a
 client that overruns them gets the same 429 and ``Retry-After`` it would
 get in production.
 """
@@ -16,11 +16,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS, Limits
+from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS, RateLimits
 from klaviyo_middleware.testing.checks import ApiError
 
 # GET endpoints we serve are in the L tier.
-READ_LIMITS: Limits = ((1.0, 75), (60.0, 750))
+READ_LIMITS: RateLimits = ((1.0, 75), (60.0, 750))
 
 
 @dataclass

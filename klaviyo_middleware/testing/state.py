@@ -1,6 +1,6 @@
 """What the fake Klaviyo knows: profiles, lists, consent, events, bulk jobs.
 
-The semantics follow Klaviyo's documentation (klaviyo-api.md): profiles are
+The semantics follow Klaviyo's documentation (design.md §4): profiles are
 upserted by any identifier; a subscription to a double opt-in list stays
 pending until the person confirms; add-to-list changes no consent; events
 are kept once per ``unique_id`` for a profile and metric.

@@ -1,4 +1,4 @@
-"""Reading a submission body into nested data (DESIGN §3).
+"""Reading a submission body into nested data (the README's "Forms").
 
 Forms name their fields with PHP's bracket syntax (``extra[color]``,
 ``lists[]``, ``event[extra][items][0][sku]``) because the Craft plugin did;
@@ -41,7 +41,7 @@ _MAX_INTEGER_DIGITS = 19
 
 
 @dataclass(frozen=True)
-class Limits:
+class BodyLimits:
     """Bounds applied to every intercepted body."""
 
     max_body_size: int = 256 * 1024
@@ -65,7 +65,7 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def read_body(environ: dict[str, Any], limits: Limits) -> bytes:
+def read_body(environ: dict[str, Any], limits: BodyLimits) -> bytes:
     """Read the request body once, within the size limit, and make it re-readable.
 
     ``wsgi.input`` is replaced by an in-memory copy so that the inner app, when
@@ -97,11 +97,11 @@ def read_body(environ: dict[str, Any], limits: Limits) -> bytes:
     return body
 
 
-def _too_large(limits: Limits) -> str:
+def _too_large(limits: BodyLimits) -> str:
     return f"The submission is larger than {limits.max_body_size} bytes."
 
 
-def parse_body(request: Request, body: bytes, limits: Limits) -> dict[str, Any]:
+def parse_body(request: Request, body: bytes, limits: BodyLimits) -> dict[str, Any]:
     """Nested data from an urlencoded, multipart or JSON body."""
     kind = media_type(request.content_type)
     if kind in JSON_TYPES:
@@ -119,7 +119,7 @@ def parse_body(request: Request, body: bytes, limits: Limits) -> dict[str, Any]:
     )
 
 
-def parse_urlencoded(body: bytes, limits: Limits) -> list[tuple[str, str]]:
+def parse_urlencoded(body: bytes, limits: BodyLimits) -> list[tuple[str, str]]:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -137,7 +137,7 @@ def parse_urlencoded(body: bytes, limits: Limits) -> list[tuple[str, str]]:
         raise BodyError(400, "The submission is not valid form data.") from None
 
 
-def _multipart_pairs(request: Request, body: bytes, limits: Limits) -> list[tuple[str, str]]:
+def _multipart_pairs(request: Request, body: bytes, limits: BodyLimits) -> list[tuple[str, str]]:
     """Text fields of a ``multipart/form-data`` body, strictly parsed.
 
     The ``multipart`` package does the parsing (WebOb's relies on the
@@ -187,7 +187,7 @@ def _multipart_pairs(request: Request, body: bytes, limits: Limits) -> list[tupl
     return pairs
 
 
-def _utf8(raw: bytes, limits: Limits) -> str:
+def _utf8(raw: bytes, limits: BodyLimits) -> str:
     try:
         value = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -197,11 +197,11 @@ def _utf8(raw: bytes, limits: Limits) -> str:
     return value
 
 
-def _too_many_fields(limits: Limits) -> str:
+def _too_many_fields(limits: BodyLimits) -> str:
     return f"The submission has more than {limits.max_fields} fields."
 
 
-def parse_json(body: bytes, limits: Limits) -> dict[str, Any]:
+def parse_json(body: bytes, limits: BodyLimits) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
@@ -247,7 +247,7 @@ def _too_big() -> str:
     return "The submission contains a number that is too large."
 
 
-def _check_json_bounds(data: dict[str, Any], limits: Limits) -> None:
+def _check_json_bounds(data: dict[str, Any], limits: BodyLimits) -> None:
     # Iterative walk: the depth limit must hold without relying on recursion.
     count = 0
     stack: list[tuple[Any, int]] = [(data, 0)]
@@ -270,11 +270,11 @@ def _check_json_bounds(data: dict[str, Any], limits: Limits) -> None:
         stack.extend((child, depth + 1) for child in children)
 
 
-def _too_long(limits: Limits) -> str:
+def _too_long(limits: BodyLimits) -> str:
     return f"A field is longer than {limits.max_string_length} characters."
 
 
-def _too_deep(limits: Limits) -> str:
+def _too_deep(limits: BodyLimits) -> str:
     return f"The submission is nested more than {limits.max_depth} levels deep."
 
 
@@ -287,7 +287,7 @@ def split_key(key: str) -> tuple[str, list[str]] | None:
     return name, _SEGMENT.findall(brackets)
 
 
-def nest_pairs(pairs: Iterable[tuple[str, str]], limits: Limits) -> dict[str, Any]:
+def nest_pairs(pairs: Iterable[tuple[str, str]], limits: BodyLimits) -> dict[str, Any]:
     """Build nested data from ``(key, value)`` pairs, PHP style.
 
     A later value for the same key wins; ``[]`` appends; a dict whose keys are

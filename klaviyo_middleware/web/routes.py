@@ -16,12 +16,9 @@ Both kinds of form keep meaning what they meant (docs/migrating-from-craft.md).
 
 from __future__ import annotations
 
-from typing import Final, Literal, NamedTuple
+from typing import Final, NamedTuple
 
-Action = Literal["identify", "updateProfile"]
-
-IDENTIFY: Final = "identify"
-UPDATE_PROFILE: Final = "updateProfile"
+from klaviyo_middleware.model.submission import IDENTIFY, UPDATE_PROFILE, Action
 
 
 class Route(NamedTuple):

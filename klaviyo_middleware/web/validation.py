@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from klaviyo_middleware.model.submission import Event, Submission
+from klaviyo_middleware.model.submission import UPDATE_PROFILE, Event, Submission
 from klaviyo_middleware.redact import get_logger
 from klaviyo_middleware.web import fields
 from klaviyo_middleware.web.fields import FieldError
 from klaviyo_middleware.web.mappings import LOCATION_FIELDS
-from klaviyo_middleware.web.routes import UPDATE_PROFILE, Route
+from klaviyo_middleware.web.routes import Route
 
 log = get_logger(__name__)
 

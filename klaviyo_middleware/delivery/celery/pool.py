@@ -32,9 +32,9 @@ import time
 from typing import Any
 
 from klaviyo_middleware.delivery.celery.state import PROGRESS_TTL, RedisState
-from klaviyo_middleware.delivery.spool.store import Claimed
-from klaviyo_middleware.klaviyo.limits import Limits
-from klaviyo_middleware.klaviyo.steps import Progress
+from klaviyo_middleware.klaviyo.limits import RateLimits
+from klaviyo_middleware.model.lease import Leased
+from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.model.submission import Submission
 
 _NOW = """
@@ -181,7 +181,7 @@ class RedisPool:
     def add(self, submission: Submission, progress: Progress, attempts: int,
             created_at: float) -> bool:
         """Pool a submission (idempotent); ``False`` if it was already here."""
-        record = _record(Claimed(submission, progress, attempts, created_at))
+        record = _record(Leased(submission, progress, attempts, created_at))
         keys = [self._items, self._ready, self.state.key("progress", submission.id)]
         return bool(self._scripts["add"](
             keys=keys, args=[submission.id, record, int(created_at * 1000)]))
@@ -189,7 +189,7 @@ class RedisPool:
     def holds(self, submission_id: str) -> bool:
         return bool(self.redis.hexists(self._items, submission_id))
 
-    def claim(self, owner: str, limit: int, lease: float, ahead: float = 0.0) -> list[Claimed]:
+    def claim(self, owner: str, limit: int, lease: float, ahead: float = 0.0) -> list[Leased]:
         """Lease up to ``limit`` due submissions to ``owner``, oldest first.
 
         ``ahead`` also takes those due within that many seconds: the members
@@ -233,7 +233,7 @@ class RedisPool:
 
     # -- LeaseStore ---------------------------------------------------------------
 
-    def save_progress_many(self, owner: str, items: list[Claimed], lease: float) -> set[str]:
+    def save_progress_many(self, owner: str, items: list[Leased], lease: float) -> set[str]:
         if not items:
             return set()
         arguments: list[Any] = [owner, _milliseconds(lease)]
@@ -242,23 +242,23 @@ class RedisPool:
         kept = self._scripts["save"](keys=self._keys, args=arguments)
         return {value.decode() if isinstance(value, bytes) else value for value in kept}
 
-    def complete_many(self, owner: str, items: list[Claimed]) -> None:
+    def complete_many(self, owner: str, items: list[Leased]) -> None:
         if items:
             self._scripts["complete"](
                 keys=[*self._keys, self.state.key("finished"), self.state.key("delivered")],
                 args=[owner, PROGRESS_TTL, *[item.submission.id for item in items]],
             )
 
-    def reschedule(self, owner: str, claimed: Claimed, due_at: float,
+    def reschedule(self, owner: str, claimed: Leased, due_at: float,
                    error: dict[str, Any]) -> None:
-        retried = Claimed(claimed.submission, claimed.progress, claimed.attempts + 1,
+        retried = Leased(claimed.submission, claimed.progress, claimed.attempts + 1,
                           claimed.created_at)
         self._scripts["reschedule"](keys=self._keys, args=[
             owner, claimed.submission.id, _record(retried, error),
             _milliseconds(max(0.0, due_at - time.time())),
         ])
 
-    def bury(self, owner: str, claimed: Claimed, error: dict[str, Any]) -> None:
+    def bury(self, owner: str, claimed: Leased, error: dict[str, Any]) -> None:
         letter = self.state.dead_letter(claimed.submission, claimed.progress, error,
                                         claimed.attempts + 1)
         self._scripts["bury"](
@@ -273,7 +273,7 @@ class RedisPool:
         paused = self.state.paused_for()
         return time.time() + paused if paused > 0 else 0.0
 
-    def take_rate_slot(self, endpoint: str, limits: Limits) -> float:
+    def take_rate_slot(self, endpoint: str, limits: RateLimits) -> float:
         return self.state.take_rate_slot(endpoint, limits)
 
 
@@ -281,7 +281,7 @@ def _milliseconds(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-def _record(item: Claimed, error: dict[str, Any] | None = None) -> str:
+def _record(item: Leased, error: dict[str, Any] | None = None) -> str:
     return json.dumps({
         "submission": item.submission.to_dict(),
         "progress": item.progress.to_dict(),
@@ -291,8 +291,8 @@ def _record(item: Claimed, error: dict[str, Any] | None = None) -> str:
     }, separators=(",", ":"))
 
 
-def _claimed(record: dict[str, Any]) -> Claimed:
-    return Claimed(
+def _claimed(record: dict[str, Any]) -> Leased:
+    return Leased(
         Submission.from_dict(record["submission"]),
         Progress.from_dict(record["progress"]),
         int(record["attempts"]),

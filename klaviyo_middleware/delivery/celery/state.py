@@ -17,8 +17,8 @@ from typing import Any
 
 import redis
 
-from klaviyo_middleware.klaviyo.limits import Limits
-from klaviyo_middleware.klaviyo.steps import Progress
+from klaviyo_middleware.klaviyo.limits import RateLimits
+from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.model.submission import Submission
 
 PROGRESS_TTL = 14 * 24 * 3600
@@ -101,7 +101,7 @@ class RedisState:
         remaining = self.redis.pttl(self.key("pause"))
         return max(0.0, remaining / 1000) if remaining and remaining > 0 else 0.0
 
-    def take_rate_slot(self, endpoint: str, limits: Limits) -> float:
+    def take_rate_slot(self, endpoint: str, limits: RateLimits) -> float:
         """0 when a call to ``endpoint`` may go now (and counts it), else seconds to wait."""
         arguments: list[Any] = [uuid.uuid4().hex]
         for window, limit in limits:

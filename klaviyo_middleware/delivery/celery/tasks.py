@@ -1,4 +1,4 @@
-"""Delivery on Celery (DESIGN §7, ``delivery="celery"``): one task per submission.
+"""Delivery on Celery (``delivery="celery"``, design.md §1): one task per submission.
 
 The web process only enqueues ``klaviyo_middleware.deliver`` with the
 submission (never the API key); workers hold the key and send the steps.
@@ -43,18 +43,22 @@ from klaviyo_middleware.delivery.celery.state import RedisState
 from klaviyo_middleware.delivery.courier import Courier
 from klaviyo_middleware.delivery.hooks import Hooks, OnDead, OnDelivered, OnRetry
 from klaviyo_middleware.delivery.spool.store import account_fingerprint, new_owner
+from klaviyo_middleware.errors import ConfigurationError
 from klaviyo_middleware.klaviyo import steps
 from klaviyo_middleware.klaviyo.client import (
     DEFAULT_API_URL,
     DEFAULT_REVISION,
+    ENV_API_KEY,
+    ENV_API_URL,
+    ENV_REVISION,
     KlaviyoClient,
     KlaviyoError,
 )
-from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS, Limits, endpoint_for, scaled
+from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS, RateLimits, endpoint_for, scaled
 from klaviyo_middleware.klaviyo.retry import RetryPolicy
+from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import get_logger
-from klaviyo_middleware.settings import ENV_API_KEY, ENV_API_URL, ENV_REVISION, ConfigurationError
 
 log = get_logger(__name__)
 
@@ -147,7 +151,7 @@ class _Runtime:
 
     client: KlaviyoClient
     state: RedisState
-    limits: dict[str, Limits]
+    limits: dict[str, RateLimits]
     retry: RetryPolicy
     max_age: float
     pool: RedisPool
@@ -314,7 +318,7 @@ def _wait_for_capacity(task: Task, runtime: _Runtime, submission: Submission,
 
 
 def _failed(task: Task, runtime: _Runtime, submission: Submission,
-            progress: steps.Progress, error: KlaviyoError) -> str:
+            progress: Progress, error: KlaviyoError) -> str:
     attempt = task.request.retries + 1
     if error.status == 429:
         runtime.state.pause(error.retry_after or runtime.retry.backoff(1))

@@ -1,4 +1,4 @@
-"""The durable spool: submissions in SQLite until Klaviyo has them (DESIGN §7).
+"""The durable spool: submissions in SQLite until Klaviyo has them (design.md §3).
 
 One file, in WAL mode, shared by every process of a site (gunicorn workers,
 uWSGI processes, the CLI). A submission is committed here before the visitor
@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from klaviyo_middleware.klaviyo.steps import Progress
+from klaviyo_middleware.model.lease import Leased
+from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import get_logger
 
@@ -106,14 +107,6 @@ class SpoolFull(Exception):
     """The spool reached ``max_bytes``; the visitor is asked to retry later."""
 
 
-@dataclass
-class Claimed:
-    """A submission leased to one worker."""
-
-    submission: Submission
-    progress: Progress
-    attempts: int
-    created_at: float
 
 
 @dataclass
@@ -322,7 +315,7 @@ class Spool:
         with self._transaction() as db:
             rows = db.execute("SELECT owner, pid FROM workers WHERE hostname = ?", (host,))
             for owner, pid in rows.fetchall():
-                if _alive(pid):
+                if _process_alive(pid):
                     continue
                 released += db.execute(
                     "UPDATE submissions SET lease_until = 0 WHERE lease_owner = ?", (owner,)
@@ -332,7 +325,7 @@ class Spool:
 
     def claim(
         self, owner: str, limit: int, lease: float, now: float | None = None
-    ) -> list[Claimed]:
+    ) -> list[Leased]:
         """Lease up to ``limit`` due submissions to ``owner`` for ``lease`` seconds.
 
         A row that cannot be read back (written by another version, or
@@ -340,7 +333,7 @@ class Spool:
         transaction, so that it can never hold back the rows leased with it.
         """
         now = time.time() if now is None else now
-        claimed: list[Claimed] = []
+        claimed: list[Leased] = []
         with self._transaction() as db:
             rows = db.execute(
                 "UPDATE submissions SET lease_owner = ?, lease_until = ? "
@@ -351,7 +344,7 @@ class Spool:
             ).fetchall()
             for submission_id, payload, progress, attempts, created_at in rows:
                 try:
-                    claimed.append(Claimed(
+                    claimed.append(Leased(
                         Submission.from_dict(json.loads(payload)),
                         Progress.from_dict(json.loads(progress)),
                         attempts,
@@ -378,13 +371,13 @@ class Spool:
         db.execute("DELETE FROM submissions WHERE id = ?", (submission_id,))
 
     def save_progress(
-        self, owner: str, claimed: Claimed, lease: float, now: float | None = None
+        self, owner: str, claimed: Leased, lease: float, now: float | None = None
     ) -> bool:
         """Record finished steps and extend the lease; ``False`` if the lease was lost."""
         return claimed.submission.id in self.save_progress_many(owner, [claimed], lease, now)
 
     def save_progress_many(
-        self, owner: str, items: list[Claimed], lease: float, now: float | None = None
+        self, owner: str, items: list[Leased], lease: float, now: float | None = None
     ) -> set[str]:
         """:meth:`save_progress` for many; returns the ids whose lease still held."""
         now = time.time() if now is None else now
@@ -406,10 +399,10 @@ class Spool:
                     saved.add(claimed.submission.id)
         return saved
 
-    def complete(self, owner: str, claimed: Claimed) -> None:
+    def complete(self, owner: str, claimed: Leased) -> None:
         self.complete_many(owner, [claimed])
 
-    def complete_many(self, owner: str, items: list[Claimed]) -> None:
+    def complete_many(self, owner: str, items: list[Leased]) -> None:
         with self._transaction() as db:
             removed = sum(
                 db.execute(
@@ -426,7 +419,7 @@ class Spool:
                 )
 
     def reschedule(
-        self, owner: str, claimed: Claimed, due_at: float, error: dict[str, Any]
+        self, owner: str, claimed: Leased, due_at: float, error: dict[str, Any]
     ) -> None:
         with self._transaction() as db:
             db.execute(
@@ -443,7 +436,7 @@ class Spool:
             )
 
     def bury(
-        self, owner: str, claimed: Claimed, error: dict[str, Any], now: float | None = None
+        self, owner: str, claimed: Leased, error: dict[str, Any], now: float | None = None
     ) -> None:
         """Move a submission to the dead letters with Klaviyo's error."""
         now = time.time() if now is None else now
@@ -680,7 +673,7 @@ def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
     )
 
 
-def _alive(pid: int) -> bool:
+def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

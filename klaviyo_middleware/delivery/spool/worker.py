@@ -21,7 +21,7 @@ from klaviyo_middleware.delivery.courier import Courier
 from klaviyo_middleware.delivery.hooks import Hooks
 from klaviyo_middleware.delivery.spool.store import Spool, new_owner
 from klaviyo_middleware.klaviyo.client import KlaviyoClient
-from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS, Limits, scaled
+from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS, RateLimits, scaled
 from klaviyo_middleware.klaviyo.retry import RetryPolicy
 from klaviyo_middleware.redact import get_logger
 
@@ -74,7 +74,7 @@ class SpoolWorker:
         self.client = client
         self.hooks = hooks
         self.options = options or WorkerOptions()
-        self._limits: dict[str, Limits] = {
+        self._limits: dict[str, RateLimits] = {
             name: scaled(limits, self.options.rate_share)
             for name, limits in ENDPOINT_LIMITS.items()
         }

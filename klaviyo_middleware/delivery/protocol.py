@@ -1,0 +1,39 @@
+"""What every delivery backend offers the middleware: :class:`Delivery`, and
+the :class:`Outcome` of handing it a submission.
+
+Backends live beside this module — ``sync``, ``spool/`` and ``celery/`` —
+and :func:`klaviyo_middleware.delivery.factory.build_delivery` picks one from
+the settings. A new backend implements these three methods and gets a line
+in the factory (docs/design.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from klaviyo_middleware.klaviyo.client import KlaviyoError
+from klaviyo_middleware.model.submission import Submission
+
+
+@dataclass
+class Outcome:
+    """What a backend did with a submission.
+
+    ``accepted`` means the submission is safe: delivered, or durably queued
+    for delivery. When it is not, ``error`` says why.
+    """
+
+    accepted: bool
+    delivered: bool = False
+    queued: bool = False
+    profile_id: str | None = None
+    error: KlaviyoError | None = None
+
+
+class Delivery(Protocol):
+    def submit(self, submission: Submission) -> Outcome: ...
+
+    def flush(self, timeout: float | None = None) -> bool: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,58 @@
+"""``delivery="spool"`` (the default): commit to the spool, answer at once,
+deliver in the background."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.delivery.protocol import Outcome
+from klaviyo_middleware.delivery.spool.store import Spool, SpoolFull
+from klaviyo_middleware.delivery.spool.worker import SpoolWorker, WorkerOptions
+from klaviyo_middleware.klaviyo.client import KlaviyoClient, KlaviyoError, unserialisable
+from klaviyo_middleware.model.submission import Submission
+from klaviyo_middleware.redact import get_logger
+
+log = get_logger(__name__)
+
+
+class SpoolDelivery:
+    """Commit to the spool, answer at once, deliver in the background."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        client: KlaviyoClient,
+        hooks: Hooks,
+        options: WorkerOptions | None = None,
+    ) -> None:
+        self.spool = spool
+        self.worker = SpoolWorker(spool, client, hooks, options)
+        # Started now rather than at the first submission, so that a
+        # restarted process delivers what an earlier one left in the spool.
+        self.worker.ensure_running()
+
+    def submit(self, submission: Submission) -> Outcome:
+        try:
+            self.spool.enqueue(submission)
+        except SpoolFull as exc:
+            log.error("klaviyo_middleware: refusing submission %s: %s", submission.id, exc)
+            return Outcome(accepted=False, error=KlaviyoError(str(exc), transient=True))
+        except sqlite3.Error as exc:
+            log.error("klaviyo_middleware: could not spool %s: %r", submission.id, exc)
+            return Outcome(accepted=False, error=KlaviyoError("spool unavailable", transient=True))
+        except (TypeError, ValueError) as exc:
+            # Only a before_send hook can put a value JSON cannot hold into a
+            # submission; trying again would not help.
+            log.error("klaviyo_middleware: submission %s cannot be stored: %s",
+                      submission.id, type(exc).__name__)
+            return Outcome(accepted=False, error=unserialisable(exc))
+        self.worker.ensure_running()
+        self.worker.notify()
+        return Outcome(accepted=True, queued=True)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return self.worker.flush(timeout)
+
+    def close(self) -> None:
+        self.worker.close()

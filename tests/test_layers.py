@@ -1,0 +1,80 @@
+"""The package's folders are its layers: no module imports a layer above its own.
+
+The order, bottom to top, is the one docs/design.md explains. Imports inside
+``if TYPE_CHECKING:`` only name types and are not counted.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "klaviyo_middleware"
+
+# Layer of each top-level name under klaviyo_middleware, bottom first.
+# Layers on the same rank are siblings and do not import each other.
+RANKS: dict[str, int] = {
+    "errors": 0, "redact": 0, "model": 0,
+    "klaviyo": 1, "web": 1,
+    "delivery": 2, "testing": 2,
+    "settings": 3,
+    "middleware": 4,
+    "paste": 5, "django": 5, "__init__": 5, "celery_tasks": 5, "celery_worker": 5,
+    "demo": 6,
+    "cli": 7,
+}
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")[1:]
+    return parts[0] if parts else "__init__"
+
+
+def imports(path: Path) -> list[str]:
+    found: list[str] = []
+
+    class Visitor(ast.NodeVisitor):
+        def visit_If(self, node: ast.If) -> None:
+            if isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+                return
+            self.generic_visit(node)
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+            if node.level:
+                found.append("relative")
+            elif node.module and node.module.startswith("klaviyo_middleware"):
+                found.append(node.module)
+
+        def visit_Import(self, node: ast.Import) -> None:
+            found.extend(alias.name for alias in node.names
+                         if alias.name.startswith("klaviyo_middleware"))
+
+    Visitor().visit(ast.parse(path.read_text()))
+    return found
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_every_folder_has_a_rank():
+    names = {path.stem if path.is_file() else path.name
+             for path in PACKAGE.iterdir()
+             if (path.suffix == ".py" or (path.is_dir() and (path / "__init__.py").exists()))}
+    assert names == set(RANKS)
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    wrong = []
+    for path in PACKAGE.rglob("*.py"):
+        source = module_name(path)
+        mine = layer_of(source) if source != "klaviyo_middleware" else "__init__"
+        for target in imports(path):
+            assert target != "relative", f"{source}: use absolute imports"
+            theirs = layer_of(target)
+            if theirs == mine:
+                continue
+            if RANKS[theirs] >= RANKS[mine]:
+                wrong.append(f"{source} imports {target}")
+    assert wrong == []
