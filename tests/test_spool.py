@@ -127,10 +127,11 @@ def test_live_owners_keep_their_leases(spool):
 
 def test_pause_is_shared_and_only_extends(spool):
     other = other_process_view(spool)
-    spool.pause(until=500.0)
-    assert other.paused_until() == 500.0
-    other.pause(until=300.0)
-    assert spool.paused_until() == 500.0
+    spool.pause(400.0, now=100.0)
+    assert other.paused_for(now=100.0) == 400.0
+    other.pause(200.0, now=100.0)
+    assert spool.paused_for(now=100.0) == 400.0
+    assert spool.paused_for(now=600.0) == 0.0
 
 
 class TestRateSlots:

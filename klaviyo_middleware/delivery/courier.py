@@ -40,8 +40,9 @@ log = get_logger(__name__)
 class LeaseStore(Protocol):
     """What the courier needs from wherever leased submissions live.
 
-    Times are wall-clock seconds since the epoch; a store whose clock is
-    elsewhere (Redis) converts them to durations.
+    Due times (``reschedule``) are wall-clock seconds since the epoch; the
+    account-wide pause is a duration, the one convention every store can
+    keep, whichever clock it lives on (SQLite's rows, Redis's own clock).
     """
 
     def save_progress_many(self, owner: str, items: list[Leased], lease: float) -> set[str]:
@@ -56,9 +57,13 @@ class LeaseStore(Protocol):
 
     def bury(self, owner: str, claimed: Leased, error: dict[str, Any]) -> None: ...
 
-    def pause(self, until: float) -> None: ...
+    def pause(self, seconds: float) -> None:
+        """Pause the whole account for ``seconds`` (a pause only grows)."""
+        ...
 
-    def paused_until(self) -> float: ...
+    def paused_for(self) -> float:
+        """Seconds the account's pause still lasts; 0 when not paused."""
+        ...
 
     def take_rate_slot(self, endpoint: str, limits: RateLimits) -> float: ...
 
@@ -147,7 +152,7 @@ class Courier:
                     call.send(self.client)
                 except KlaviyoError as error:
                     if error.status == 429:
-                        self.store.pause(time.time() + (error.retry_after or self._backoff(1)))
+                        self.store.pause(error.retry_after or self._backoff(1))
                     if error.transient:
                         # One jitter for the whole call keeps its submissions
                         # due together, so that they are retried as one bulk
@@ -202,7 +207,7 @@ class Courier:
     def _wait_for_capacity(self, items: list[Leased], endpoint: str) -> bool:
         """Wait out a shared pause and the rate limit; ``False`` if stopping."""
         while not self.stopping.is_set():
-            pause = self.store.paused_until() - time.time()
+            pause = self.store.paused_for()
             wait = pause if pause > 0 else self.store.take_rate_slot(
                 endpoint, self.limits[endpoint]
             )
@@ -220,7 +225,7 @@ class Courier:
         submission = item.submission
         now = time.time() if now is None else now
         if error.status == 429:
-            self.store.pause(now + (error.retry_after or self._backoff(1)))
+            self.store.pause(error.retry_after or self._backoff(1))
         delay = self.retry.later(error, item.attempts + 1, now - item.created_at,
                                  self.max_age, rng or self._rng)
         if delay is None:

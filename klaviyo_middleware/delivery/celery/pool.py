@@ -266,12 +266,11 @@ class RedisPool:
             args=[owner, claimed.submission.id, letter, PROGRESS_TTL],
         )
 
-    def pause(self, until: float) -> None:
-        self.state.pause(until - time.time())
+    def pause(self, seconds: float) -> None:
+        self.state.pause(seconds)
 
-    def paused_until(self) -> float:
-        paused = self.state.paused_for()
-        return time.time() + paused if paused > 0 else 0.0
+    def paused_for(self) -> float:
+        return self.state.paused_for()
 
     def take_rate_slot(self, endpoint: str, limits: RateLimits) -> float:
         return self.state.take_rate_slot(endpoint, limits)

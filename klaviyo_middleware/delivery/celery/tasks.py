@@ -372,7 +372,7 @@ def _drain(task: Task) -> str:
                       hooks=observers(task.app))
     deadline = time.monotonic() + _DRAIN_BUDGET
     sent = 0
-    while time.monotonic() < deadline and pool.paused_until() <= time.time():
+    while time.monotonic() < deadline and pool.paused_for() <= 0:
         claimed = pool.claim(courier.owner, runtime.bulk_size, runtime.lease, _GATHER)
         if not claimed:
             break
@@ -388,7 +388,7 @@ def _drain_what_is_left(app: Celery, pool: RedisPool) -> None:
     """A drain for when the pool's next submission falls due and no pause holds it."""
     wait = pool.next_due_in()
     if wait is not None:
-        paused = max(0.0, pool.paused_until() - time.time())
+        paused = pool.paused_for()
         schedule_drain(app, pool, max(wait, paused))
 
 

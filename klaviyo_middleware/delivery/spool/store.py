@@ -463,20 +463,24 @@ class Spool:
 
     # -- account-wide pause after a 429 ------------------------------------
 
-    def pause(self, until: float) -> None:
+    def pause(self, seconds: float, now: float | None = None) -> None:
+        """Pause delivery for the account for ``seconds`` (a pause only grows)."""
+        now = time.time() if now is None else now
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO pauses (account, until) VALUES (?, ?) "
                 "ON CONFLICT (account) DO UPDATE SET until = max(until, excluded.until)",
-                (self.account, until),
+                (self.account, now + seconds),
             )
 
-    def paused_until(self) -> float:
+    def paused_for(self, now: float | None = None) -> float:
+        """Seconds the account's pause still lasts; 0 when not paused."""
+        now = time.time() if now is None else now
         with self._reading() as db:
             row = db.execute(
                 "SELECT until FROM pauses WHERE account = ?", (self.account,)
             ).fetchone()
-        return float(row[0]) if row else 0.0
+        return max(0.0, float(row[0]) - now) if row else 0.0
 
     # -- rate limits --------------------------------------------------------
 

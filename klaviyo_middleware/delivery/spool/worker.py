@@ -222,7 +222,7 @@ class SpoolWorker:
             self.spool.register_worker(self._owner, now)
             self.spool.release_dead_owners()
             self._revive()
-        pause = self.spool.paused_until() - now
+        pause = self.spool.paused_for(now)
         if pause > 0:
             self._stopping.wait(min(pause, self.options.poll))
             return True
