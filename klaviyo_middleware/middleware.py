@@ -15,6 +15,7 @@ from klaviyo_middleware.delivery.factory import build_delivery
 from klaviyo_middleware.delivery.hooks import BeforeSend, Hooks, OnDead, OnDelivered, OnRetry
 from klaviyo_middleware.delivery.protocol import Delivery, Outcome
 from klaviyo_middleware.errors import ConfigurationError
+from klaviyo_middleware.klaviyo.account import DEFAULT_RATE_LIMIT_SHARE, DEFAULT_RETRY_MAX_AGE
 from klaviyo_middleware.klaviyo.client import KlaviyoError
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import get_logger, set_personal_data_logging
@@ -205,10 +206,8 @@ class KlaviyoMiddleware:
         spool_durability: str = "full",
         spool_max_size: int = 256 * 1024 * 1024,
         worker_threads: int = 2,
-        # Klaviyo outages rarely last hours; three days covers a long weekend.
-        retry_max_age: float = 3 * 24 * 3600.0,
-        # Klaviyo's limits are per account; leave headroom for other integrations.
-        rate_limit_share: float = 0.9,
+        retry_max_age: float = DEFAULT_RETRY_MAX_AGE,
+        rate_limit_share: float = DEFAULT_RATE_LIMIT_SHARE,
         # Refuse form posts that a browser says come from another site (CSRF).
         allow_cross_site: bool = False,
         csrf_session: Callable[[WSGIEnvironment], str | None] | None = None,

@@ -11,13 +11,13 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import phonenumbers
 
 from klaviyo_middleware.delivery.spool.store import DURABILITY, ENV_SPOOL_PATH, default_spool_path
 from klaviyo_middleware.delivery.spool.worker import WorkerOptions
 from klaviyo_middleware.errors import ConfigurationError
+from klaviyo_middleware.klaviyo.account import check_api_key, check_api_url, check_revision
 from klaviyo_middleware.klaviyo.client import (
     DEFAULT_API_URL,
     DEFAULT_REVISION,
@@ -32,10 +32,6 @@ from klaviyo_middleware.web.validation import SMS_CONSENT_MODES
 
 DELIVERIES = ("spool", "sync", "celery")
 ENV_BROKER_URL = "KLAVIYO_BROKER_URL"
-_REVISION = re.compile(r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")
-# Klaviyo's public keys (site ids) are six characters; sending one as a
-# private key fails every call with 401, so catch it at start-up.
-_PUBLIC_KEY = re.compile(r"^[A-Za-z0-9]{6}$")
 
 
 @dataclass(frozen=True)
@@ -112,9 +108,9 @@ def build_settings(
     raw_key = api_key or env.get(ENV_API_KEY)
     return Settings(
         # With Celery only the workers talk to Klaviyo: web nodes need no key.
-        api_key="" if delivery == "celery" and not raw_key else _api_key(raw_key),
-        api_url=_api_url(api_url or env.get(ENV_API_URL) or DEFAULT_API_URL),
-        revision=_revision(revision or env.get(ENV_REVISION) or DEFAULT_REVISION),
+        api_key="" if delivery == "celery" and not raw_key else check_api_key(raw_key),
+        api_url=check_api_url(api_url or env.get(ENV_API_URL) or DEFAULT_API_URL),
+        revision=check_revision(revision or env.get(ENV_REVISION) or DEFAULT_REVISION),
         delivery=_choice("delivery", delivery, DELIVERIES),
         allowed_hosts=split_list(allowed_hosts),
         secret=_secret(secret),
@@ -162,38 +158,6 @@ def split_list(value: str | Iterable[str] | None) -> tuple[str, ...]:
         if not isinstance(item, str):
             raise ConfigurationError(f"allowed_hosts must hold host names, not {item!r}")
     return tuple(item.strip() for item in items if item.strip())
-
-
-def _api_key(value: str | None) -> str:
-    if not value or not isinstance(value, str) or not value.strip():
-        raise ConfigurationError(
-            f"A Klaviyo private API key is required: pass api_key=... or set {ENV_API_KEY}."
-        )
-    value = value.strip()
-    if _PUBLIC_KEY.match(value):
-        raise ConfigurationError(
-            "api_key looks like a Klaviyo public key (site id); the middleware needs a "
-            "private API key (it starts with 'pk_')."
-        )
-    if any(char.isspace() for char in value):
-        raise ConfigurationError("api_key contains white space; check how it was copied.")
-    return value
-
-
-def _api_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigurationError(f"api_url must be an http(s) URL, got {value!r}")
-    return value.rstrip("/")
-
-
-def _revision(value: str) -> str:
-    if not _REVISION.match(value):
-        raise ConfigurationError(
-            f"revision must be a Klaviyo API revision date like {DEFAULT_REVISION!r}, "
-            f"got {value!r}"
-        )
-    return value
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:

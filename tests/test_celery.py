@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from webtest import TestApp
@@ -501,6 +502,17 @@ def test_observers_on_the_web_nodes_are_refused_with_celery():
 ])
 def test_the_worker_refuses_bad_settings_at_start(monkeypatch, capsys, flags, message):
     monkeypatch.setenv("KLAVIYO_PRIVATE_API_KEY", API_KEY)
+    _refused(monkeypatch, capsys, flags, message)
+
+
+@pytest.mark.parametrize(("key", "message"), [
+    ("AbC123", "public key"), ("pk_abc def", "white space"), ("", "KLAVIYO_PRIVATE_API_KEY")])
+def test_the_worker_checks_the_key_as_the_middleware_does(monkeypatch, capsys, key, message):
+    monkeypatch.setenv("KLAVIYO_PRIVATE_API_KEY", key)
+    _refused(monkeypatch, capsys, (), message)
+
+
+def _refused(monkeypatch: Any, capsys: Any, flags: tuple[str, ...], message: str) -> None:
     # The command sets these for its pool processes; set here (empty means
     # unset), so that monkeypatch removes them again afterwards.
     for name in ("KLAVIYO_STATE_URL", "KLAVIYO_BULK_THRESHOLD", "KLAVIYO_BULK_SIZE",

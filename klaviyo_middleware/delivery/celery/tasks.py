@@ -45,6 +45,15 @@ from klaviyo_middleware.delivery.hooks import Hooks, OnDead, OnDelivered, OnRetr
 from klaviyo_middleware.delivery.spool.store import account_fingerprint, new_owner
 from klaviyo_middleware.errors import ConfigurationError
 from klaviyo_middleware.klaviyo import steps
+from klaviyo_middleware.klaviyo.account import (
+    DEFAULT_RATE_LIMIT_SHARE,
+    DEFAULT_RETRY_MAX_AGE,
+    RETRY_BASE,
+    RETRY_CAP,
+    check_api_key,
+    check_api_url,
+    check_revision,
+)
 from klaviyo_middleware.klaviyo.client import (
     DEFAULT_API_URL,
     DEFAULT_REVISION,
@@ -186,24 +195,26 @@ def _setting(app: Celery, name: str, env: str, default: str | None = None) -> st
 
 
 def _build_runtime(app: Celery) -> _Runtime:
-    api_key = _setting(app, "klaviyo_api_key", ENV_API_KEY)
-    if not api_key:
-        raise ConfigurationError(f"the Klaviyo worker needs {ENV_API_KEY}")
-    api_url = (_setting(app, "klaviyo_api_url", ENV_API_URL, DEFAULT_API_URL) or "").rstrip("/")
+    # The middleware's own checks: a public key or a pasted space fails here,
+    # at the worker's start, not at its first call.
+    api_key = check_api_key(_setting(app, "klaviyo_api_key", ENV_API_KEY))
+    api_url = check_api_url(_setting(app, "klaviyo_api_url", ENV_API_URL, DEFAULT_API_URL)
+                            or DEFAULT_API_URL)
+    revision = check_revision(_setting(app, "klaviyo_revision", ENV_REVISION, DEFAULT_REVISION)
+                              or DEFAULT_REVISION)
     broker = str(app.conf.broker_url or "")
     state_url = _setting(app, "klaviyo_state_url", ENV_STATE_URL,
                          broker if broker.startswith(("redis://", "rediss://")) else None)
     if not state_url:
         raise ConfigurationError(f"set {ENV_STATE_URL} to a Redis URL for delivery state")
-    share = float(app.conf.get("klaviyo_rate_limit_share") or 0.9)
+    share = float(app.conf.get("klaviyo_rate_limit_share") or DEFAULT_RATE_LIMIT_SHARE)
     state = RedisState(state_url, account_fingerprint(api_url, api_key))
     return _Runtime(
-        client=KlaviyoClient(api_key, api_url=api_url, revision=_setting(
-            app, "klaviyo_revision", ENV_REVISION, DEFAULT_REVISION) or DEFAULT_REVISION),
+        client=KlaviyoClient(api_key, api_url=api_url, revision=revision),
         state=state,
         limits={name: scaled(limits, share) for name, limits in ENDPOINT_LIMITS.items()},
-        retry=RetryPolicy(base=1.0, cap=600.0),
-        max_age=float(app.conf.get("klaviyo_retry_max_age") or 3 * 24 * 3600),
+        retry=RetryPolicy(base=RETRY_BASE, cap=RETRY_CAP),
+        max_age=float(app.conf.get("klaviyo_retry_max_age") or DEFAULT_RETRY_MAX_AGE),
         pool=RedisPool(state),
         bulk_threshold=_number(app, "klaviyo_bulk_threshold", ENV_BULK_THRESHOLD, 20),
         bulk_size=max(1, _number(app, "klaviyo_bulk_size", ENV_BULK_SIZE, 1000)),

@@ -20,6 +20,12 @@ from dataclasses import dataclass
 from klaviyo_middleware.delivery.courier import Courier
 from klaviyo_middleware.delivery.hooks import Hooks
 from klaviyo_middleware.delivery.spool.store import Spool, new_owner
+from klaviyo_middleware.klaviyo.account import (
+    DEFAULT_RATE_LIMIT_SHARE,
+    DEFAULT_RETRY_MAX_AGE,
+    RETRY_BASE,
+    RETRY_CAP,
+)
 from klaviyo_middleware.klaviyo.client import KlaviyoClient
 from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS, RateLimits, scaled
 from klaviyo_middleware.klaviyo.retry import RetryPolicy
@@ -53,10 +59,10 @@ class WorkerOptions:
     batch: int = 20
     lease: float = 60.0
     poll: float = 1.0
-    max_age: float = 3 * 24 * 3600.0
-    retry_base: float = 1.0
-    retry_cap: float = 600.0
-    rate_share: float = 0.9
+    max_age: float = DEFAULT_RETRY_MAX_AGE
+    retry_base: float = RETRY_BASE
+    retry_cap: float = RETRY_CAP
+    rate_share: float = DEFAULT_RATE_LIMIT_SHARE
     exit_timeout: float = 2.0
     batching: bool = True
     bulk_size: int = 1000
