@@ -119,11 +119,17 @@ def parse_body(request: Request, body: bytes, limits: BodyLimits) -> dict[str, A
     )
 
 
-def parse_urlencoded(body: bytes, limits: BodyLimits) -> list[tuple[str, str]]:
+def _decode(raw: bytes) -> str:
+    """The one UTF-8 rule for every body type: invalid bytes are refused,
+    never replaced with U+FFFD and sent on."""
     try:
-        text = body.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BodyError(400, "The submission is not valid UTF-8.") from None
+
+
+def parse_urlencoded(body: bytes, limits: BodyLimits) -> list[tuple[str, str]]:
+    text = _decode(body)
     try:
         return parse_qsl(
             text,
@@ -188,10 +194,7 @@ def _multipart_pairs(request: Request, body: bytes, limits: BodyLimits) -> list[
 
 
 def _utf8(raw: bytes, limits: BodyLimits) -> str:
-    try:
-        value = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BodyError(400, "The submission is not valid UTF-8.") from None
+    value = _decode(raw)
     if len(value) > limits.max_string_length:
         raise BodyError(413, _too_long(limits))
     return value
@@ -204,15 +207,14 @@ def _too_many_fields(limits: BodyLimits) -> str:
 def parse_json(body: bytes, limits: BodyLimits) -> dict[str, Any]:
     if not body.strip():
         return {}
+    text = _decode(body)
     try:
         data = json.loads(
-            body.decode("utf-8"),
+            text,
             parse_constant=_refuse_constant,
             parse_int=_bounded_int,
             parse_float=_finite_float,
         )
-    except UnicodeDecodeError:
-        raise BodyError(400, "The submission is not valid UTF-8.") from None
     except RecursionError:
         raise BodyError(400, _too_deep(limits)) from None
     except ValueError:

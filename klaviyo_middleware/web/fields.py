@@ -36,6 +36,12 @@ class FieldError(ValueError):
     """A value the visitor must correct; the message is shown to them."""
 
 
+def blank(value: Any) -> bool:
+    """Nothing to send: absent, or only white space. Empty optional fields
+    are left out, never sent as "" (which would wipe what Klaviyo knows)."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def text(value: Any) -> str:
     """A form value as stripped text; numbers from JSON bodies are accepted."""
     if isinstance(value, bool) or value is None:

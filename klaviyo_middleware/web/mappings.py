@@ -21,6 +21,8 @@ from typing import Any
 
 from webob import Request
 
+from klaviyo_middleware.web.fields import blank
+
 ProfileMapping = Callable[[Request], Mapping[str, Any]]
 UserLoader = Callable[[dict[str, Any]], Any]
 
@@ -103,21 +105,14 @@ def formdata_mapping(request: Request) -> dict[str, Any]:
             _merge_location(profile, value)
         elif name == "extra":
             _merge_properties(profile, value)
-        elif name in PROFILE_FIELDS and name not in LOCATION_FIELDS:
-            if not _blank(value):
-                profile[name] = value
-        elif name in LOCATION_FIELDS:
-            # Flat location keys under profile[...] work too, as at the top.
-            if not _blank(value):
+        elif name in PROFILE_FIELDS:
+            # Flat location keys (profile[city]) work too, as at the top.
+            if not blank(value):
                 profile[name] = value
         else:
             raise MappingError(f"profile[{key}]", "Unknown profile field; put custom "
                                "properties under profile[properties][NAME].")
     return profile
-
-
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def _merge_location(profile: dict[str, Any], location: Any) -> None:
@@ -127,7 +122,7 @@ def _merge_location(profile: dict[str, Any], location: Any) -> None:
     for key, value in location.items():
         if key not in LOCATION_FIELDS:
             raise MappingError(f"profile[location][{key}]", "Unknown location field.")
-        if not _blank(value):
+        if not blank(value):
             profile[key] = value
 
 

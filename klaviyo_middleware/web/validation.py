@@ -126,7 +126,7 @@ def _profile(
 ) -> dict[str, Any]:
     profile: dict[str, Any] = {}
     raw_email = values.get("email")
-    if not (raw_email is None or (isinstance(raw_email, str) and not raw_email.strip())):
+    if not fields.blank(raw_email):
         profile["email"] = collector.check("email", fields.email, raw_email)
         if profile["email"] is None:
             del profile["email"]
@@ -143,7 +143,7 @@ def _profile(
 
     def optional(name: str, validator: Callable[[Any], Any], target: str) -> None:
         value = values.get(name)
-        if value is None or (isinstance(value, str) and not value.strip()):
+        if fields.blank(value):
             return
         clean = collector.check(name, validator, value)
         if clean not in (None, ""):
@@ -161,7 +161,7 @@ def _profile(
     location: dict[str, Any] = {}
     for name in LOCATION_FIELDS:
         value = values.get(name)
-        if value is None or (isinstance(value, str) and not value.strip()):
+        if fields.blank(value):
             continue
         clean = collector.check(name, fields.text, value)
         if clean:
@@ -231,7 +231,7 @@ def _event(form: Mapping[str, Any], collector: _Collector,
     unique_id = ""
     for key in ("event_id", "unique_id"):
         event_id = raw.get(key)
-        if event_id is not None and not (isinstance(event_id, str) and not event_id.strip()):
+        if not fields.blank(event_id):
             unique_id = collector.check(f"event[{key}]", fields.text, event_id) or ""
             break
     value = None
@@ -265,7 +265,7 @@ def _event_time(value: Any) -> str | None:
     """``event[timestamp]`` as an ISO 8601 UTC time, or ``None`` for "when
     the form was submitted" — also for a value that is not a usable time, as
     the plugin does (logged, since the form may have a bug)."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if fields.blank(value):
         return None
     when = None
     if isinstance(value, str) and len(value) <= 64:
