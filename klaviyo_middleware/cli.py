@@ -156,15 +156,13 @@ def _fake_klaviyo(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from klaviyo_middleware.delivery.celery.tasks import (
+    from klaviyo_middleware.delivery.celery.config import (
         ENV_BULK_SIZE,
         ENV_BULK_THRESHOLD,
         ENV_POOL_LEASE,
         ENV_STATE_URL,
-        QUEUE,
-        make_celery,
-        runtime_for,
     )
+    from klaviyo_middleware.delivery.celery.tasks import QUEUE, make_celery, runtime_for
 
     if not args.broker:
         print("klaviyo-middleware: --broker or KLAVIYO_BROKER_URL is required", file=sys.stderr)

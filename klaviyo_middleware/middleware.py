@@ -11,15 +11,22 @@ from urllib.parse import quote
 
 from webob import Request, Response
 
+from klaviyo_middleware import settings as opts
 from klaviyo_middleware.delivery.factory import build_delivery
 from klaviyo_middleware.delivery.hooks import BeforeSend, Hooks, OnDead, OnDelivered, OnRetry
 from klaviyo_middleware.delivery.protocol import Delivery, Outcome
 from klaviyo_middleware.errors import ConfigurationError
-from klaviyo_middleware.klaviyo.account import DEFAULT_RATE_LIMIT_SHARE, DEFAULT_RETRY_MAX_AGE
+from klaviyo_middleware.klaviyo.account import (
+    API_KEY,
+    API_URL,
+    RATE_LIMIT_SHARE,
+    RETRY_MAX_AGE,
+    REVISION,
+)
 from klaviyo_middleware.klaviyo.client import KlaviyoError
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import get_logger, set_personal_data_logging
-from klaviyo_middleware.settings import build_settings
+from klaviyo_middleware.settings import build_settings, options_doc
 from klaviyo_middleware.web import fields, redirects, responses
 from klaviyo_middleware.web.body import (
     FORM_URLENCODED,
@@ -93,78 +100,27 @@ class KlaviyoMiddleware:
 
         app.wsgi_app = KlaviyoMiddleware(app.wsgi_app, api_key="pk_...")
 
-    Every option is keyword-only, and is checked here, at start-up.
+    Every option is keyword-only, and is checked here, at start-up. The
+    options a configuration file can hold are declared once, in
+    :data:`klaviyo_middleware.settings.OPTIONS` (default, environment
+    variable, check); the keywords below them take Python callables.
 
     :param app: the WSGI application to wrap.
-    :param api_key: Klaviyo private API key; default ``$KLAVIYO_PRIVATE_API_KEY``.
-    :param api_url: Klaviyo's base URL; default ``$KLAVIYO_API_URL`` or
-        ``https://a.klaviyo.com`` (point it at a fake Klaviyo in tests).
-    :param revision: the Klaviyo API revision sent with every call.
-    :param delivery: ``"spool"`` commits each submission to a local SQLite
-        spool and delivers in the background; ``"sync"`` sends before
-        answering the visitor (tests, tiny sites).
-    :param allowed_hosts: hosts that absolute ``redirect`` targets may use
-        (``"shop.example.com"``, ``".example.com"`` for subdomains too).
-    :param secret: when set, ``redirect`` values must be signed with
-        :func:`klaviyo_middleware.sign_redirect`.
-    :param action_field: also honour a hidden ``action`` field posted to any
-        path (Craft's way of posting forms to the current page).
-    :param phone_region: region for phone numbers written without ``+``
-        (e.g. ``"US"``); without it they must be international.
-    :param custom_source: stored on Klaviyo's consent record of subscriptions.
-    :param event_prefix: put in front of every metric name (``"Website: "``).
-    :param sms_consent: ``"form"`` (default) subscribes a phone number to SMS
-        when it subscribes alone or the form posts a true ``sms_consent``;
-        ``"with_phone"`` whenever a subscribing form carries a phone number,
-        as today's Craft plugin does. SMS consent carries legal duties:
-        choose it knowingly.
+    {options}
     :param user_loader: ``user_loader(environ)`` returns the signed-in user
         for the ``user`` profile mapping.
-    :param mappings: extra profile mappings, ``{name: func(request)}``.
+    :param mappings: extra profile mappings, ``{{name: func(request)}}``.
     :param before_send: hook(s) ``f(submission, request)`` that may change a
         submission or cancel it by returning ``False``.
     :param on_delivered: observer(s) ``f(submission)``.
     :param on_retry: observer(s) ``f(submission, error, delay)``.
     :param on_dead: observer(s) ``f(submission, error)`` for submissions
         Klaviyo refused for good.
-    :param timeout: seconds for Klaviyo calls, or a ``(connect, read)`` pair.
-    :param sync_retry_budget: seconds a synchronous delivery may spend on
-        calls and retries before the visitor is asked to try again; the
-        visitor waits at most this plus one read timeout.
-    :param max_body_size: bytes; larger submissions are answered with 413.
-    :param max_fields: form fields (or JSON values) in one submission.
-    :param max_depth: nesting depth of bracketed names or JSON.
-    :param spool_path: the spool file; default ``$KLAVIYO_SPOOL_PATH`` or
-        ``~/.cache/klaviyo_middleware/spool.sqlite3``. Processes of one site
-        share it.
-    :param spool_durability: ``"full"`` or ``"normal"`` (SQLite synchronous).
-    :param spool_max_size: bytes; when full, visitors get 503 + Retry-After.
-    :param worker_threads: delivery threads per process.
-    :param retry_max_age: seconds a failing submission is retried before it
-        goes to the dead letters.
-    :param rate_limit_share: share of Klaviyo's per-account rate limits used.
-    :param allow_cross_site: accept posts whose ``Origin``, ``Sec-Fetch-Site``
-        or ``Referer`` shows another site (refused with 403 by default;
-        ``allowed_hosts`` count as this site).
     :param csrf_session: ``f(environ)`` → the visitor's session id; when set,
         forms must carry a ``csrf_token`` made by
         :func:`klaviyo_middleware.csrf_token` (needs ``secret``).
-    :param csrf_max_age: seconds a CSRF token stays valid.
-    :param honeypot: name of a hidden field humans leave empty; a submission
-        that fills it gets the usual success answer and is not sent.
-    :param client_rate_limit: e.g. ``"10/minute"``: submissions per client
-        IP and process; more get 429 with ``Retry-After``. Off by default.
-    :param trusted_proxies: how many proxies in front of the site append to
-        ``X-Forwarded-For`` (0: use ``REMOTE_ADDR``).
-    :param max_lists: lists one submission may name.
-    :param max_properties: custom profile or event properties per submission.
-    :param max_string_length: characters in any one field (Klaviyo: 100 KB).
     :param refuse_email: ``f(email)`` → true (or a message) to refuse an
         address, e.g. disposable-mail domains.
-    :param log_personal_data: show email addresses and phone numbers in log
-        messages (masked by default).
-    :param broker_url: with ``delivery="celery"``, the Redis or RabbitMQ
-        broker (default ``$KLAVIYO_BROKER_URL``).
     :param celery_app: with ``delivery="celery"``, an existing Celery app to
         enqueue on instead.
     """
@@ -173,94 +129,59 @@ class KlaviyoMiddleware:
         self,
         app: WSGIApplication,
         *,
-        api_key: str | None = None,
-        api_url: str | None = None,
-        revision: str | None = None,
-        # Commit to a local spool and deliver in the background: the visitor
-        # never waits on Klaviyo, and nothing accepted is lost.
-        delivery: str = "spool",
-        allowed_hosts: str | Iterable[str] = (),
-        secret: str | None = None,
-        action_field: bool = False,
-        phone_region: str | None = None,
-        custom_source: str | None = None,
-        event_prefix: str | None = None,
-        sms_consent: str = "form",
+        # The declared options (klaviyo_middleware.settings.OPTIONS), in its
+        # order; tests/test_options.py keeps names, types and defaults in step.
+        api_key: str | None = API_KEY.keyword_default,
+        api_url: str | None = API_URL.keyword_default,
+        revision: str | None = REVISION.keyword_default,
+        delivery: str = opts.DELIVERY.default,
+        allowed_hosts: str | Iterable[str] = opts.ALLOWED_HOSTS.default,
+        secret: str | None = opts.SECRET.default,
+        action_field: bool = opts.ACTION_FIELD.default,
+        phone_region: str | None = opts.PHONE_REGION.default,
+        custom_source: str | None = opts.CUSTOM_SOURCE.default,
+        event_prefix: str | None = opts.EVENT_PREFIX.default,
+        sms_consent: str = opts.SMS_CONSENT.default,
+        timeout: float | tuple[float, float] = opts.TIMEOUT.default,
+        sync_retry_budget: float = opts.SYNC_RETRY_BUDGET.default,
+        max_body_size: int = opts.MAX_BODY_SIZE.default,
+        max_fields: int = opts.MAX_FIELDS.default,
+        max_depth: int = opts.MAX_DEPTH.default,
+        spool_path: str | os.PathLike[str] | None = opts.SPOOL_PATH.keyword_default,
+        spool_durability: str = opts.SPOOL_DURABILITY.default,
+        spool_max_size: int = opts.SPOOL_MAX_SIZE.default,
+        worker_threads: int = opts.WORKER_THREADS.default,
+        retry_max_age: float = RETRY_MAX_AGE.default,
+        rate_limit_share: float = RATE_LIMIT_SHARE.default,
+        allow_cross_site: bool = opts.ALLOW_CROSS_SITE.default,
+        csrf_max_age: float = opts.CSRF_MAX_AGE.default,
+        honeypot: str | None = opts.HONEYPOT.default,
+        client_rate_limit: str | None = opts.CLIENT_RATE_LIMIT.default,
+        trusted_proxies: int = opts.TRUSTED_PROXIES.default,
+        max_lists: int = opts.MAX_LISTS.default,
+        max_properties: int = opts.MAX_PROPERTIES.default,
+        max_string_length: int = opts.MAX_STRING_LENGTH.default,
+        log_personal_data: bool = opts.LOG_PERSONAL_DATA.default,
+        broker_url: str | None = opts.BROKER_URL.keyword_default,
+        # Keywords that take Python objects, which no ini file can hold.
         user_loader: UserLoader | None = None,
         mappings: Mapping[str, ProfileMapping] | None = None,
         before_send: BeforeSend | Iterable[BeforeSend] | None = None,
         on_delivered: OnDelivered | Iterable[OnDelivered] | None = None,
         on_retry: OnRetry | Iterable[OnRetry] | None = None,
         on_dead: OnDead | Iterable[OnDead] | None = None,
-        timeout: float | tuple[float, float] | None = None,
-        # Long enough to ride out a brief Klaviyo hiccup, short enough that a
-        # visitor is not left staring at a spinner.
-        sync_retry_budget: float = 5.0,
-        # Bigger than any real form (Klaviyo's own profile limit is 100 KB).
-        max_body_size: int = 256 * 1024,
-        max_fields: int = 1000,
-        # Klaviyo documents 10 levels of nesting for properties.
-        max_depth: int = 10,
-        spool_path: str | os.PathLike[str] | None = None,
-        # "full" survives power loss; "normal" only process crashes, but is faster.
-        spool_durability: str = "full",
-        spool_max_size: int = 256 * 1024 * 1024,
-        worker_threads: int = 2,
-        retry_max_age: float = DEFAULT_RETRY_MAX_AGE,
-        rate_limit_share: float = DEFAULT_RATE_LIMIT_SHARE,
-        # Refuse form posts that a browser says come from another site (CSRF).
-        allow_cross_site: bool = False,
         csrf_session: Callable[[WSGIEnvironment], str | None] | None = None,
-        csrf_max_age: float = 24 * 3600.0,
-        honeypot: str | None = None,
-        # Off unless asked for: no legitimate site should be throttled by surprise.
-        client_rate_limit: str | None = None,
-        trusted_proxies: int = 0,
-        max_lists: int = 10,
-        max_properties: int = 400,
-        max_string_length: int = 100_000,
         refuse_email: EmailFilter | None = None,
-        log_personal_data: bool = False,
-        broker_url: str | None = None,
         celery_app: Any = None,
     ) -> None:
         if not callable(app):
             raise TypeError("KlaviyoMiddleware wraps a WSGI application (a callable)")
         self.app = app
-        self.settings = build_settings(
-            api_key=api_key,
-            api_url=api_url,
-            revision=revision,
-            delivery=delivery,
-            allowed_hosts=allowed_hosts,
-            secret=secret,
-            action_field=action_field,
-            phone_region=phone_region,
-            custom_source=custom_source,
-            event_prefix=event_prefix,
-            sms_consent=sms_consent,
-            timeout=timeout,
-            sync_retry_budget=sync_retry_budget,
-            max_body_size=max_body_size,
-            max_fields=max_fields,
-            max_depth=max_depth,
-            spool_path=spool_path,
-            spool_durability=spool_durability,
-            spool_max_size=spool_max_size,
-            worker_threads=worker_threads,
-            retry_max_age=retry_max_age,
-            rate_limit_share=rate_limit_share,
-            allow_cross_site=allow_cross_site,
-            csrf_max_age=csrf_max_age,
-            honeypot=honeypot,
-            client_rate_limit=client_rate_limit,
-            trusted_proxies=trusted_proxies,
-            max_lists=max_lists,
-            max_properties=max_properties,
-            max_string_length=max_string_length,
-            log_personal_data=log_personal_data,
-            broker_url=broker_url,
-        )
+        # The keywords named after declared options, read by name so that
+        # adding an option means one declaration and one keyword, not a third
+        # list here.
+        arguments = locals()
+        self.settings = build_settings({name: arguments[name] for name in opts.BY_NAME})
         if csrf_session is not None and self.settings.secret is None:
             raise ConfigurationError("csrf_session needs a secret to sign tokens with")
         self._csrf_session = csrf_session
@@ -290,6 +211,7 @@ class KlaviyoMiddleware:
         )
         self.delivery: Delivery = build_delivery(self.settings, self.hooks, celery_app)
         self._action_field = self.settings.action_field
+        self._limits = self.settings.limits
 
     def __repr__(self) -> str:
         return f"<KlaviyoMiddleware {self.app!r} delivery={self.settings.delivery!r}>"
@@ -332,7 +254,7 @@ class KlaviyoMiddleware:
         """Craft-style posts to any page with a hidden ``action`` field."""
         if media_type(environ.get("CONTENT_TYPE")) not in _FORM_TYPES:
             return self.app(environ, start_response)
-        limits = self.settings.limits
+        limits = self._limits
         try:
             declared = int(environ.get("CONTENT_LENGTH") or -1)
         except ValueError:
@@ -469,7 +391,7 @@ class KlaviyoMiddleware:
         return None
 
     def _read(self, request: Request) -> tuple[bytes, dict[str, Any]]:
-        limits = self.settings.limits
+        limits = self._limits
         body = read_body(request.environ, limits)
         return body, parse_body(request, body, limits)
 
@@ -599,6 +521,11 @@ class KlaviyoMiddleware:
         for key in [key for key in forwarded if key.startswith("webob.")]:
             del forwarded[key]
         return self.app(forwarded, start_response)
+
+
+# The declared options' lines take the place of {options}: documented once,
+# in settings.OPTIONS, and shown by help(KlaviyoMiddleware) all the same.
+KlaviyoMiddleware.__doc__ = (KlaviyoMiddleware.__doc__ or "").format(options=options_doc("    "))
 
 
 def _root(environ: WSGIEnvironment) -> str:

@@ -1,4 +1,13 @@
-"""Checking configuration once, at start-up (the README's "Configuration").
+"""The middleware's options, declared once, and checked once, at start-up
+(the README's "Configuration").
+
+:data:`OPTIONS` is the table: every option the middleware takes as a
+keyword and PasteDeploy as an ini key, with its default, environment
+variable, check and documentation (see :mod:`klaviyo_middleware.option`).
+The account's options are declared in :mod:`klaviyo_middleware.klaviyo.account`
+because Celery workers read them too. Options that take Python callables
+(hooks, loaders) cannot come from an ini file and are documented on
+:class:`~klaviyo_middleware.KlaviyoMiddleware` itself.
 
 Every option is checked when the middleware is built, so a typo fails the
 deployment with a clear message instead of the first visitor's request.
@@ -7,35 +16,235 @@ Messages never repeat the API key.
 
 from __future__ import annotations
 
+import difflib
 import os
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import phonenumbers
 
+from klaviyo_middleware import option
+from klaviyo_middleware.delivery.celery.config import ENV_BROKER_URL
 from klaviyo_middleware.delivery.spool.store import DURABILITY, ENV_SPOOL_PATH, default_spool_path
 from klaviyo_middleware.delivery.spool.worker import WorkerOptions
 from klaviyo_middleware.errors import ConfigurationError
-from klaviyo_middleware.klaviyo.account import check_api_key, check_api_url, check_revision
-from klaviyo_middleware.klaviyo.client import (
-    DEFAULT_API_URL,
-    DEFAULT_REVISION,
-    DEFAULT_TIMEOUT,
-    ENV_API_KEY,
-    ENV_API_URL,
-    ENV_REVISION,
+from klaviyo_middleware.klaviyo.account import (
+    API_KEY,
+    API_URL,
+    RATE_LIMIT_SHARE,
+    RETRY_MAX_AGE,
+    REVISION,
 )
+from klaviyo_middleware.klaviyo.client import DEFAULT_TIMEOUT
+from klaviyo_middleware.option import Option, split_list
 from klaviyo_middleware.web.body import BodyLimits
 from klaviyo_middleware.web.security import parse_rate
 from klaviyo_middleware.web.validation import SMS_CONSENT_MODES
 
 DELIVERIES = ("spool", "sync", "celery")
-ENV_BROKER_URL = "KLAVIYO_BROKER_URL"
+
+__all__ = ["OPTIONS", "Settings", "build_settings", "split_list"]
+
+
+def _hosts(name: str, value: object) -> tuple[str, ...]:
+    try:
+        return split_list(value)  # type: ignore[arg-type]
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{name}: {exc}") from None
+    except TypeError:
+        raise ConfigurationError(f"{name} must be host names, got {value!r}") from None
+
+
+def _secret(name: str, value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{name} must be a string")
+    if len(value) < 16:
+        raise ConfigurationError(f"{name} must be at least 16 characters long")
+    return value
+
+
+def _event_prefix(name: str, value: object) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > 64 or any(ord(c) < 32 for c in value):
+        raise ConfigurationError(
+            f"{name} must be short text such as 'Website: ', got {value!r}")
+    return value
+
+
+def _phone_region(name: str, value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    region = value.upper() if isinstance(value, str) else ""
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ConfigurationError(
+            f"{name} must be a two-letter region code such as 'US' or 'GB', got {value!r}"
+        )
+    return region
+
+
+def _timeout(name: str, value: object) -> tuple[float, float]:
+    pair = (value, value) if isinstance(value, (int, float)) else value
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(
+        isinstance(part, (int, float)) and not isinstance(part, bool) and 0 < part < 1e6
+        for part in pair
+    ):
+        raise ConfigurationError(
+            f"{name} must be seconds > 0 or a (connect, read) pair, got {value!r}"
+        )
+    return float(pair[0]), float(pair[1])
+
+
+def _timeout_text(name: str, value: str) -> float | tuple[float, float]:
+    parts = split_list(value)
+    if len(parts) == 2:
+        return option.as_float(name, parts[0]), option.as_float(name, parts[1])
+    return option.as_float(name, value)
+
+
+def _client_rate(name: str, value: object) -> tuple[int, float] | None:
+    if value is None or value == "":
+        return None
+    try:
+        return parse_rate(str(value))
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}: {exc}") from None
+
+
+def _spool_path(name: str, value: object) -> str:
+    if value is None or value == "":
+        return str(default_spool_path())
+    if not isinstance(value, (str, os.PathLike)):
+        raise ConfigurationError(f"{name} must be a file path, got {value!r}")
+    return os.fspath(value)
+
+
+# The table, in the order the middleware documents its keywords.
+DELIVERY: Option[str] = Option(
+    "delivery", "spool", option.choice(*DELIVERIES),
+    help='``"spool"`` commits each submission to a local SQLite spool and delivers '
+         'in the background; ``"sync"`` sends before answering the visitor (tests, '
+         'tiny sites); ``"celery"`` enqueues a task for Celery workers.')
+ALLOWED_HOSTS: Option[str | Iterable[str]] = Option(
+    "allowed_hosts", (), _hosts, option.as_list,
+    help='hosts that absolute ``redirect`` targets may use (``"shop.example.com"``, '
+         '``".example.com"`` for subdomains too).')
+SECRET: Option[str | None] = Option(
+    "secret", None, _secret,
+    help="when set, ``redirect`` values must be signed with "
+         ":func:`klaviyo_middleware.sign_redirect` (16 characters or more).")
+ACTION_FIELD: Option[bool] = Option(
+    "action_field", False, option.boolean, option.as_bool,
+    help="also honour a hidden ``action`` field posted to any path (Craft's way "
+         "of posting forms to the current page).")
+PHONE_REGION: Option[str | None] = Option(
+    "phone_region", None, _phone_region,
+    help='region for phone numbers written without ``+`` (e.g. ``"US"``); '
+         "without it they must be international.")
+CUSTOM_SOURCE: Option[str | None] = Option(
+    "custom_source", None, option.optional_text,
+    help="stored on Klaviyo's consent record of subscriptions.")
+EVENT_PREFIX: Option[str | None] = Option(
+    "event_prefix", None, _event_prefix,
+    help='put in front of every metric name (``"Website: "``).')
+SMS_CONSENT: Option[str] = Option(
+    "sms_consent", "form", option.choice(*SMS_CONSENT_MODES),
+    help='``"form"`` subscribes a phone number to SMS when it subscribes alone or '
+         'the form posts a true ``sms_consent``; ``"with_phone"`` whenever a '
+         "subscribing form carries a phone number, as today's Craft plugin does. "
+         "SMS consent carries legal duties: choose it knowingly.")
+TIMEOUT: Option[float | tuple[float, float]] = Option(
+    "timeout", DEFAULT_TIMEOUT, _timeout, _timeout_text,
+    help="seconds for Klaviyo calls, or a ``(connect, read)`` pair "
+         '(``"5 15"`` in an ini file).')
+SYNC_RETRY_BUDGET: Option[float] = Option(
+    # Long enough to ride out a brief Klaviyo hiccup, short enough that a
+    # visitor is not left staring at a spinner.
+    "sync_retry_budget", 5.0, option.seconds, option.as_float,
+    help="seconds a synchronous delivery may spend on calls and retries before "
+         "the visitor is asked to try again; the visitor waits at most this plus "
+         "one read timeout.")
+MAX_BODY_SIZE: Option[int] = Option(
+    # Bigger than any real form (Klaviyo's own profile limit is 100 KB).
+    "max_body_size", 256 * 1024, option.positive_int, option.as_int,
+    help="bytes; larger submissions are answered with 413.")
+MAX_FIELDS: Option[int] = Option(
+    "max_fields", 1000, option.positive_int, option.as_int,
+    help="form fields (or JSON values) in one submission.")
+MAX_DEPTH: Option[int] = Option(
+    # Klaviyo documents 10 levels of nesting for properties.
+    "max_depth", 10, option.positive_int, option.as_int,
+    help="nesting depth of bracketed names or JSON.")
+SPOOL_PATH: Option[str | os.PathLike[str] | None] = Option(
+    "spool_path", None, _spool_path, env=ENV_SPOOL_PATH,
+    help="the spool file (processes of one site share it). Default "
+         "``~/.cache/klaviyo_middleware/spool.sqlite3``.")
+SPOOL_DURABILITY: Option[str] = Option(
+    # "full" survives power loss; "normal" only process crashes, but is faster.
+    "spool_durability", "full", option.choice(*DURABILITY),
+    help='``"full"`` or ``"normal"`` (SQLite synchronous).')
+SPOOL_MAX_SIZE: Option[int] = Option(
+    "spool_max_size", 256 * 1024 * 1024, option.positive_int, option.as_int,
+    help="bytes; when full, visitors get 503 + Retry-After.")
+WORKER_THREADS: Option[int] = Option(
+    "worker_threads", 2, option.positive_int, option.as_int,
+    help="spool delivery threads per process.")
+ALLOW_CROSS_SITE: Option[bool] = Option(
+    # Refuse form posts that a browser says come from another site (CSRF).
+    "allow_cross_site", False, option.boolean, option.as_bool,
+    help="accept posts whose ``Origin``, ``Sec-Fetch-Site`` or ``Referer`` shows "
+         "another site (refused with 403 by default; ``allowed_hosts`` count as "
+         "this site).")
+CSRF_MAX_AGE: Option[float] = Option(
+    "csrf_max_age", 24 * 3600.0, option.seconds, option.as_float,
+    help="seconds a CSRF token stays valid.")
+HONEYPOT: Option[str | None] = Option(
+    "honeypot", None, option.optional_text,
+    help="name of a hidden field humans leave empty; a submission that fills it "
+         "gets the usual success answer and is not sent.")
+CLIENT_RATE_LIMIT: Option[str | None] = Option(
+    # Off unless asked for: no legitimate site should be throttled by surprise.
+    "client_rate_limit", None, _client_rate,
+    help='e.g. ``"10/minute"``: submissions per client IP and process; more get '
+         "429 with ``Retry-After``. Off by default.")
+TRUSTED_PROXIES: Option[int] = Option(
+    "trusted_proxies", 0, option.count, option.as_int,
+    help="how many proxies in front of the site append to ``X-Forwarded-For`` "
+         "(0: use ``REMOTE_ADDR``).")
+MAX_LISTS: Option[int] = Option(
+    "max_lists", 10, option.positive_int, option.as_int,
+    help="lists one submission may name.")
+MAX_PROPERTIES: Option[int] = Option(
+    "max_properties", 400, option.positive_int, option.as_int,
+    help="custom profile or event properties per submission.")
+MAX_STRING_LENGTH: Option[int] = Option(
+    "max_string_length", 100_000, option.positive_int, option.as_int,
+    help="characters in any one field (Klaviyo: 100 KB).")
+LOG_PERSONAL_DATA: Option[bool] = Option(
+    "log_personal_data", False, option.boolean, option.as_bool,
+    help="show email addresses and phone numbers in log messages (masked by default).")
+BROKER_URL: Option[str | None] = Option(
+    "broker_url", None, option.optional_text, env=ENV_BROKER_URL,
+    help='with ``delivery="celery"``, the Redis or RabbitMQ broker.')
+
+OPTIONS: tuple[Option[Any], ...] = (
+    API_KEY, API_URL, REVISION, DELIVERY, ALLOWED_HOSTS, SECRET, ACTION_FIELD,
+    PHONE_REGION, CUSTOM_SOURCE, EVENT_PREFIX, SMS_CONSENT, TIMEOUT, SYNC_RETRY_BUDGET,
+    MAX_BODY_SIZE, MAX_FIELDS, MAX_DEPTH, SPOOL_PATH, SPOOL_DURABILITY, SPOOL_MAX_SIZE,
+    WORKER_THREADS, RETRY_MAX_AGE, RATE_LIMIT_SHARE, ALLOW_CROSS_SITE, CSRF_MAX_AGE,
+    HONEYPOT, CLIENT_RATE_LIMIT, TRUSTED_PROXIES, MAX_LISTS, MAX_PROPERTIES,
+    MAX_STRING_LENGTH, LOG_PERSONAL_DATA, BROKER_URL,
+)
+BY_NAME: dict[str, Option[Any]] = {declared.name: declared for declared in OPTIONS}
 
 
 @dataclass(frozen=True)
 class Settings:
+    """Every option of :data:`OPTIONS`, checked: one field each, same name."""
+
     api_key: str
     api_url: str
     revision: str
@@ -49,11 +258,15 @@ class Settings:
     sms_consent: str
     timeout: tuple[float, float]
     sync_retry_budget: float
-    limits: BodyLimits
+    max_body_size: int
+    max_fields: int
+    max_depth: int
     spool_path: str
     spool_durability: str
     spool_max_size: int
-    worker: WorkerOptions
+    worker_threads: int
+    retry_max_age: float
+    rate_limit_share: float
     allow_cross_site: bool
     csrf_max_age: float
     honeypot: str | None
@@ -61,191 +274,57 @@ class Settings:
     trusted_proxies: int
     max_lists: int
     max_properties: int
+    max_string_length: int
     log_personal_data: bool
     broker_url: str | None
 
     def __repr__(self) -> str:
         return f"<Settings api_url={self.api_url!r} delivery={self.delivery!r}>"
 
+    @property
+    def limits(self) -> BodyLimits:
+        return BodyLimits(
+            max_body_size=self.max_body_size,
+            max_fields=self.max_fields,
+            max_depth=self.max_depth,
+            max_string_length=self.max_string_length,
+        )
+
+    @property
+    def worker(self) -> WorkerOptions:
+        return WorkerOptions(
+            threads=self.worker_threads,
+            max_age=self.retry_max_age,
+            rate_share=self.rate_limit_share,
+        )
+
 
 def build_settings(
-    *,
-    api_key: str | None,
-    api_url: str | None,
-    revision: str | None,
-    delivery: str,
-    allowed_hosts: str | Iterable[str],
-    secret: str | None,
-    action_field: bool,
-    phone_region: str | None,
-    custom_source: str | None,
-    event_prefix: str | None,
-    sms_consent: str,
-    timeout: float | tuple[float, float] | None,
-    sync_retry_budget: float,
-    max_body_size: int,
-    max_fields: int,
-    max_depth: int,
-    spool_path: str | os.PathLike[str] | None,
-    spool_durability: str,
-    spool_max_size: int,
-    worker_threads: int,
-    retry_max_age: float,
-    rate_limit_share: float,
-    allow_cross_site: bool,
-    csrf_max_age: float,
-    honeypot: str | None,
-    client_rate_limit: str | None,
-    trusted_proxies: int,
-    max_lists: int,
-    max_properties: int,
-    max_string_length: int,
-    log_personal_data: bool,
-    broker_url: str | None,
-    environ: Mapping[str, str] | None = None,
+    given: Mapping[str, Any], environ: Mapping[str, str] | None = None
 ) -> Settings:
+    """Check every option of :data:`OPTIONS`; ``given`` maps names to what the
+    caller passed (absent or ``None``: the environment, then the default)."""
+    unknown = set(given) - set(BY_NAME)
+    if unknown:
+        raise ConfigurationError(unknown_option_message(sorted(unknown)[0]))
     env = os.environ if environ is None else environ
-    raw_key = api_key or env.get(ENV_API_KEY)
-    return Settings(
-        # With Celery only the workers talk to Klaviyo: web nodes need no key.
-        api_key="" if delivery == "celery" and not raw_key else check_api_key(raw_key),
-        api_url=check_api_url(api_url or env.get(ENV_API_URL) or DEFAULT_API_URL),
-        revision=check_revision(revision or env.get(ENV_REVISION) or DEFAULT_REVISION),
-        delivery=_choice("delivery", delivery, DELIVERIES),
-        allowed_hosts=split_list(allowed_hosts),
-        secret=_secret(secret),
-        action_field=_bool("action_field", action_field),
-        phone_region=_phone_region(phone_region),
-        custom_source=custom_source or None,
-        event_prefix=_event_prefix(event_prefix),
-        sms_consent=_choice("sms_consent", sms_consent, SMS_CONSENT_MODES),
-        timeout=_timeout(timeout),
-        sync_retry_budget=_non_negative("sync_retry_budget", sync_retry_budget),
-        limits=BodyLimits(
-            max_body_size=_positive_int("max_body_size", max_body_size),
-            max_fields=_positive_int("max_fields", max_fields),
-            max_depth=_positive_int("max_depth", max_depth),
-            max_string_length=_positive_int("max_string_length", max_string_length),
-        ),
-        spool_path=str(spool_path or env.get(ENV_SPOOL_PATH) or default_spool_path()),
-        spool_durability=_choice("spool_durability", spool_durability, tuple(DURABILITY)),
-        spool_max_size=_positive_int("spool_max_size", spool_max_size),
-        worker=WorkerOptions(
-            threads=_positive_int("worker_threads", worker_threads),
-            max_age=_non_negative("retry_max_age", retry_max_age),
-            rate_share=_share("rate_limit_share", rate_limit_share),
-        ),
-        allow_cross_site=_bool("allow_cross_site", allow_cross_site),
-        csrf_max_age=_non_negative("csrf_max_age", csrf_max_age),
-        honeypot=honeypot or None,
-        client_rate_limit=_client_rate(client_rate_limit),
-        trusted_proxies=_count("trusted_proxies", trusted_proxies),
-        max_lists=_positive_int("max_lists", max_lists),
-        max_properties=_positive_int("max_properties", max_properties),
-        log_personal_data=_bool("log_personal_data", log_personal_data),
-        broker_url=broker_url or env.get(ENV_BROKER_URL) or None,
-    )
+    values = {
+        declared.name: declared.resolve(given.get(declared.name), env)
+        for declared in OPTIONS if declared is not API_KEY
+    }
+    raw_key = API_KEY.lookup(given.get("api_key"), env)
+    # With Celery only the workers talk to Klaviyo: web nodes need no key.
+    values["api_key"] = ("" if values["delivery"] == "celery" and not raw_key
+                         else API_KEY.check(API_KEY.name, raw_key))
+    return Settings(**values)
 
 
-def split_list(value: str | Iterable[str] | None) -> tuple[str, ...]:
-    """``"a b, c"`` or ``["a", "b"]`` → ``("a", "b", "c")``."""
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return tuple(part for part in re.split(r"[\s,]+", value) if part)
-    items = tuple(value)
-    for item in items:
-        if not isinstance(item, str):
-            raise ConfigurationError(f"allowed_hosts must hold host names, not {item!r}")
-    return tuple(item.strip() for item in items if item.strip())
+def unknown_option_message(name: str) -> str:
+    close = difflib.get_close_matches(name, BY_NAME, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(BY_NAME))}"
+    return f"unknown klaviyo_middleware option {name!r}{hint}"
 
 
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigurationError(
-            f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
-        )
-    return value
-
-
-def _secret(value: str | None) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ConfigurationError("secret must be a string")
-    if len(value) < 16:
-        raise ConfigurationError("secret must be at least 16 characters long")
-    return value
-
-
-def _bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def _event_prefix(value: str | None) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str) or len(value) > 64 or any(ord(c) < 32 for c in value):
-        raise ConfigurationError(
-            f"event_prefix must be short text such as 'Website: ', got {value!r}")
-    return value
-
-
-def _phone_region(value: str | None) -> str | None:
-    if value is None or value == "":
-        return None
-    region = value.upper()
-    if region not in phonenumbers.SUPPORTED_REGIONS:
-        raise ConfigurationError(
-            f"phone_region must be a two-letter region code such as 'US' or 'GB', got {value!r}"
-        )
-    return region
-
-
-def _timeout(value: float | tuple[float, float] | None) -> tuple[float, float]:
-    if value is None:
-        return DEFAULT_TIMEOUT
-    pair = (value, value) if isinstance(value, (int, float)) else tuple(value)
-    if len(pair) != 2 or not all(
-        isinstance(part, (int, float)) and not isinstance(part, bool) and part > 0
-        for part in pair
-    ):
-        raise ConfigurationError(
-            f"timeout must be seconds > 0 or a (connect, read) pair, got {value!r}"
-        )
-    return float(pair[0]), float(pair[1])
-
-
-def _positive_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigurationError(f"{name} must be a whole number above 0, got {value!r}")
-    return value
-
-
-def _non_negative(name: str, value: object) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise ConfigurationError(f"{name} must be a number of seconds ≥ 0, got {value!r}")
-    return float(value)
-
-
-def _share(name: str, value: object) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
-        raise ConfigurationError(f"{name} must be a fraction above 0 and at most 1, got {value!r}")
-    return float(value)
-
-
-def _client_rate(value: str | None) -> tuple[int, float] | None:
-    if value is None or value == "":
-        return None
-    try:
-        return parse_rate(value)
-    except ValueError as exc:
-        raise ConfigurationError(f"client_rate_limit: {exc}") from None
-
-
-def _count(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigurationError(f"{name} must be a whole number ≥ 0, got {value!r}")
-    return value
+def options_doc(indent: str = "") -> str:
+    """The ``:param:`` lines of every declared option, for docstrings."""
+    return ("\n" + indent).join(declared.doc() for declared in OPTIONS)

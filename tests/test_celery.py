@@ -212,6 +212,26 @@ class TestDelivery:
         assert fake.paths().count("/api/profile-subscription-bulk-create-jobs") == 1
         assert fake.paths().count("/api/events") == 3
 
+    def test_a_429_pauses_the_account_and_frees_the_worker(self, loopback_klaviyo):
+        # A 429 pauses the whole account: the retried task and a new one both
+        # wait it out (retried when capacity returns, not asleep in a slot).
+        fake = loopback_klaviyo.fake
+        fake.fail("/api/profile-import", 429, headers={"Retry-After": "3"})
+        app = web(loopback_klaviyo.url)
+        app.post(UPDATE, form(1))
+        worker = start_worker(loopback_klaviyo.url)
+        try:
+            wait_for(lambda: fake.paths().count("/api/profile-import") == 1)
+            app.post(UPDATE, form(2))
+            wait_for(lambda: len(fake.events) == 2)
+        finally:
+            stop(worker)
+        imports = fake.times("/api/profile-import")
+        assert len(imports) == 3
+        # Nothing was sent to Klaviyo while the account was paused.
+        assert imports[1] - imports[0] >= 2.5
+        assert fake.paths().count("/api/events") == 2
+
     def test_unreachable_broker_is_503_not_500(self, loopback_klaviyo):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -497,7 +517,7 @@ def test_observers_on_the_web_nodes_are_refused_with_celery():
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (("--bulk-threshold", "-1"), "must not be negative"),
+    (("--bulk-threshold", "-1"), "bulk_threshold must be a whole number ≥ 0"),
     (("--state-url", ""), "KLAVIYO_STATE_URL"),
 ])
 def test_the_worker_refuses_bad_settings_at_start(monkeypatch, capsys, flags, message):

@@ -14,14 +14,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "klaviyo_middleware"
 # Layer of each top-level name under klaviyo_middleware, bottom first.
 # Layers on the same rank are siblings and do not import each other.
 RANKS: dict[str, int] = {
-    "errors": 0, "redact": 0, "model": 0,
-    "klaviyo": 1, "web": 1,
-    "delivery": 2, "testing": 2,
-    "settings": 3,
-    "middleware": 4,
-    "paste": 5, "django": 5, "__init__": 5, "celery_tasks": 5, "celery_worker": 5,
-    "demo": 6,
-    "cli": 7,
+    "errors": 0,
+    "redact": 1, "model": 1, "option": 1,
+    "klaviyo": 2, "web": 2,
+    "delivery": 3, "testing": 3,
+    "settings": 4,
+    "middleware": 5,
+    "paste": 6, "django": 6, "__init__": 6, "celery_tasks": 6, "celery_worker": 6,
+    "demo": 7,
+    "cli": 8,
 }
 
 
@@ -42,6 +43,12 @@ def imports(path: Path) -> list[str]:
         def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
             if node.level:
                 found.append("relative")
+            elif node.module == "klaviyo_middleware":
+                # "from klaviyo_middleware import settings" imports a module.
+                found.extend(
+                    f"klaviyo_middleware.{alias.name}"
+                    if (PACKAGE / f"{alias.name}.py").exists() or (PACKAGE / alias.name).is_dir()
+                    else "klaviyo_middleware" for alias in node.names)
             elif node.module and node.module.startswith("klaviyo_middleware"):
                 found.append(node.module)
 

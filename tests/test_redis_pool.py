@@ -11,7 +11,7 @@ import responses
 
 from klaviyo_middleware.delivery.celery.pool import RedisPool
 from klaviyo_middleware.delivery.celery.state import RedisState
-from klaviyo_middleware.delivery.courier import Courier
+from klaviyo_middleware.delivery.courier import Courier, Postponed
 from klaviyo_middleware.delivery.spool.store import account_fingerprint
 from klaviyo_middleware.klaviyo.client import KlaviyoClient
 from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS
@@ -149,6 +149,19 @@ def courier(pool: RedisPool, owner: str = "drain") -> Courier:
     return Courier(pool, KlaviyoClient(API_KEY, api_url=API_URL), owner,
                    limits=dict(ENDPOINT_LIMITS), retry=RetryPolicy(base=0.01, cap=0.02),
                    lease=60, max_age=3600)
+
+
+def test_a_patient_courier_hands_back_what_would_wait_too_long(pool, klaviyo):
+    fill(pool, 1)
+    [claimed] = pool.claim("a", 1, 60)
+    pool.pause(10)
+    sender = Courier(pool, KlaviyoClient(API_KEY, api_url=API_URL), "a",
+                     limits=dict(ENDPOINT_LIMITS), retry=RetryPolicy(), lease=60,
+                     max_age=3600, patience=2.0)
+    with pytest.raises(Postponed) as postponed:
+        sender.deliver(claimed)
+    assert 9 < postponed.value.seconds <= 10
+    assert klaviyo.paths() == []
 
 
 def drain(pool: RedisPool, items: list[Submission], use_bulk: bool) -> None:

@@ -16,6 +16,17 @@ pause, dead-letter and batch — exactly alike:
 - a backlog goes through the bulk endpoints stage by stage, and a bulk call
   Klaviyo refuses outright is replayed one call per step, so one bad
   submission cannot hold back the rest.
+
+A single Celery task is a lease store too (the broker leases the message,
+:mod:`klaviyo_middleware.delivery.celery.single`), so all three queued paths
+share this loop. The one policy that differs is how long to wait for
+capacity: a spool thread waits (it has nothing else to do), a Celery worker
+slot should not sit idle behind a pause, so a courier with ``patience``
+raises :class:`Postponed` instead and the task is retried when capacity
+returns. ``delivery="sync"`` keeps a loop of its own
+(:mod:`klaviyo_middleware.delivery.sync`): a visitor is waiting, so it
+retries inline within a time budget and reports failure to them instead of
+rescheduling.
 """
 
 from __future__ import annotations
@@ -68,6 +79,15 @@ class LeaseStore(Protocol):
     def take_rate_slot(self, endpoint: str, limits: RateLimits) -> float: ...
 
 
+class Postponed(Exception):
+    """Capacity returns in :attr:`seconds`, later than the courier's patience:
+    hand the submission back (progress is saved) and try again then."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"capacity returns in {seconds:.1f}s")
+        self.seconds = seconds
+
+
 class Courier:
     """Delivers what ``owner`` leased from ``store``.
 
@@ -76,6 +96,9 @@ class Courier:
     :param max_age: seconds after which a transient failure is buried.
     :param stopping: set to make the courier give up waiting and return;
         what it held stays in the store.
+    :param patience: wait at most this long for capacity (the shared pause
+        or a rate-limit slot); a longer wait raises :class:`Postponed`.
+        ``None``: wait as long as it takes.
     """
 
     def __init__(
@@ -90,6 +113,7 @@ class Courier:
         max_age: float,
         hooks: Hooks | None = None,
         stopping: threading.Event | None = None,
+        patience: float | None = None,
     ) -> None:
         self.store = store
         self.client = client
@@ -100,6 +124,7 @@ class Courier:
         self.max_age = max_age
         self.hooks = hooks or Hooks()
         self.stopping = stopping or threading.Event()
+        self.patience = patience
         # One per courier: forked workers must not share their jitter.
         self._rng = random.Random()  # noqa: S311 - jitter, not security
 
@@ -205,7 +230,9 @@ class Courier:
         return sendable
 
     def _wait_for_capacity(self, items: list[Leased], endpoint: str) -> bool:
-        """Wait out a shared pause and the rate limit; ``False`` if stopping."""
+        """Wait out a shared pause and the rate limit; ``False`` if stopping.
+
+        Raises :class:`Postponed` when the wait would outlast ``patience``."""
         while not self.stopping.is_set():
             pause = self.store.paused_for()
             wait = pause if pause > 0 else self.store.take_rate_slot(
@@ -213,6 +240,8 @@ class Courier:
             )
             if wait <= 0:
                 return True
+            if self.patience is not None and wait > self.patience:
+                raise Postponed(wait)
             # Keep the leases while waiting, so nobody else picks these up.
             kept = self.store.save_progress_many(self.owner, items, self.lease + wait)
             if len(kept) < len(items):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
-from klaviyo_middleware.delivery.celery.tasks import ENV_BROKER_URL, make_celery
+from klaviyo_middleware.delivery.celery.config import ENV_BROKER_URL
+from klaviyo_middleware.delivery.celery.tasks import make_celery
 
 app = make_celery(os.environ.get(ENV_BROKER_URL) or "redis://127.0.0.1:6379/0")

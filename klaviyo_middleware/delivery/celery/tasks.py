@@ -15,13 +15,11 @@ default), a task moves its submission into the Redis pool
 in rounds of up to ``klaviyo_bulk_size`` (1,000) — a few dozen calls for ten
 thousand submissions instead of thirty thousand.
 
-Workers are configured from the environment (or ``app.conf``):
-``KLAVIYO_PRIVATE_API_KEY``, ``KLAVIYO_API_URL``, ``KLAVIYO_REVISION`` and
-``KLAVIYO_STATE_URL`` (the Redis that holds progress, the shared rate
-limiter, the pool and dead letters; default: the broker when it is Redis);
-``KLAVIYO_BULK_THRESHOLD`` (0 turns batching off), ``KLAVIYO_BULK_SIZE`` and
-``KLAVIYO_POOL_LEASE`` (seconds a drain holds pooled submissions before
-another may take them over).
+Workers are configured from ``app.conf`` (``klaviyo_<name>``) or the
+environment: ``KLAVIYO_PRIVATE_API_KEY``, ``KLAVIYO_API_URL``,
+``KLAVIYO_REVISION``, ``KLAVIYO_STATE_URL``, ``KLAVIYO_BULK_THRESHOLD``,
+``KLAVIYO_BULK_SIZE``, ``KLAVIYO_POOL_LEASE`` — the options declared in
+:mod:`klaviyo_middleware.delivery.celery.config`.
 """
 
 from __future__ import annotations
@@ -37,35 +35,20 @@ from typing import Any
 
 from celery import Celery, Task, signals
 
+from klaviyo_middleware.delivery.celery.config import read_config
 from klaviyo_middleware.delivery.celery.ledger import Ledger, wants_ledger
 from klaviyo_middleware.delivery.celery.pool import RedisPool
+from klaviyo_middleware.delivery.celery.single import TaskLease
 from klaviyo_middleware.delivery.celery.state import RedisState
-from klaviyo_middleware.delivery.courier import Courier
+from klaviyo_middleware.delivery.courier import Courier, Postponed
 from klaviyo_middleware.delivery.hooks import Hooks, OnDead, OnDelivered, OnRetry
 from klaviyo_middleware.delivery.spool.store import account_fingerprint, new_owner
 from klaviyo_middleware.errors import ConfigurationError
-from klaviyo_middleware.klaviyo import steps
-from klaviyo_middleware.klaviyo.account import (
-    DEFAULT_RATE_LIMIT_SHARE,
-    DEFAULT_RETRY_MAX_AGE,
-    RETRY_BASE,
-    RETRY_CAP,
-    check_api_key,
-    check_api_url,
-    check_revision,
-)
-from klaviyo_middleware.klaviyo.client import (
-    DEFAULT_API_URL,
-    DEFAULT_REVISION,
-    ENV_API_KEY,
-    ENV_API_URL,
-    ENV_REVISION,
-    KlaviyoClient,
-    KlaviyoError,
-)
-from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS, RateLimits, endpoint_for, scaled
+from klaviyo_middleware.klaviyo.account import RETRY_BASE, RETRY_CAP
+from klaviyo_middleware.klaviyo.client import KlaviyoClient
+from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS, RateLimits, scaled
 from klaviyo_middleware.klaviyo.retry import RetryPolicy
-from klaviyo_middleware.model.progress import Progress
+from klaviyo_middleware.model.lease import Leased
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import get_logger
 
@@ -74,11 +57,6 @@ log = get_logger(__name__)
 TASK_NAME = "klaviyo_middleware.deliver"
 DRAIN_TASK_NAME = "klaviyo_middleware.drain"
 QUEUE = "klaviyo"
-ENV_BROKER_URL = "KLAVIYO_BROKER_URL"
-ENV_STATE_URL = "KLAVIYO_STATE_URL"
-ENV_BULK_THRESHOLD = "KLAVIYO_BULK_THRESHOLD"
-ENV_BULK_SIZE = "KLAVIYO_BULK_SIZE"
-ENV_POOL_LEASE = "KLAVIYO_POOL_LEASE"
 # Longer than any backoff countdown (Redis re-delivers a reserved task once
 # this passes), short enough that a dead worker's tasks come back soon.
 DEFAULT_VISIBILITY_TIMEOUT = 3600
@@ -189,36 +167,21 @@ def observers(app: Celery) -> Hooks:
     return _observers.get(app) or Hooks()
 
 
-def _setting(app: Celery, name: str, env: str, default: str | None = None) -> str | None:
-    value = app.conf.get(name) or os.environ.get(env) or default
-    return str(value) if value else None
-
-
 def _build_runtime(app: Celery) -> _Runtime:
-    # The middleware's own checks: a public key or a pasted space fails here,
-    # at the worker's start, not at its first call.
-    api_key = check_api_key(_setting(app, "klaviyo_api_key", ENV_API_KEY))
-    api_url = check_api_url(_setting(app, "klaviyo_api_url", ENV_API_URL, DEFAULT_API_URL)
-                            or DEFAULT_API_URL)
-    revision = check_revision(_setting(app, "klaviyo_revision", ENV_REVISION, DEFAULT_REVISION)
-                              or DEFAULT_REVISION)
     broker = str(app.conf.broker_url or "")
-    state_url = _setting(app, "klaviyo_state_url", ENV_STATE_URL,
-                         broker if broker.startswith(("redis://", "rediss://")) else None)
-    if not state_url:
-        raise ConfigurationError(f"set {ENV_STATE_URL} to a Redis URL for delivery state")
-    share = float(app.conf.get("klaviyo_rate_limit_share") or DEFAULT_RATE_LIMIT_SHARE)
-    state = RedisState(state_url, account_fingerprint(api_url, api_key))
+    config = read_config(app.conf, broker)
+    state = RedisState(config.state_url, account_fingerprint(config.api_url, config.api_key))
     return _Runtime(
-        client=KlaviyoClient(api_key, api_url=api_url, revision=revision),
+        client=KlaviyoClient(config.api_key, api_url=config.api_url, revision=config.revision),
         state=state,
-        limits={name: scaled(limits, share) for name, limits in ENDPOINT_LIMITS.items()},
+        limits={name: scaled(limits, config.rate_limit_share)
+                for name, limits in ENDPOINT_LIMITS.items()},
         retry=RetryPolicy(base=RETRY_BASE, cap=RETRY_CAP),
-        max_age=float(app.conf.get("klaviyo_retry_max_age") or DEFAULT_RETRY_MAX_AGE),
+        max_age=config.retry_max_age,
         pool=RedisPool(state),
-        bulk_threshold=_number(app, "klaviyo_bulk_threshold", ENV_BULK_THRESHOLD, 20),
-        bulk_size=max(1, _number(app, "klaviyo_bulk_size", ENV_BULK_SIZE, 1000)),
-        lease=float(_number(app, "klaviyo_pool_lease", ENV_POOL_LEASE, 60)),
+        bulk_threshold=config.bulk_threshold,
+        bulk_size=config.bulk_size,
+        lease=config.pool_lease,
         backlog=_BacklogGauge(app),
         ledger=Ledger(broker) if wants_ledger(broker) else None,
         # A task reserved by a vanished worker comes back after the
@@ -226,19 +189,6 @@ def _build_runtime(app: Celery) -> _Runtime:
         quiet_for=float((app.conf.broker_transport_options or {}).get(
             "visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT)),
     )
-
-
-def _number(app: Celery, name: str, env: str, default: int) -> int:
-    value = _setting(app, name, env)
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise ConfigurationError(f"{name} / {env} must be a whole number, not {value!r}") from None
-    if number < 0:
-        raise ConfigurationError(f"{name} / {env} must not be negative")
-    return number
 
 
 class _BacklogGauge:
@@ -277,78 +227,34 @@ def _deliver(task: Task, payload: dict[str, Any]) -> str:
     runtime = runtime_for(task.app)
     state = runtime.state
     submission = Submission.from_dict(payload)
+    lease = TaskLease(task, state, runtime.ledger)
     if state.is_finished(submission.id):
-        _settle(runtime, submission.id)
+        lease.settle(submission.id)
         return "already finished"
-    _alive(runtime, submission.id)
+    lease.alive(submission.id)
     progress = state.load_progress(submission.id)
     if runtime.pool.holds(submission.id) or _backlogged(runtime):
         # The drain delivers it with the rest; the broker may acknowledge this
         # task once the pool has the submission (and a drain is on its way).
         runtime.pool.add(submission, progress, task.request.retries, _created_at(submission))
         schedule_drain(task.app, runtime.pool)
-        _settle(runtime, submission.id)
+        lease.settle(submission.id)
         return "pooled"
-    for step in steps.pending(submission, progress):
-        _wait_for_capacity(task, runtime, submission, endpoint_for(step))
-        try:
-            steps.run_step(runtime.client, submission, step, progress)
-        except KlaviyoError as error:
-            return _failed(task, runtime, submission, progress, error)
-        state.save_progress(submission.id, progress)
-        _alive(runtime, submission.id)
-    state.complete(submission.id)
-    state.mark_finished(submission.id)
-    _settle(runtime, submission.id)
-    observers(task.app).delivered(submission)
-    return "delivered"
-
-
-def _alive(runtime: _Runtime, submission_id: str, until: float | None = None) -> None:
-    if runtime.ledger is not None:
-        runtime.ledger.alive(submission_id, until)
-
-
-def _settle(runtime: _Runtime, submission_id: str) -> None:
-    if runtime.ledger is not None:
-        runtime.ledger.settle(submission_id)
-
-
-def _wait_for_capacity(task: Task, runtime: _Runtime, submission: Submission,
-                       endpoint: str) -> None:
-    while True:
-        wait = runtime.state.paused_for() or runtime.state.take_rate_slot(
-            endpoint, runtime.limits[endpoint])
-        if wait <= 0:
-            return
-        if wait > _SHORT_WAIT:
-            # Free the worker: the task comes back when capacity does.
-            _alive(runtime, submission.id, time.time() + wait)
-            raise task.retry(countdown=wait, max_retries=None)
-        time.sleep(wait)
-
-
-def _failed(task: Task, runtime: _Runtime, submission: Submission,
-            progress: Progress, error: KlaviyoError) -> str:
-    attempt = task.request.retries + 1
-    if error.status == 429:
-        runtime.state.pause(error.retry_after or runtime.retry.backoff(1))
-    delay = runtime.retry.later(error, attempt, _age(submission), runtime.max_age)
-    if delay is not None:
-        runtime.state.save_progress(submission.id, progress)
-        log.warning("klaviyo_middleware: submission %s will be retried in %.1fs: %s",
-                    submission.id, delay, error)
-        # Enqueue the retry, tell the observers, then end this run with it.
-        _alive(runtime, submission.id, time.time() + delay)
-        retry = task.retry(countdown=delay, max_retries=None, throw=False)
-        observers(task.app).retrying(submission, error, delay)
-        raise retry
-    log.error("klaviyo_middleware: submission %s dead-lettered: %s", submission.id, error)
-    runtime.state.bury(submission, progress, error.to_dict(), attempt)
-    runtime.state.mark_finished(submission.id)
-    _settle(runtime, submission.id)
-    observers(task.app).dead(submission, error)
-    return "dead"
+    # The same courier as the spool's and the drain's, with one policy of its
+    # own: a worker slot does not sit out a long pause or rate wait; the task
+    # is retried when capacity returns (the broker keeps it meanwhile).
+    courier = Courier(lease, runtime.client, str(task.request.id), limits=runtime.limits,
+                      retry=runtime.retry, lease=runtime.lease, max_age=runtime.max_age,
+                      hooks=observers(task.app), patience=_SHORT_WAIT)
+    item = Leased(submission, progress, task.request.retries, _created_at(submission))
+    try:
+        courier.deliver(item)
+    except Postponed as wait:
+        lease.alive(submission.id, time.time() + wait.seconds)
+        raise task.retry(countdown=wait.seconds, max_retries=None) from None
+    if lease.retry is not None:
+        raise lease.retry
+    return "delivered" if state.is_finished(submission.id) else "dead"
 
 
 def _backlogged(runtime: _Runtime) -> bool:
@@ -474,6 +380,3 @@ def _created_at(submission: Submission) -> float:
     except ValueError:
         return time.time()
 
-
-def _age(submission: Submission) -> float:
-    return time.time() - _created_at(submission)

@@ -1,0 +1,86 @@
+"""One Celery task as a lease store, so that a task is delivered by the same
+:class:`~klaviyo_middleware.delivery.courier.Courier` as the spool and the
+pool.
+
+The broker is the lease here: a task is acknowledged late, so while it runs
+no other worker has it, and if its worker dies the message comes back. What
+the courier records goes where a re-delivered task finds it: progress and
+dead letters in Redis, and "retry later" as the task's own retry, enqueued
+with the countdown the courier chose.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from celery import Task
+
+from klaviyo_middleware.delivery.celery.ledger import Ledger
+from klaviyo_middleware.delivery.celery.state import RedisState
+from klaviyo_middleware.klaviyo.limits import RateLimits
+from klaviyo_middleware.model.lease import Leased
+
+if TYPE_CHECKING:
+    from celery.exceptions import Retry
+
+
+class TaskLease:
+    """The lease store of one running task (see the module docstring).
+
+    After the courier returns, :attr:`retry` holds the task's retry when the
+    courier rescheduled the submission; raise it to end the run.
+    """
+
+    def __init__(self, task: Task, state: RedisState, ledger: Ledger | None) -> None:
+        self.task = task
+        self.state = state
+        self.ledger = ledger
+        self.retry: Retry | None = None
+
+    def save_progress_many(self, owner: str, items: list[Leased], lease: float) -> set[str]:
+        for item in items:
+            self.state.save_progress(item.submission.id, item.progress)
+            self.alive(item.submission.id)
+        # Nobody else can hold a reserved task: every lease still holds.
+        return {item.submission.id for item in items}
+
+    def complete_many(self, owner: str, items: list[Leased]) -> None:
+        for item in items:
+            self.state.complete(item.submission.id)
+            self._finish(item.submission.id)
+
+    def reschedule(self, owner: str, claimed: Leased, due_at: float,
+                   error: dict[str, Any]) -> None:
+        self.state.save_progress(claimed.submission.id, claimed.progress)
+        delay = max(0.0, due_at - time.time())
+        self.alive(claimed.submission.id, due_at)
+        # Enqueued now, before the courier tells the observers; raised by
+        # the task once the courier returns.
+        self.retry = self.task.retry(countdown=delay, max_retries=None, throw=False)
+
+    def bury(self, owner: str, claimed: Leased, error: dict[str, Any]) -> None:
+        self.state.bury(claimed.submission, claimed.progress, error, claimed.attempts + 1)
+        self._finish(claimed.submission.id)
+
+    def pause(self, seconds: float) -> None:
+        self.state.pause(seconds)
+
+    def paused_for(self) -> float:
+        return self.state.paused_for()
+
+    def take_rate_slot(self, endpoint: str, limits: RateLimits) -> float:
+        return self.state.take_rate_slot(endpoint, limits)
+
+    def alive(self, submission_id: str, until: float | None = None) -> None:
+        """Tell the ledger the task is not lost (until ``until``, if waiting)."""
+        if self.ledger is not None:
+            self.ledger.alive(submission_id, until)
+
+    def settle(self, submission_id: str) -> None:
+        if self.ledger is not None:
+            self.ledger.settle(submission_id)
+
+    def _finish(self, submission_id: str) -> None:
+        self.state.mark_finished(submission_id)
+        self.settle(submission_id)
