@@ -87,8 +87,8 @@ def drain(burst: list[Submission], args: argparse.Namespace,
         middleware = KlaviyoMiddleware(site, api_key=API_KEY, api_url=url,
                                        spool_path=str(path), worker_threads=4)
         if not batching:
-            middleware.delivery.worker.options = replace(  # type: ignore[attr-defined]
-                middleware.delivery.worker.options, batching=False)  # type: ignore[attr-defined]
+            middleware.delivery.sender.options = replace(  # type: ignore[attr-defined]
+                middleware.delivery.sender.options, batching=False)  # type: ignore[attr-defined]
         drained = middleware.flush(900)
         elapsed = time.perf_counter() - started
         middleware.close()

@@ -26,8 +26,8 @@ import phonenumbers
 
 from klaviyo_middleware import option
 from klaviyo_middleware.delivery.celery.config import ENV_BROKER_URL
+from klaviyo_middleware.delivery.spool.sender import SenderOptions
 from klaviyo_middleware.delivery.spool.store import DURABILITY, ENV_SPOOL_PATH, default_spool_path
-from klaviyo_middleware.delivery.spool.worker import WorkerOptions
 from klaviyo_middleware.errors import ConfigurationError
 from klaviyo_middleware.klaviyo.account import (
     API_KEY,
@@ -291,8 +291,8 @@ class Settings:
         )
 
     @property
-    def worker(self) -> WorkerOptions:
-        return WorkerOptions(
+    def sender(self) -> SenderOptions:
+        return SenderOptions(
             threads=self.worker_threads,
             max_age=self.retry_max_age,
             rate_share=self.rate_limit_share,

@@ -13,7 +13,7 @@ from personal_data import Watch, WatchedOut
 from webtest import TestApp
 
 from klaviyo_middleware import KlaviyoMiddleware, cli
-from klaviyo_middleware.delivery.spool.worker import SpoolWorker
+from klaviyo_middleware.delivery.spool.sender import SpoolSender
 
 from klaviyo_fake import API_KEY, API_URL, FakeKlaviyo, LoopbackKlaviyo
 from openapi_contract import spec_path
@@ -61,16 +61,16 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _close_workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[SpoolWorker]]:
+def _close_workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[SpoolSender]]:
     """Stop every spool worker a test started, so none outlives its test."""
-    started: list[SpoolWorker] = []
-    original = SpoolWorker.__init__
+    started: list[SpoolSender] = []
+    original = SpoolSender.__init__
 
-    def recording_init(self: SpoolWorker, *args: Any, **kwargs: Any) -> None:
+    def recording_init(self: SpoolSender, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **kwargs)
         started.append(self)
 
-    monkeypatch.setattr(SpoolWorker, "__init__", recording_init)
+    monkeypatch.setattr(SpoolSender, "__init__", recording_init)
     yield started
     for worker in started:
         worker.close(timeout=5)

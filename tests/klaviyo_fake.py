@@ -1,17 +1,18 @@
-"""A fake Klaviyo for the tests.
+"""The tests' view of Klaviyo: the shipped fake, recorded and held to the spec.
 
-:class:`FakeKlaviyo` is the behaviour: it records every call, checks headers
-and validates each body against Klaviyo's OpenAPI request schema (violations
-are collected and fail the test at teardown), keeps events the way Klaviyo
-does (the first per ``unique_id`` wins) and answers like Klaviyo unless a
-test scripts failures or latency. It is served either through ``responses``
-(in-process) or by :class:`LoopbackKlaviyo`, a real HTTP server on
-127.0.0.1 that other processes can reach.
+What Klaviyo does with a call is :class:`klaviyo_middleware.testing.FakeKlaviyo`'s
+business — the one fake, shipped for users too. This wrapper adds what only
+our own tests need: it records every call, validates each body against
+Klaviyo's OpenAPI request schema (kept outside the package; violations are
+collected and fail the test at teardown), lets a test script failures or
+latency, and shows what Klaviyo holds in the shapes the tests compare
+(profiles by email, subscribers by list, events by ``unique_id``). It is
+served through ``responses`` (in-process) or by :class:`LoopbackKlaviyo`, a
+real HTTP server on 127.0.0.1 that other processes can reach.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import threading
@@ -23,6 +24,9 @@ from typing import Any
 
 import requests
 import responses
+from webob import Request
+
+from klaviyo_middleware.testing import FakeKlaviyo as ShippedFake
 
 from openapi_contract import operation_for, request_errors
 
@@ -55,14 +59,9 @@ class FakeKlaviyo:
         self.api_url = api_url
         self.calls: list[Call] = []
         self.violations: list[str] = []
-        # Klaviyo's side of things, whichever endpoints put it there.
-        self.profiles: dict[str, dict[str, Any]] = {}
-        self.members: dict[str, set[str]] = {}
-        # list → emails with email consent, and phone numbers with SMS consent.
-        self.subscribed: dict[str, set[str]] = {}
-        self.sms_subscribed: dict[str, set[str]] = {}
-        self.events: dict[str, Any] = {}
-        self._ids: dict[str, str] = {}
+        # What Klaviyo holds lives in the shipped fake; rate limits are
+        # tested on their own, not in every test.
+        self.klaviyo = ShippedFake(api_key=API_KEY, rate_limits=False)
         self.latency = 0.0
         self._script: dict[str, deque[Scripted]] = {}
         self._lock = threading.Lock()
@@ -123,7 +122,7 @@ class FakeKlaviyo:
                     if scripted.exception is not None:
                         raise scripted.exception
                     return scripted.status, scripted.headers, _error_text(scripted)
-            return self._success(path, body)
+            return self._success(method, path, headers, body)
 
     def _check(self, method: str, path: str, headers: dict[str, str], body: Any) -> None:
         expected = {
@@ -144,62 +143,68 @@ class FakeKlaviyo:
         for error in request_errors(method, path, body):
             self.violations.append(f"{method} {path}: {error}")
 
-    def _success(self, path: str, body: Any) -> Answer:
-        data = body["data"]
-        if path == "/api/profile-import":
-            profile_id = self._upsert(data["attributes"])
-            answer = {"data": {"type": "profile", "id": profile_id, "attributes": {}}}
-            return 201, {"Content-Type": "application/vnd.api+json"}, json.dumps(answer)
-        if path == "/api/profile-bulk-import-jobs":
-            lists = data.get("relationships", {}).get("lists", {}).get("data", [])
-            for profile in data["attributes"]["profiles"]["data"]:
-                self._upsert(profile["attributes"])
-                for entry in lists:
-                    self.members.setdefault(entry["id"], set()).add(
-                        profile["attributes"].get("email")
-                        or profile["attributes"]["phone_number"])
-            return 202, {}, ""
-        if path == "/api/profile-subscription-bulk-create-jobs":
-            list_id = data["relationships"]["list"]["data"]["id"]
-            for profile in data["attributes"]["profiles"]["data"]:
-                attributes = profile["attributes"]
-                channels = attributes.get("subscriptions", {})
-                self._upsert({key: attributes[key] for key in ("email", "phone_number")
-                              if key in attributes})
-                if "email" in channels:
-                    self.subscribed.setdefault(list_id, set()).add(attributes["email"])
-                if "sms" in channels:
-                    self.sms_subscribed.setdefault(list_id, set()).add(
-                        attributes["phone_number"])
-            return 202, {}, ""
-        if path == "/api/events":
-            attributes = data["attributes"]
-            self._upsert(attributes["profile"]["data"]["attributes"])
-            # Klaviyo keeps the first event per unique_id and drops repeats.
-            self.events.setdefault(attributes["unique_id"], attributes)
-            return 202, {}, ""
-        if path == "/api/event-bulk-create-jobs":
-            for item in data["attributes"]["events-bulk-create"]["data"]:
-                profile = item["attributes"]["profile"]
-                self._upsert(profile["data"]["attributes"])
-                for event in item["attributes"]["events"]["data"]:
-                    attributes = dict(event["attributes"], profile=profile)
-                    self.events.setdefault(attributes["unique_id"], attributes)
-            return 202, {}, ""
-        match = re.fullmatch(r"/api/lists/([^/]+)/relationships/profiles", path)
-        if match:
-            emails = {email for email, known in self._ids.items()
-                      if known in {entry["id"] for entry in data}}
-            self.members.setdefault(match.group(1), set()).update(emails)
-            return 204, {}, ""
-        return 202, {}, ""
+    def _success(self, method: str, path: str, headers: dict[str, str], body: Any) -> Answer:
+        wanted = {"authorization", "revision", "content-type", "accept"}
+        request = Request.blank(path, method=method, body=json.dumps(body).encode(),
+                                headers={name: value for name, value in headers.items()
+                                         if name.lower() in wanted})
+        response = request.get_response(self.klaviyo)
+        answer_headers = {"Content-Type": response.content_type} if response.body else {}
+        return response.status_int, answer_headers, response.text
 
-    def _upsert(self, attributes: dict[str, Any]) -> str:
-        """Profiles are keyed by email, or by phone number when there is none."""
-        key = attributes.get("email") or attributes.get("phone_number", "")
-        self.profiles.setdefault(key, {}).update(attributes)
-        return self._ids.setdefault(
-            key, "01" + hashlib.sha256(key.encode()).hexdigest()[:24].upper())
+    # -- what Klaviyo holds, as the tests compare it ------------------------------
+
+    @property
+    def state(self) -> Any:
+        return self.klaviyo.state
+
+    def _key(self, profile_id: str) -> str:
+        """Profiles are named by email, else phone number, else id."""
+        profile = self.state.profiles.get(profile_id, {})
+        return str(profile.get("email") or profile.get("phone_number") or profile_id)
+
+    @property
+    def profiles(self) -> dict[str, dict[str, Any]]:
+        with self.state.lock:
+            return {self._key(pid): {key: value for key, value in profile.items()
+                                     if key not in ("created", "updated")}
+                    for pid, profile in self.state.profiles.items()}
+
+    @property
+    def members(self) -> dict[str, set[str]]:
+        with self.state.lock:
+            return {item.id: {self._key(pid) for pid in item.members}
+                    for item in self.state.lists.values() if item.members}
+
+    def _subscribers(self, channel: str) -> dict[str, set[str]]:
+        with self.state.lock:
+            return {item.id: {self._key(pid) for pid in item.subscribers[channel]}
+                    for item in self.state.lists.values() if item.subscribers.get(channel)}
+
+    @property
+    def subscribed(self) -> dict[str, set[str]]:
+        """List → email addresses subscribed to email marketing through it."""
+        return self._subscribers("email")
+
+    @property
+    def sms_subscribed(self) -> dict[str, set[str]]:
+        """List → phone numbers subscribed to SMS marketing through it."""
+        return self._subscribers("sms")
+
+    @property
+    def events(self) -> dict[str, dict[str, Any]]:
+        """``unique_id`` → the event Klaviyo kept (the first one), with its profile."""
+        kept: dict[str, dict[str, Any]] = {}
+        with self.state.lock:
+            for event in self.state.events:
+                profile = self.state.profiles.get(event["profile_id"], {})
+                identity = {key: profile[key] for key in ("email", "phone_number", "external_id")
+                            if profile.get(key)}
+                # The profile as the tests know it, not Klaviyo's id for it.
+                shown = {key: value for key, value in event.items() if key != "profile_id"}
+                kept.setdefault(event["unique_id"], {
+                    **shown, "profile": {"data": {"type": "profile", "attributes": identity}}})
+        return kept
 
 
 def _error_text(scripted: Scripted) -> str:

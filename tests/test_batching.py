@@ -11,8 +11,8 @@ import responses
 
 from klaviyo_middleware.delivery.hooks import Hooks
 from klaviyo_middleware.delivery.spool.backend import SpoolDelivery
+from klaviyo_middleware.delivery.spool.sender import SenderOptions
 from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
-from klaviyo_middleware.delivery.spool.worker import WorkerOptions
 from klaviyo_middleware.klaviyo import bulk
 from klaviyo_middleware.klaviyo.client import KlaviyoClient
 from klaviyo_middleware.model.lease import Leased
@@ -29,7 +29,7 @@ def drain(tmp_path, fake: FakeKlaviyo, items: list[Submission], **options: Any) 
     spool = Spool(tmp_path / f"{options.get('batching', True)}.sqlite3", ACCOUNT)
     for item in items:
         spool.enqueue(item)
-    worker_options = WorkerOptions(poll=0.05, batch=5, retry_base=0.01, retry_cap=0.02,
+    worker_options = SenderOptions(poll=0.05, batch=5, retry_base=0.01, retry_cap=0.02,
                                    **options)
     delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(),
                              worker_options)

@@ -16,8 +16,8 @@ from klaviyo_middleware import ConfigurationError, KlaviyoMiddleware
 from klaviyo_middleware.cli import main
 from klaviyo_middleware.delivery.hooks import Hooks
 from klaviyo_middleware.delivery.spool.backend import SpoolDelivery
+from klaviyo_middleware.delivery.spool.sender import SenderOptions
 from klaviyo_middleware.delivery.spool.store import Spool, SpoolAdmin, account_fingerprint
-from klaviyo_middleware.delivery.spool.worker import WorkerOptions
 from klaviyo_middleware.delivery.sync import SyncDelivery
 from klaviyo_middleware.klaviyo.client import MAX_RETRY_AFTER, KlaviyoClient
 from klaviyo_middleware.klaviyo.retry import RetryPolicy
@@ -27,7 +27,7 @@ from klaviyo_fake import API_KEY, API_URL
 from waiting import wait_for
 
 ACCOUNT = account_fingerprint(API_URL, API_KEY)
-FAST = WorkerOptions(threads=2, poll=0.05, retry_base=0.01, retry_cap=0.05, lease=5.0,
+FAST = SenderOptions(threads=2, poll=0.05, retry_base=0.01, retry_cap=0.05, lease=5.0,
                      batch=5)
 UPDATE = "/klaviyoConnect/api/updateProfile"
 JSON = {"Accept": "application/json"}
@@ -44,7 +44,7 @@ def person(number: int, **changes: Any) -> Submission:
     return Submission(**values)
 
 
-def spool_delivery(tmp_path: Any, options: WorkerOptions = FAST) -> SpoolDelivery:
+def spool_delivery(tmp_path: Any, options: SenderOptions = FAST) -> SpoolDelivery:
     spool = Spool(tmp_path / "spool.sqlite3", ACCOUNT)
     return SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(), options)
 
@@ -74,12 +74,12 @@ class TestTheLoop:
             delivery.submit(person(1))
             assert delivery.flush(20)
             assert len(klaviyo.events) == 1
-            assert all(thread.is_alive() for thread in delivery.worker._threads)
+            assert all(thread.is_alive() for thread in delivery.sender._threads)
         finally:
             delivery.close()
 
     def test_a_thread_that_died_is_restarted(self, tmp_path, klaviyo, monkeypatch, caplog):
-        delivery = spool_delivery(tmp_path, WorkerOptions(threads=1, poll=0.05))
+        delivery = spool_delivery(tmp_path, SenderOptions(threads=1, poll=0.05))
         try:
             class Fatal(BaseException):
                 pass
@@ -88,9 +88,9 @@ class TestTheLoop:
                 raise Fatal
 
             # Something no `except Exception` catches ends the only thread.
-            monkeypatch.setattr(delivery.worker, "_tick", die)
+            monkeypatch.setattr(delivery.sender, "_tick", die)
             monkeypatch.setattr(threading, "excepthook", lambda args: None)
-            wait_for(lambda: not delivery.worker._threads[0].is_alive(), timeout=10)
+            wait_for(lambda: not delivery.sender._threads[0].is_alive(), timeout=10)
             monkeypatch.undo()
             with caplog.at_level(logging.ERROR):
                 delivery.submit(person(2))
@@ -108,7 +108,7 @@ class TestOneBadSubmission:
             spool.enqueue(person(number))
         raw_row(spool, "from-another-version", '{"action": "identify", "shape": "new"}')
         delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(),
-                                 WorkerOptions(poll=0.05, batch=20))
+                                 SenderOptions(poll=0.05, batch=20))
         try:
             assert delivery.flush(30)
         finally:
@@ -130,7 +130,7 @@ class TestOneBadSubmission:
         bad["profile"]["properties"]["n"] = float("nan")
         raw_row(spool, bad["id"], json.dumps(bad))
         delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(),
-                                 WorkerOptions(poll=0.05, batch=5, retry_base=0.01))
+                                 SenderOptions(poll=0.05, batch=5, retry_base=0.01))
         try:
             assert delivery.flush(30)
         finally:
@@ -210,7 +210,7 @@ class TestStartUp:
         def read_only(*args: Any, **kwargs: Any) -> None:
             raise sqlite3.OperationalError("attempt to write a readonly database")
 
-        monkeypatch.setattr(Spool, "register_worker", read_only)
+        monkeypatch.setattr(Spool, "register_sender", read_only)
         with pytest.raises(ConfigurationError, match="writable"):
             KlaviyoMiddleware(lambda e, s: [], api_key=API_KEY, api_url=API_URL,
                               spool_path=str(tmp_path / "spool.sqlite3"))

@@ -13,8 +13,8 @@ from webtest import TestApp
 from klaviyo_middleware import KlaviyoMiddleware
 from klaviyo_middleware.delivery.hooks import Hooks
 from klaviyo_middleware.delivery.spool.backend import SpoolDelivery
+from klaviyo_middleware.delivery.spool.sender import SenderOptions
 from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
-from klaviyo_middleware.delivery.spool.worker import WorkerOptions
 from klaviyo_middleware.klaviyo.client import KlaviyoClient
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.testing import FakeKlaviyo, Faults, serve_fake_klaviyo
@@ -99,7 +99,7 @@ class TestThroughTheMiddleware:
                                      profile={"email": f"n{number}@example.com"},
                                      lists=["M1"], confirm_opt_in=False))
         delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=fake_klaviyo.url),
-                                 Hooks(), WorkerOptions(threads=4, poll=0.05, batching=False,
+                                 Hooks(), SenderOptions(threads=4, poll=0.05, batching=False,
                                                         rate_share=1.0))
         try:
             assert delivery.flush(60)

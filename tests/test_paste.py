@@ -84,7 +84,7 @@ def test_factory_converts_spool_options(tmp_path):
         settings = middleware.settings
         assert settings.delivery == "spool"
         assert (settings.spool_durability, settings.spool_max_size) == ("normal", 1048576)
-        assert (settings.worker.threads, settings.worker.max_age,
-                settings.worker.rate_share) == (3, 3600.0, 0.5)
+        assert (settings.sender.threads, settings.sender.max_age,
+                settings.sender.rate_share) == (3, 3600.0, 0.5)
     finally:
         middleware.close()

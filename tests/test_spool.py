@@ -119,7 +119,7 @@ def test_dead_owners_are_released_at_once(spool):
 def test_live_owners_keep_their_leases(spool):
     import os
     owner = f"host:{os.getpid()}:x"
-    spool.register_worker(owner)
+    spool.register_sender(owner)
     spool.enqueue(make_submission())
     spool.claim(owner, 1, lease=3600)
     assert spool.release_dead_owners() == 0

@@ -10,8 +10,8 @@ from requests import ConnectionError as RequestsConnectionError
 
 from klaviyo_middleware.delivery.hooks import Hooks
 from klaviyo_middleware.delivery.spool.backend import SpoolDelivery
+from klaviyo_middleware.delivery.spool.sender import SenderOptions
 from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
-from klaviyo_middleware.delivery.spool.worker import WorkerOptions
 from klaviyo_middleware.klaviyo.client import KlaviyoClient
 from klaviyo_middleware.model.submission import Event, Submission
 
@@ -20,7 +20,7 @@ from waiting import wait_for
 
 UPDATE = "/klaviyoConnect/api/updateProfile"
 JSON = {"Accept": "application/json"}
-FAST = WorkerOptions(threads=2, poll=0.05, retry_base=0.01, retry_cap=0.05, lease=5.0)
+FAST = SenderOptions(threads=2, poll=0.05, retry_base=0.01, retry_cap=0.05, lease=5.0)
 
 
 class Observed:
@@ -146,7 +146,7 @@ def test_429_pauses_the_whole_account_for_retry_after(delivery, klaviyo, observe
 def test_too_old_goes_to_dead_letters(tmp_path, klaviyo, observed):
     klaviyo.fail("/api/profile-import", 500, times=50)
     spool = Spool(tmp_path / "old.sqlite3", account_fingerprint(API_URL, API_KEY))
-    options = WorkerOptions(poll=0.05, retry_base=0.01, retry_cap=0.02, max_age=0.2)
+    options = SenderOptions(poll=0.05, retry_base=0.01, retry_cap=0.02, max_age=0.2)
     backend = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), observed.hooks,
                             options)
     try:
@@ -158,7 +158,7 @@ def test_too_old_goes_to_dead_letters(tmp_path, klaviyo, observed):
     assert dead.error["status"] == 500 and dead.attempts >= 2
 
 
-def test_delivery_resumes_after_close_in_a_new_worker(tmp_path, klaviyo, observed):
+def test_delivery_resumes_after_close_in_a_new_sender(tmp_path, klaviyo, observed):
     path = tmp_path / "resume.sqlite3"
     account = account_fingerprint(API_URL, API_KEY)
     klaviyo.fail("/api/.*", exception=RequestsConnectionError("down"), times=1000)
@@ -179,7 +179,7 @@ def test_delivery_resumes_after_close_in_a_new_worker(tmp_path, klaviyo, observe
 def test_rate_limits_hold_across_threads(tmp_path, klaviyo):
     # add-to-list allows 10 calls a second; at a share of 0.3 that is 3.
     spool = Spool(tmp_path / "rate.sqlite3", account_fingerprint(API_URL, API_KEY))
-    options = WorkerOptions(threads=4, poll=0.05, rate_share=0.3)
+    options = SenderOptions(threads=4, poll=0.05, rate_share=0.3)
     backend = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(), options)
     try:
         for number in range(9):

@@ -37,8 +37,8 @@ def build_delivery(settings: Settings, hooks: Hooks, celery_app: Any = None) -> 
             durability=settings.spool_durability,
             max_bytes=settings.spool_max_size,
         )
-        # Starts the worker, whose first write shows a read-only file.
-        return SpoolDelivery(spool, client, hooks, settings.worker)
+        # Starts the sender, whose first write shows a read-only file.
+        return SpoolDelivery(spool, client, hooks, settings.sender)
     except (OSError, sqlite3.Error) as exc:
         raise ConfigurationError(
             f"cannot use the spool at {settings.spool_path!r} ({exc}); set spool_path "

@@ -30,6 +30,13 @@ class FakeList:
     name: str
     opt_in_process: str = "single_opt_in"
     members: set[str] = field(default_factory=set)
+    # channel ("email", "sms") → ids of profiles that consented through this list.
+    subscribers: dict[str, set[str]] = field(default_factory=dict)
+
+    def consented(self, profile_id: str, channels: tuple[str, ...]) -> None:
+        self.members.add(profile_id)
+        for channel in channels:
+            self.subscribers.setdefault(channel, set()).add(profile_id)
 
 
 @dataclass
@@ -137,7 +144,7 @@ class KlaviyoState:
             self._set_consent(profile_id, "SUBSCRIBED",
                               target.id if target else None, custom_source, channels)
             if target is not None:
-                target.members.add(profile_id)
+                target.consented(profile_id, channels)
             return None
 
     def confirm(self, token: str) -> bool:
@@ -148,7 +155,8 @@ class KlaviyoState:
             self._set_consent(confirmation.profile_id, "SUBSCRIBED", confirmation.list_id,
                               confirmation.custom_source, confirmation.channels,
                               double_opt_in=True)
-            self.lists[confirmation.list_id].members.add(confirmation.profile_id)
+            self.lists[confirmation.list_id].consented(confirmation.profile_id,
+                                                       confirmation.channels)
             return True
 
     def _set_consent(self, profile_id: str, status: str, list_id: str | None,
@@ -223,7 +231,9 @@ class KlaviyoState:
                 "profiles": [{"id": pid, **copy.deepcopy(p)} for pid, p in self.profiles.items()],
                 "lists": [
                     {"id": item.id, "name": item.name, "opt_in_process": item.opt_in_process,
-                     "members": sorted(item.members)}
+                     "members": sorted(item.members),
+                     "subscribers": {channel: sorted(ids)
+                                     for channel, ids in item.subscribers.items()}}
                     for item in self.lists.values()
                 ],
                 "consent": copy.deepcopy(self.consent),
@@ -250,6 +260,7 @@ class KlaviyoState:
             self._index.clear()
             for item in self.lists.values():
                 item.members.clear()
+                item.subscribers.clear()
 
 
 def _now() -> str:

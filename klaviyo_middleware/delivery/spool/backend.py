@@ -7,8 +7,8 @@ import sqlite3
 
 from klaviyo_middleware.delivery.hooks import Hooks
 from klaviyo_middleware.delivery.protocol import Outcome
+from klaviyo_middleware.delivery.spool.sender import SenderOptions, SpoolSender
 from klaviyo_middleware.delivery.spool.store import Spool, SpoolFull
-from klaviyo_middleware.delivery.spool.worker import SpoolWorker, WorkerOptions
 from klaviyo_middleware.klaviyo.client import KlaviyoClient, KlaviyoError, unserialisable
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import get_logger
@@ -24,13 +24,13 @@ class SpoolDelivery:
         spool: Spool,
         client: KlaviyoClient,
         hooks: Hooks,
-        options: WorkerOptions | None = None,
+        options: SenderOptions | None = None,
     ) -> None:
         self.spool = spool
-        self.worker = SpoolWorker(spool, client, hooks, options)
+        self.sender = SpoolSender(spool, client, hooks, options)
         # Started now rather than at the first submission, so that a
         # restarted process delivers what an earlier one left in the spool.
-        self.worker.ensure_running()
+        self.sender.ensure_running()
 
     def submit(self, submission: Submission) -> Outcome:
         try:
@@ -47,12 +47,12 @@ class SpoolDelivery:
             log.error("klaviyo_middleware: submission %s cannot be stored: %s",
                       submission.id, type(exc).__name__)
             return Outcome(accepted=False, error=unserialisable(exc))
-        self.worker.ensure_running()
-        self.worker.notify()
+        self.sender.ensure_running()
+        self.sender.notify()
         return Outcome(accepted=True, queued=True)
 
     def flush(self, timeout: float | None = None) -> bool:
-        return self.worker.flush(timeout)
+        return self.sender.flush(timeout)
 
     def close(self) -> None:
-        self.worker.close()
+        self.sender.close()

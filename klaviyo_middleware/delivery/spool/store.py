@@ -3,7 +3,7 @@
 One file, in WAL mode, shared by every process of a site (gunicorn workers,
 uWSGI processes, the CLI). A submission is committed here before the visitor
 gets an answer. Workers *lease* what they deliver: a lease names its owner
-and expires, so a worker killed with SIGKILL loses nothing — its submissions
+and expires, so a process killed with SIGKILL loses nothing — its submissions
 become claimable again when the lease runs out, or at once when the owner is
 seen to be dead.
 
@@ -222,7 +222,7 @@ class Spool:
 
         A thread inside SQLite may hold one of its mutexes; a child forked at
         that moment inherits the mutex locked and hangs at its first SQLite
-        call (gunicorn ``--preload`` forks while the worker threads run). So
+        call (gunicorn ``--preload`` forks while the sender threads run). So
         the fork waits for :attr:`_fork_guard`, which every SQLite call holds.
         """
         reference = weakref.ref(self)
@@ -292,9 +292,9 @@ class Spool:
                 (submission.id, self.account, payload, now, now),
             )
 
-    # -- the worker side ----------------------------------------------------
+    # -- the sender side ----------------------------------------------------
 
-    def register_worker(self, owner: str, now: float | None = None) -> None:
+    def register_sender(self, owner: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
         with self._transaction() as db:
             db.execute(
@@ -303,7 +303,7 @@ class Spool:
                 (owner, socket.gethostname(), os.getpid(), now),
             )
 
-    def unregister_worker(self, owner: str) -> None:
+    def unregister_sender(self, owner: str) -> None:
         with self._transaction() as db:
             db.execute("UPDATE submissions SET lease_until = 0 WHERE lease_owner = ?", (owner,))
             db.execute("DELETE FROM workers WHERE owner = ?", (owner,))

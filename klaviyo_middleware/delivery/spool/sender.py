@@ -1,4 +1,4 @@
-"""The background worker that drains the spool into Klaviyo.
+"""The spool's sender: the background threads that drain the spool into Klaviyo.
 
 It follows the habits of Sentry's and PostHog's clients: threads started
 lazily and restarted in a forked child (``os.register_at_fork`` plus a PID
@@ -35,15 +35,15 @@ log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
-class WorkerOptions:
-    """How the worker behaves.
+class SenderOptions:
+    """How the sender behaves.
 
     :param threads: delivery threads in each process.
     :param batch: submissions a thread leases at a time.
-    :param lease: seconds a lease lasts before another worker may take over;
+    :param lease: seconds a lease lasts before another sender (in any process) may take over;
         renewed after every step.
     :param poll: seconds between looks at the spool when idle (submissions
-        from this process wake the worker at once).
+        from this process wake the sender at once).
     :param max_age: seconds after which a submission that still fails
         transiently goes to the dead letters.
     :param retry_base: first backoff ceiling in seconds (full jitter).
@@ -68,18 +68,18 @@ class WorkerOptions:
     bulk_size: int = 1000
 
 
-class SpoolWorker:
+class SpoolSender:
     def __init__(
         self,
         spool: Spool,
         client: KlaviyoClient,
         hooks: Hooks,
-        options: WorkerOptions | None = None,
+        options: SenderOptions | None = None,
     ) -> None:
         self.spool = spool
         self.client = client
         self.hooks = hooks
-        self.options = options or WorkerOptions()
+        self.options = options or SenderOptions()
         self._limits: dict[str, RateLimits] = {
             name: scaled(limits, self.options.rate_share)
             for name, limits in ENDPOINT_LIMITS.items()
@@ -87,13 +87,13 @@ class SpoolWorker:
         self._retry = RetryPolicy(base=self.options.retry_base, cap=self.options.retry_cap)
         self._reset()
         self._closed = False
-        # Weak references: registering the worker must not keep it alive.
+        # Weak references: registering the sender must not keep it alive.
         reference = weakref.ref(self)
 
         def after_fork() -> None:
-            worker = reference()
-            if worker is not None:
-                worker._reset()
+            sender = reference()
+            if sender is not None:
+                sender._reset()
 
         os.register_at_fork(after_in_child=after_fork)
         atexit.register(_close_at_exit, reference)
@@ -120,7 +120,7 @@ class SpoolWorker:
             if self._pid == os.getpid() or self._closed:
                 return
             self._owner = new_owner()
-            self.spool.register_worker(self._owner)
+            self.spool.register_sender(self._owner)
             # Per process: a forked child has its own owner and jitter.
             self._courier = Courier(
                 self.spool, self.client, self._owner, limits=self._limits, retry=self._retry,
@@ -183,7 +183,7 @@ class SpoolWorker:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         try:
-            self.spool.unregister_worker(self._owner)
+            self.spool.unregister_sender(self._owner)
         finally:
             self.client.close()
             self.spool.close_all()
@@ -212,7 +212,7 @@ class SpoolWorker:
                 # Every call in the loop is inside this try: a locked or
                 # replaced spool file, or a bug, must not end delivery. The
                 # work stays in the spool and is tried again after a pause.
-                log.exception("klaviyo_middleware: spool worker error")
+                log.exception("klaviyo_middleware: spool sender error")
                 self._stopping.wait(self.options.poll)
 
     def _idle_wait(self) -> float:
@@ -225,7 +225,7 @@ class SpoolWorker:
         now = time.time()
         if now - self._last_housekeeping > 5.0:
             self._last_housekeeping = now
-            self.spool.register_worker(self._owner, now)
+            self.spool.register_sender(self._owner, now)
             self.spool.release_dead_owners()
             self._revive()
         pause = self.spool.paused_for(now)
@@ -244,12 +244,12 @@ class SpoolWorker:
         return bool(claimed)
 
 
-def _close_at_exit(reference: weakref.ReferenceType[SpoolWorker]) -> None:
-    worker = reference()
-    if worker is None or worker._closed or worker._pid != os.getpid():
+def _close_at_exit(reference: weakref.ReferenceType[SpoolSender]) -> None:
+    sender = reference()
+    if sender is None or sender._closed or sender._pid != os.getpid():
         return
     # A bounded flush: deliver what can go in a moment, leave the rest in the
     # spool for the next process instead of holding up the shutdown.
-    if worker.spool.outstanding():
-        worker.flush(worker.options.exit_timeout)
-    worker.close(timeout=1.0)
+    if sender.spool.outstanding():
+        sender.flush(sender.options.exit_timeout)
+    sender.close(timeout=1.0)
