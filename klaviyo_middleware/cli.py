@@ -94,7 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", default="INFO")
 
     celery_state = commands.add_parser("celery", help="dead letters and counts of Celery delivery")
-    celery_state.add_argument("action", choices=["stats", "dead", "retry"])
+    celery_state.add_argument("action", choices=["stats", "dead", "retry", "forget"])
+    celery_state.add_argument("person", nargs="?", metavar="EMAIL|PHONE",
+                              help="forget: the person to erase")
     celery_state.add_argument("--state-url", default=os.environ.get("KLAVIYO_STATE_URL"),
                               required=not os.environ.get("KLAVIYO_STATE_URL"))
     celery_state.add_argument("--broker", default=os.environ.get("KLAVIYO_BROKER_URL"),
@@ -127,7 +129,23 @@ def _parser() -> argparse.ArgumentParser:
     purge.add_argument("--id", action="append", dest="ids", help="only this submission")
     purge.add_argument("--older-than", type=float, metavar="SECONDS", help="only older ones")
     purge.add_argument("--all", action="store_true", help="required to purge everything")
+    forget = action("forget", "erase everything kept about one person (an erasure request)")
+    forget.add_argument("person", metavar="EMAIL|PHONE",
+                        help="an email address, or a phone number in international format")
     return parser
+
+
+def person(text: str) -> dict[str, str]:
+    """``forget``'s argument, normalised as the form fields were: an email
+    address or an E.164 phone number. Raises ``ValueError``."""
+    from klaviyo_middleware.web import fields
+
+    try:
+        if "@" in text:
+            return {"email": fields.email(text)}
+        return {"phone_number": fields.phone_number(text, None)}
+    except fields.FieldError as exc:
+        raise ValueError(f"{redact(text)}: {exc}") from None
 
 
 def _fake_klaviyo(args: argparse.Namespace, out: TextIO) -> int:
@@ -209,6 +227,8 @@ def _celery_state(args: argparse.Namespace, out: TextIO) -> int:
     if args.action == "retry" and not args.broker:
         print("klaviyo-middleware: retry needs --broker or KLAVIYO_BROKER_URL", file=sys.stderr)
         return 2
+    if args.action == "forget":
+        return _celery_forget(args, accounts, out)
     for account in accounts:
         state = RedisState(args.state_url, account)
         if args.action == "stats":
@@ -226,6 +246,30 @@ def _celery_state(args: argparse.Namespace, out: TextIO) -> int:
                 email, error = redact(email), redact(error)
             print(f"{letter['id']}  attempts {letter['attempts']}  {email}\n    {error}",
                   file=out)
+    return 0
+
+
+def _celery_forget(args: argparse.Namespace, accounts: list[str], out: TextIO) -> int:
+    from klaviyo_middleware.delivery.celery.ledger import Ledger
+    from klaviyo_middleware.delivery.celery.pool import RedisPool
+    from klaviyo_middleware.delivery.celery.state import RedisState
+
+    try:
+        who = person(args.person or "")
+    except ValueError as exc:
+        print(f"klaviyo-middleware: forget needs an email address or phone number: {exc}",
+              file=sys.stderr)
+        return 2
+    email, phone = who.get("email"), who.get("phone_number")
+    dead = pooled = 0
+    for account in accounts:
+        state = RedisState(args.state_url, account)
+        dead += state.forget(email, phone)
+        pooled += RedisPool(state).forget(email, phone)
+    recorded = Ledger(args.state_url).forget(email, phone)
+    print(f"erased about {redact(args.person)}: {dead} dead letter(s), {pooled} pooled "
+          f"submission(s), {recorded} ledger entry(ies); tasks already in the broker's "
+          f"queue are still delivered", file=out)
     return 0
 
 
@@ -286,6 +330,16 @@ def _spool_command(args: argparse.Namespace, admin: SpoolAdmin, out: TextIO) -> 
         lifted = admin.resume()
         print(f"lifted a pause of {lifted:.0f} s" if lifted else "delivery was not paused",
               file=out)
+        return 0
+    if args.action == "forget":
+        try:
+            who = person(args.person)
+        except ValueError as exc:
+            print(f"klaviyo-middleware: {exc}", file=sys.stderr)
+            return 2
+        removed = admin.forget(**who)
+        print(f"erased {removed['queued']} queued submission(s) and {removed['dead']} dead "
+              f"letter(s) about {redact(args.person)} from {admin.spool.path}", file=out)
         return 0
     if args.ids is None and args.older_than is None and not args.all:
         print("klaviyo-middleware: purge needs --id, --older-than or --all", file=sys.stderr)

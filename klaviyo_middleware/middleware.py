@@ -15,6 +15,7 @@ from klaviyo_middleware import settings as opts
 from klaviyo_middleware.delivery.factory import build_delivery
 from klaviyo_middleware.delivery.hooks import BeforeSend, Hooks, OnDead, OnDelivered, OnRetry
 from klaviyo_middleware.delivery.protocol import Delivery, Outcome
+from klaviyo_middleware.delivery.retention import DEAD_LETTER_MAX_AGE
 from klaviyo_middleware.errors import ConfigurationError
 from klaviyo_middleware.klaviyo.account import (
     API_KEY,
@@ -163,6 +164,7 @@ class KlaviyoMiddleware:
         max_string_length: int = opts.MAX_STRING_LENGTH.default,
         log_personal_data: bool = opts.LOG_PERSONAL_DATA.default,
         broker_url: str | None = opts.BROKER_URL.keyword_default,
+        dead_letter_max_age: float = DEAD_LETTER_MAX_AGE.default,
         # Keywords that take Python objects, which no ini file can hold.
         user_loader: UserLoader | None = None,
         mappings: Mapping[str, ProfileMapping] | None = None,

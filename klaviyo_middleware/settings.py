@@ -26,6 +26,7 @@ import phonenumbers
 
 from klaviyo_middleware import option
 from klaviyo_middleware.delivery.celery.config import ENV_BROKER_URL
+from klaviyo_middleware.delivery.retention import DEAD_LETTER_MAX_AGE
 from klaviyo_middleware.delivery.spool.sender import SenderOptions
 from klaviyo_middleware.delivery.spool.store import DURABILITY, ENV_SPOOL_PATH, default_spool_path
 from klaviyo_middleware.errors import ConfigurationError
@@ -236,7 +237,7 @@ OPTIONS: tuple[Option[Any], ...] = (
     MAX_BODY_SIZE, MAX_FIELDS, MAX_DEPTH, SPOOL_PATH, SPOOL_DURABILITY, SPOOL_MAX_SIZE,
     WORKER_THREADS, RETRY_MAX_AGE, RATE_LIMIT_SHARE, ALLOW_CROSS_SITE, CSRF_MAX_AGE,
     HONEYPOT, CLIENT_RATE_LIMIT, TRUSTED_PROXIES, MAX_LISTS, MAX_PROPERTIES,
-    MAX_STRING_LENGTH, LOG_PERSONAL_DATA, BROKER_URL,
+    MAX_STRING_LENGTH, LOG_PERSONAL_DATA, BROKER_URL, DEAD_LETTER_MAX_AGE,
 )
 BY_NAME: dict[str, Option[Any]] = {declared.name: declared for declared in OPTIONS}
 
@@ -277,6 +278,7 @@ class Settings:
     max_string_length: int
     log_personal_data: bool
     broker_url: str | None
+    dead_letter_max_age: float
 
     def __repr__(self) -> str:
         return f"<Settings api_url={self.api_url!r} delivery={self.delivery!r}>"
@@ -296,6 +298,7 @@ class Settings:
             threads=self.worker_threads,
             max_age=self.retry_max_age,
             rate_share=self.rate_limit_share,
+            dead_letter_max_age=self.dead_letter_max_age,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -566,3 +567,48 @@ def test_the_01_import_paths_still_work_with_a_warning():
         with pytest.warns(DeprecationWarning, match="moved|use"):
             module = importlib.import_module(old)
         assert callable(getattr(module, name)) or getattr(module, name) is not None
+
+
+class TestDataWeKeep:
+    """Celery's Redis state forgets a person on request and expires dead letters."""
+
+    def test_forget_erases_dead_letters_pool_and_ledger(self):
+        state = RedisState(REDIS, account_fingerprint("https://klaviyo.test", API_KEY))
+        jane = Submission(action="identify", profile={"email": "Jane.Roe@example.com"})
+        texter = Submission(action="identify", profile={"phone_number": "+14155552671"})
+        other = Submission(action="identify", profile={"email": "other@example.com"})
+        for item in (jane, other):
+            state.bury(item, Progress(), {"status": 400}, attempts=1)
+        pool = RedisPool(state)
+        pool.add(texter, Progress(), 0, time.time())
+        pool.add(Submission(action="identify", profile={"email": "jane.roe@example.com"}),
+                 Progress(), 0, time.time())
+        ledger = Ledger(REDIS)
+        ledger.record(jane.id, jane.to_dict())
+        out = io.StringIO()
+        assert cli(["celery", "forget", "JANE.ROE@example.com", "--state-url", REDIS],
+                   out=out) == 0
+        assert "1 dead letter(s), 1 pooled submission(s), 1 ledger entry(ies)" in out.getvalue()
+        assert "jane.roe" not in out.getvalue().lower()
+        assert [letter["id"] for letter in state.dead_letters()] == [other.id]
+        assert pool.size() == 1 and ledger.size() == 0
+        out = io.StringIO()
+        assert cli(["celery", "forget", "+1 415 555 2671", "--state-url", REDIS], out=out) == 0
+        assert pool.size() == 0
+        assert not any(b"jane.roe" in value.lower() or b"4155552671" in value
+                       for key in redis.Redis.from_url(REDIS).scan_iter("klaviyo_middleware:*")
+                       if redis.Redis.from_url(REDIS).type(key) == b"hash"
+                       for value in redis.Redis.from_url(REDIS).hvals(key))
+
+    def test_forget_needs_a_person(self, capsys):
+        assert cli(["celery", "forget", "--state-url", REDIS]) == 2
+        assert "email address or phone number" in capsys.readouterr().err
+
+    def test_old_dead_letters_expire(self, caplog):
+        state = RedisState(REDIS, account_fingerprint("https://klaviyo.test", API_KEY))
+        old = Submission(action="identify", profile={"email": "old@example.com"})
+        state.bury(old, Progress(), {"status": 400}, attempts=1)
+        with caplog.at_level(logging.INFO, logger="klaviyo_middleware"):
+            assert state.expire_dead_letters(3600, now=time.time() + 3601) == 1
+        assert state.dead_letters() == []
+        assert "purged 1 dead letters" in caplog.text

@@ -62,6 +62,19 @@ class Submission:
         event = values.pop("event", None)
         return cls(event=Event(**event) if event else None, **values)
 
+    def is_about(self, email: str | None = None, phone_number: str | None = None) -> bool:
+        """Whether this submission names the person (email in any case, or the
+        E.164 phone number): what an erasure request removes."""
+        return is_about(self.to_dict(), email, phone_number)
+
     def __repr__(self) -> str:
         # Personal data stays out of reprs, which end up in logs and tracebacks.
         return f"<Submission {self.id} {self.action} lists={len(self.lists)}>"
+
+
+def is_about(data: dict[str, Any], email: str | None, phone_number: str | None) -> bool:
+    """:meth:`Submission.is_about` for a submission stored as a dict."""
+    profile = data.get("profile") or {}
+    given = str(profile.get("email") or "")
+    return bool((email and given.lower() == email.lower())
+                or (phone_number and profile.get("phone_number") == phone_number))

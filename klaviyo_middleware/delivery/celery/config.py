@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from klaviyo_middleware import option
+from klaviyo_middleware.delivery.retention import DEAD_LETTER_MAX_AGE
 from klaviyo_middleware.errors import ConfigurationError
 from klaviyo_middleware.klaviyo.account import (
     API_KEY,
@@ -49,7 +50,7 @@ POOL_LEASE: Option[float] = Option(
     help="seconds a drain holds pooled submissions before another may take them over.")
 
 WORKER_OPTIONS: tuple[Option[Any], ...] = (
-    API_KEY, API_URL, REVISION, RETRY_MAX_AGE, RATE_LIMIT_SHARE,
+    API_KEY, API_URL, REVISION, RETRY_MAX_AGE, RATE_LIMIT_SHARE, DEAD_LETTER_MAX_AGE,
     STATE_URL, BULK_THRESHOLD, BULK_SIZE, POOL_LEASE,
 )
 
@@ -63,6 +64,7 @@ class WorkerConfig:
     revision: str
     retry_max_age: float
     rate_limit_share: float
+    dead_letter_max_age: float
     state_url: str
     bulk_threshold: int
     bulk_size: int

@@ -21,6 +21,8 @@ from typing import Any
 
 import redis
 
+from klaviyo_middleware.model.submission import is_about
+
 PAYLOADS = "klaviyo_middleware:ledger"
 ACTIVITY = "klaviyo_middleware:ledger:activity"
 SWEEP_TURN = "klaviyo_middleware:ledger:sweep"
@@ -53,6 +55,14 @@ class Ledger:
         pipe.hdel(PAYLOADS, submission_id)
         pipe.zrem(ACTIVITY, submission_id)
         pipe.execute()
+
+    def forget(self, email: str | None, phone_number: str | None) -> int:
+        """Drop the entries about a person; how many."""
+        found = [key for key, raw in self.redis.hgetall(PAYLOADS).items()
+                 if is_about(json.loads(raw), email, phone_number)]
+        for key in found:
+            self.settle(key.decode() if isinstance(key, bytes) else key)
+        return len(found)
 
     def stale(self, quiet_for: float, limit: int = 500) -> list[dict[str, Any]]:
         """Payloads of entries with no sign of life for ``quiet_for`` seconds."""

@@ -35,7 +35,7 @@ from klaviyo_middleware.delivery.celery.state import PROGRESS_TTL, RedisState
 from klaviyo_middleware.klaviyo.limits import RateLimits
 from klaviyo_middleware.model.lease import Leased
 from klaviyo_middleware.model.progress import Progress
-from klaviyo_middleware.model.submission import Submission
+from klaviyo_middleware.model.submission import Submission, is_about
 
 _NOW = """
 local now = redis.call('TIME')
@@ -185,6 +185,18 @@ class RedisPool:
         keys = [self._items, self._ready, self.state.key("progress", submission.id)]
         return bool(self._scripts["add"](
             keys=keys, args=[submission.id, record, int(created_at * 1000)]))
+
+    def forget(self, email: str | None, phone_number: str | None) -> int:
+        """Take every pooled submission about a person out of the pool; how many."""
+        found = [key for key, raw in self.redis.hgetall(self._items).items()
+                 if is_about(json.loads(raw)["submission"], email, phone_number)]
+        if found:
+            pipe = self.redis.pipeline()
+            pipe.hdel(self._items, *found)
+            pipe.zrem(self._ready, *found)
+            pipe.hdel(self._owners, *found)
+            pipe.execute()
+        return len(found)
 
     def holds(self, submission_id: str) -> bool:
         return bool(self.redis.hexists(self._items, submission_id))

@@ -19,7 +19,10 @@ import redis
 
 from klaviyo_middleware.klaviyo.limits import RateLimits
 from klaviyo_middleware.model.progress import Progress
-from klaviyo_middleware.model.submission import Submission
+from klaviyo_middleware.model.submission import Submission, is_about
+from klaviyo_middleware.redact import get_logger
+
+log = get_logger(__name__)
 
 PROGRESS_TTL = 14 * 24 * 3600
 
@@ -145,6 +148,24 @@ class RedisState:
         if letters:
             self.redis.hdel(self.key("dead"), *[letter["id"] for letter in letters])
         return letters
+
+    def expire_dead_letters(self, max_age: float, now: float | None = None) -> int:
+        """Delete dead letters older than ``max_age`` seconds."""
+        cutoff = (time.time() if now is None else now) - max_age
+        old = [letter["id"] for letter in self.dead_letters() if letter["dead_at"] <= cutoff]
+        if old:
+            self.redis.hdel(self.key("dead"), *old)
+            log.info("klaviyo_middleware: purged %d dead letters older than %s days",
+                     len(old), f"{max_age / 86400:g}")
+        return len(old)
+
+    def forget(self, email: str | None, phone_number: str | None) -> int:
+        """Delete the dead letters about a person; how many."""
+        found = [letter["id"] for letter in self.dead_letters()
+                 if is_about(letter["submission"], email, phone_number)]
+        if found:
+            self.redis.hdel(self.key("dead"), *found)
+        return len(found)
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -141,6 +141,7 @@ class _Runtime:
     limits: dict[str, RateLimits]
     retry: RetryPolicy
     max_age: float
+    dead_letter_max_age: float
     pool: RedisPool
     bulk_threshold: int
     bulk_size: int
@@ -178,6 +179,7 @@ def _build_runtime(app: Celery) -> _Runtime:
                 for name, limits in ENDPOINT_LIMITS.items()},
         retry=RetryPolicy(base=RETRY_BASE, cap=RETRY_CAP),
         max_age=config.retry_max_age,
+        dead_letter_max_age=config.dead_letter_max_age,
         pool=RedisPool(state),
         bulk_threshold=config.bulk_threshold,
         bulk_size=config.bulk_size,
@@ -311,6 +313,7 @@ def _drain_what_is_left(app: Celery, pool: RedisPool) -> None:
 
 def sweep(app: Celery) -> int:
     """Recover what a vanished worker took with it; the number re-enqueued.
+    Expire old dead letters too.
 
     Run by every worker every few seconds (one at a time fleet-wide), and
     only while the queue is empty, so that nothing merely waiting its turn
@@ -321,6 +324,8 @@ def sweep(app: Celery) -> int:
     ledger = runtime.ledger
     if ledger is not None and not ledger.take_sweep_turn(_sweep_interval(runtime)):
         return 0
+    # Personal data no longer than needed, busy queue or not.
+    runtime.state.expire_dead_letters(runtime.dead_letter_max_age)
     if runtime.backlog.waiting() > 0:
         return 0
     resent = _resend_lost(app, runtime, ledger) if ledger is not None else 0

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from klaviyo_middleware.delivery.courier import Courier
 from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.delivery.retention import DEFAULT_DEAD_LETTER_MAX_AGE
 from klaviyo_middleware.delivery.spool.store import Spool, new_owner
 from klaviyo_middleware.klaviyo.account import (
     DEFAULT_RATE_LIMIT_SHARE,
@@ -53,6 +54,7 @@ class SenderOptions:
     :param batching: when a lease round comes back full (a backlog), send
         through Klaviyo's bulk endpoints instead of one call per step.
     :param bulk_size: submissions in one bulk round.
+    :param dead_letter_max_age: seconds a dead letter is kept.
     """
 
     threads: int = 2
@@ -66,6 +68,7 @@ class SenderOptions:
     exit_timeout: float = 2.0
     batching: bool = True
     bulk_size: int = 1000
+    dead_letter_max_age: float = DEFAULT_DEAD_LETTER_MAX_AGE
 
 
 class SpoolSender:
@@ -107,6 +110,7 @@ class SpoolSender:
         self._pid: int | None = None
         self._owner = ""
         self._last_housekeeping = 0.0
+        self._last_expiry = 0.0
         self._courier: Courier | None = None
         self.client.reset()
 
@@ -221,6 +225,15 @@ class SpoolSender:
             return self.options.poll
         return min(self.options.poll, max(0.0, next_due - time.time()))
 
+    def _keep_data_short(self, now: float) -> None:
+        """Personal data no longer than needed: expire old dead letters (once
+        a minute) and, when nothing is queued, empty the write-ahead log."""
+        if now - self._last_expiry > 60.0:
+            self._last_expiry = now
+            self.spool.expire_dead_letters(self.options.dead_letter_max_age, now)
+        if self.spool.outstanding() == 0:
+            self.spool.truncate_wal()
+
     def _tick(self) -> bool:
         now = time.time()
         if now - self._last_housekeeping > 5.0:
@@ -228,6 +241,7 @@ class SpoolSender:
             self.spool.register_sender(self._owner, now)
             self.spool.release_dead_owners()
             self._revive()
+            self._keep_data_short(now)
         pause = self.spool.paused_for(now)
         if pause > 0:
             self._stopping.wait(min(pause, self.options.poll))

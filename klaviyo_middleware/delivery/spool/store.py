@@ -18,6 +18,7 @@ account-wide pause after a 429, rate-limit bookkeeping — happens inside
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -158,14 +159,12 @@ class Spool:
         self._fork_guard = threading.Lock()
         self._connections: dict[int, sqlite3.Connection] = {}
         self._inherited: list[sqlite3.Connection] = []
+        # Which file the open connections write to: (device, inode).
+        self._file: tuple[int, int] | None = None
+        self._wal_file: tuple[int, int] | None = None
         self._watch_forks()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists():
-            # Submissions and dead letters hold personal data: owner only.
-            # SQLite gives the -wal and -shm files the same permissions.
-            self.path.touch(mode=0o600)
-        with self._reading() as db:
-            db.executescript(_SCHEMA)
+        with self._reading():
+            pass
 
     def __repr__(self) -> str:
         return f"<Spool {str(self.path)!r}>"
@@ -180,10 +179,14 @@ class Spool:
         thread's storage happens to be freed: closing touches SQLite's
         process-wide mutexes, and a fork at that moment would hang the child.
         """
+        if self._connections and self._current_file() != self._file:
+            self._file_replaced()
         ident = threading.get_ident()
         db = self._connections.get(ident)
         if db is None:
             self._close_finished_threads()
+            if self._current_file() is None:
+                self._create_file()
             # Shared between threads only in the sense that a new thread may
             # reuse a finished one's ident; calls are serialised by the guard.
             db = sqlite3.connect(
@@ -192,8 +195,67 @@ class Spool:
             )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.durability}")
+            # Deleted rows (delivered, forgotten, purged) are overwritten with
+            # zeros, not left readable in free pages.
+            db.execute("PRAGMA secure_delete=ON")
+            current = self._current_file()
+            if current != self._file:
+                # A new file (or a first look at this one): make sure it has
+                # our tables.
+                db.executescript(_SCHEMA)
+                self._file = current
+                self._wal_file = self._current_file("-wal")
             self._connections[ident] = db
         return db
+
+    def _current_file(self, suffix: str = "") -> tuple[int, int] | None:
+        try:
+            found = os.stat(f"{self.path}{suffix}")
+        except OSError:
+            return None
+        return found.st_dev, found.st_ino
+
+    def _create_file(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            # Submissions and dead letters hold personal data: owner only.
+            # SQLite gives the -wal and -shm files the same permissions.
+            self.path.touch(mode=0o600)
+
+    def _file_replaced(self) -> None:
+        """The spool file was deleted or replaced under us (an operator
+        cleaning up, a deploy swapping directories). Writing on through the
+        old file would lose every later submission with it, so: carry what
+        it still holds into the file now at the path (created if need be),
+        and open every connection afresh there."""
+        log.error("klaviyo_middleware: the spool file %s was deleted or replaced while in "
+                  "use; moving what it held into the file now at that path", self.path)
+        old = next(iter(self._connections.values()))
+        submissions = old.execute("SELECT * FROM submissions").fetchall()
+        dead = old.execute("SELECT * FROM dead_letters").fetchall()
+        for db in self._connections.values():
+            db.close()
+        self._connections.clear()
+        if self._wal_file is not None and self._current_file("-wal") == self._wal_file:
+            # The old file's log is still at the path; SQLite would apply it
+            # to the new file. Its content is in the rows carried over.
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(f"{self.path}{suffix}")
+        self._file = None
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT OR IGNORE INTO submissions VALUES "
+                           "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", submissions)
+            db.executemany("INSERT OR IGNORE INTO dead_letters VALUES "
+                           "(?, ?, ?, ?, ?, ?, ?, ?)", dead)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        log.warning("klaviyo_middleware: carried %d queued submissions and %d dead letters "
+                    "into the new spool file", len(submissions), len(dead))
 
     def _close_finished_threads(self) -> None:
         alive = {thread.ident for thread in threading.enumerate()}
@@ -519,6 +581,36 @@ class Spool:
             )
         return 0.0
 
+    # -- keeping personal data no longer than needed -----------------------
+
+    def expire_dead_letters(self, max_age: float, now: float | None = None) -> int:
+        """Delete this account's dead letters older than ``max_age`` seconds."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            expired = db.execute(
+                "DELETE FROM dead_letters WHERE account = ? AND dead_at <= ?",
+                (self.account, now - max_age),
+            ).rowcount
+        if expired:
+            log.info("klaviyo_middleware: purged %d dead letters older than %s days",
+                     expired, f"{max_age / 86400:g}")
+        return int(expired)
+
+    def truncate_wal(self) -> bool:
+        """Empty the write-ahead log into the database file and cut it to zero
+        bytes, so that pages of delivered or erased submissions do not linger
+        there (secure_delete zeroes them in the database file itself).
+        ``False`` when a reader or writer elsewhere kept it from finishing."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            if wal.stat().st_size == 0:
+                return True
+        except OSError:
+            return True
+        with self._reading() as db:
+            (busy, _, _) = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return not busy
+
     # -- inspection ---------------------------------------------------------
 
     def dead_letters(self) -> list[DeadLetter]:
@@ -656,6 +748,23 @@ class SpoolAdmin:
                 ).rowcount
                 for submission_id in ids
             )
+
+    def forget(self, *, email: str | None = None,
+               phone_number: str | None = None) -> dict[str, int]:
+        """Erase every queued submission and dead letter about a person, in
+        every account, found by email address (any case) or phone number
+        (E.164); the counts removed. Deleted rows are zeroed in the file
+        (secure_delete) and the write-ahead log is emptied."""
+        if not email and not phone_number:
+            raise ValueError("forget needs an email address or a phone number")
+        match = ("(lower(json_extract(payload, '$.profile.email')) = lower(?) "
+                 "OR json_extract(payload, '$.profile.phone_number') = ?)")
+        values = (email or "", phone_number or "")
+        with self.spool._transaction() as db:
+            queued = db.execute(f"DELETE FROM submissions WHERE {match}", values).rowcount  # noqa: S608
+            dead = db.execute(f"DELETE FROM dead_letters WHERE {match}", values).rowcount  # noqa: S608
+        self.spool.truncate_wal()
+        return {"queued": int(queued), "dead": int(dead)}
 
     def close(self) -> None:
         self.spool.close()
