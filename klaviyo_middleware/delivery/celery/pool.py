@@ -31,8 +31,7 @@ import json
 import time
 from typing import Any
 
-from klaviyo_middleware.delivery.celery.state import PROGRESS_TTL, RedisState
-from klaviyo_middleware.klaviyo.limits import RateLimits
+from klaviyo_middleware.delivery.celery.state import PROGRESS_TTL, RedisState, SharedCapacity
 from klaviyo_middleware.model.lease import Leased
 from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.model.submission import Submission, is_about
@@ -149,7 +148,7 @@ return wait
 """
 
 
-class RedisPool:
+class RedisPool(SharedCapacity):
     """Pooled submissions of one account, leased to drain tasks.
 
     Implements :class:`~klaviyo_middleware.delivery.courier.LeaseStore`; the pause
@@ -277,15 +276,6 @@ class RedisPool:
             keys=[*self._keys, self.state.key("dead"), self.state.key("finished")],
             args=[owner, claimed.submission.id, letter, PROGRESS_TTL],
         )
-
-    def pause(self, seconds: float) -> None:
-        self.state.pause(seconds)
-
-    def paused_for(self) -> float:
-        return self.state.paused_for()
-
-    def take_rate_slot(self, endpoint: str, limits: RateLimits) -> float:
-        return self.state.take_rate_slot(endpoint, limits)
 
 
 def _milliseconds(seconds: float) -> int:

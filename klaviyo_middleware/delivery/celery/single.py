@@ -17,15 +17,14 @@ from typing import TYPE_CHECKING, Any
 from celery import Task
 
 from klaviyo_middleware.delivery.celery.ledger import Ledger
-from klaviyo_middleware.delivery.celery.state import RedisState
-from klaviyo_middleware.klaviyo.limits import RateLimits
+from klaviyo_middleware.delivery.celery.state import RedisState, SharedCapacity
 from klaviyo_middleware.model.lease import Leased
 
 if TYPE_CHECKING:
     from celery.exceptions import Retry
 
 
-class TaskLease:
+class TaskLease(SharedCapacity):
     """The lease store of one running task (see the module docstring).
 
     After the courier returns, :attr:`retry` holds the task's retry when the
@@ -62,15 +61,6 @@ class TaskLease:
     def bury(self, owner: str, claimed: Leased, error: dict[str, Any]) -> None:
         self.state.bury(claimed.submission, claimed.progress, error, claimed.attempts + 1)
         self._finish(claimed.submission.id)
-
-    def pause(self, seconds: float) -> None:
-        self.state.pause(seconds)
-
-    def paused_for(self) -> float:
-        return self.state.paused_for()
-
-    def take_rate_slot(self, endpoint: str, limits: RateLimits) -> float:
-        return self.state.take_rate_slot(endpoint, limits)
 
     def alive(self, submission_id: str, until: float | None = None) -> None:
         """Tell the ledger the task is not lost (until ``until``, if waiting)."""

@@ -173,3 +173,19 @@ class RedisState:
             "dead": int(self.redis.hlen(self.key("dead"))),
             "paused_for": self.paused_for(),
         }
+
+
+class SharedCapacity:
+    """The account-wide pause and rate limits of a Redis lease store: the
+    fleet's, kept in :attr:`state` (part of the courier's ``LeaseStore``)."""
+
+    state: RedisState
+
+    def pause(self, seconds: float) -> None:
+        self.state.pause(seconds)
+
+    def paused_for(self) -> float:
+        return self.state.paused_for()
+
+    def take_rate_slot(self, endpoint: str, limits: RateLimits) -> float:
+        return self.state.take_rate_slot(endpoint, limits)
