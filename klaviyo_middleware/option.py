@@ -181,9 +181,3 @@ def optional_text(name: str, value: object) -> str | None:
     if not isinstance(value, str):
         raise ConfigurationError(f"{name} must be text, got {value!r}")
     return value
-
-
-def text(name: str, value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"{name} must be text, got {value!r}")
-    return value

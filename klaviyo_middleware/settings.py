@@ -45,8 +45,6 @@ from klaviyo_middleware.web.validation import SMS_CONSENT_MODES
 
 DELIVERIES = ("spool", "sync", "celery")
 
-__all__ = ["OPTIONS", "Settings", "build_settings", "split_list"]
-
 
 def _hosts(name: str, value: object) -> tuple[str, ...]:
     try:

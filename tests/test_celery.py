@@ -461,6 +461,19 @@ def test_an_unexpected_error_is_retried_not_dropped(loopback_klaviyo, monkeypatc
     assert "flaky@example.com" in loopback_klaviyo.fake.profiles
 
 
+def test_a_task_result_says_how_its_submission_ended(loopback_klaviyo):
+    from klaviyo_middleware.delivery.celery.tasks import TASK_NAME, make_celery
+
+    app = make_celery(REDIS)
+    app.conf.update(klaviyo_api_key=API_KEY, klaviyo_api_url=loopback_klaviyo.url,
+                    klaviyo_state_url=REDIS)
+    loopback_klaviyo.fake.fail("/api/profile-import", 400)
+    refused = Submission(action="identify", profile={"email": "refused@example.com"})
+    assert app.tasks[TASK_NAME].apply(args=[refused.to_dict()]).get() == "dead"
+    taken = Submission(action="identify", profile={"email": "taken@example.com"})
+    assert app.tasks[TASK_NAME].apply(args=[taken.to_dict()]).get() == "delivered"
+
+
 def start_observed_worker(url: str) -> subprocess.Popen[bytes]:
     """A worker loading the site's own Celery module, as ``celery -A`` users run it."""
     tests = os.path.dirname(os.path.abspath(__file__))

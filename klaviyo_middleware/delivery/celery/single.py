@@ -28,7 +28,8 @@ class TaskLease(SharedCapacity):
     """The lease store of one running task (see the module docstring).
 
     After the courier returns, :attr:`retry` holds the task's retry when the
-    courier rescheduled the submission; raise it to end the run.
+    courier rescheduled the submission; raise it to end the run. Otherwise
+    :attr:`outcome` says how the submission ended (the task's result).
     """
 
     def __init__(self, task: Task, state: RedisState, ledger: Ledger | None) -> None:
@@ -36,6 +37,7 @@ class TaskLease(SharedCapacity):
         self.state = state
         self.ledger = ledger
         self.retry: Retry | None = None
+        self.outcome = "unfinished"
 
     def save_progress_many(self, owner: str, items: list[Leased], lease: float) -> set[str]:
         for item in items:
@@ -48,6 +50,7 @@ class TaskLease(SharedCapacity):
         for item in items:
             self.state.complete(item.submission.id)
             self._finish(item.submission.id)
+        self.outcome = "delivered"
 
     def reschedule(self, owner: str, claimed: Leased, due_at: float,
                    error: dict[str, Any]) -> None:
@@ -61,6 +64,7 @@ class TaskLease(SharedCapacity):
     def bury(self, owner: str, claimed: Leased, error: dict[str, Any]) -> None:
         self.state.bury(claimed.submission, claimed.progress, error, claimed.attempts + 1)
         self._finish(claimed.submission.id)
+        self.outcome = "dead"
 
     def alive(self, submission_id: str, until: float | None = None) -> None:
         """Tell the ledger the task is not lost (until ``until``, if waiting)."""

@@ -256,7 +256,7 @@ def _deliver(task: Task, payload: dict[str, Any]) -> str:
         raise task.retry(countdown=wait.seconds, max_retries=None) from None
     if lease.retry is not None:
         raise lease.retry
-    return "delivered" if state.is_finished(submission.id) else "dead"
+    return lease.outcome
 
 
 def _backlogged(runtime: _Runtime) -> bool:

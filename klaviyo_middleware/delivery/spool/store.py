@@ -163,6 +163,7 @@ class Spool:
         self._file: tuple[int, int] | None = None
         self._wal_file: tuple[int, int] | None = None
         self._watch_forks()
+        # Create the file and its tables now: a bad path fails at start-up.
         with self._reading():
             pass
 
@@ -243,17 +244,14 @@ class Spool:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(f"{self.path}{suffix}")
         self._file = None
+        # Already under the fork guard (called from _connection), so not
+        # through _transaction, which takes it.
         db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(db):
             db.executemany("INSERT OR IGNORE INTO submissions VALUES "
                            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", submissions)
             db.executemany("INSERT OR IGNORE INTO dead_letters VALUES "
                            "(?, ?, ?, ?, ?, ?, ?, ?)", dead)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         log.warning("klaviyo_middleware: carried %d queued submissions and %d dead letters "
                     "into the new spool file", len(submissions), len(dead))
 
@@ -271,13 +269,8 @@ class Spool:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._fork_guard:
             db = self._connection()
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(db):
                 yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
 
     def _watch_forks(self) -> None:
         """Never let a fork happen while a thread of ours is inside SQLite.
@@ -768,6 +761,18 @@ class SpoolAdmin:
 
     def close(self) -> None:
         self.spool.close()
+
+
+@contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, taking the write lock at once."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
