@@ -265,7 +265,10 @@ def _celery_forget(args: argparse.Namespace, accounts: list[str], out: TextIO) -
     for account in accounts:
         state = RedisState(args.state_url, account)
         dead += state.forget(email, phone)
-        pooled += RedisPool(state).forget(email, phone)
+        pool = RedisPool(state)
+        pooled += pool.forget(email, phone)
+        # The delivery-order keys are hashed, but still about the person.
+        pool.forget_person(email, phone)
     recorded = Ledger(args.state_url).forget(email, phone)
     print(f"erased about {redact(args.person)}: {dead} dead letter(s), {pooled} pooled "
           f"submission(s), {recorded} ledger entry(ies); tasks already in the broker's "

@@ -14,6 +14,7 @@ real HTTP server on 127.0.0.1 that other processes can reach.
 from __future__ import annotations
 
 import json
+import random
 import re
 import threading
 import time
@@ -61,14 +62,20 @@ class FakeKlaviyo:
         self.violations: list[str] = []
         # What Klaviyo holds lives in the shipped fake; rate limits are
         # tested on their own, not in every test.
-        self.klaviyo = ShippedFake(api_key=API_KEY, rate_limits=False)
+        # Import jobs are processed in the background, as Klaviyo does, but
+        # quickly: tests follow them within a moment.
+        self.klaviyo = ShippedFake(api_key=API_KEY, rate_limits=False, job_seconds=0.05)
         self.latency = 0.0
+        # (low, high): each call waits a random time in between, so that
+        # concurrent calls finish in no particular order.
+        self.latency_range: tuple[float, float] | None = None
         self._script: dict[str, deque[Scripted]] = {}
         self._lock = threading.Lock()
         if mock is not None:
-            mock.add_callback(
-                responses.POST, re.compile(re.escape(api_url) + r"/.*"), callback=self._callback
-            )
+            for method in (responses.POST, responses.GET):
+                mock.add_callback(
+                    method, re.compile(re.escape(api_url) + r"/.*"), callback=self._callback
+                )
 
     # -- scripting ----------------------------------------------------------
 
@@ -107,12 +114,17 @@ class FakeKlaviyo:
     def _callback(self, request: requests.PreparedRequest) -> Answer:
         path = "/" + (request.url or "").split("/", 3)[3].split("?", 1)[0]
         raw = request.body or b""
-        body = json.loads(raw if isinstance(raw, (bytes, str)) else b"")
-        return self.handle(request.method or "", path, dict(request.headers), body)
+        body = json.loads(raw) if isinstance(raw, (bytes, str)) and raw else None
+        query = (request.url or "").partition("?")[2]
+        return self.handle(request.method or "", path, dict(request.headers), body, query,
+                           self.api_url)
 
-    def handle(self, method: str, path: str, headers: dict[str, str], body: Any) -> Answer:
+    def handle(self, method: str, path: str, headers: dict[str, str], body: Any,
+               query: str = "", base: str = API_URL) -> Answer:
         if self.latency:
             time.sleep(self.latency)
+        if self.latency_range:
+            time.sleep(random.uniform(*self.latency_range))
         with self._lock:
             self.calls.append(Call(method, path, headers, body, time.monotonic()))
             self._check(method, path, headers, body)
@@ -122,7 +134,7 @@ class FakeKlaviyo:
                     if scripted.exception is not None:
                         raise scripted.exception
                     return scripted.status, scripted.headers, _error_text(scripted)
-            return self._success(method, path, headers, body)
+            return self._success(method, path, headers, body, f"{base}{path}?{query}")
 
     def _check(self, method: str, path: str, headers: dict[str, str], body: Any) -> None:
         expected = {
@@ -140,12 +152,18 @@ class FakeKlaviyo:
         except LookupError as exc:
             self.violations.append(str(exc))
             return
+        if method != "POST":
+            if body is not None:
+                self.violations.append(f"{method} {path}: a body on a read")
+            return
         for error in request_errors(method, path, body):
             self.violations.append(f"{method} {path}: {error}")
 
-    def _success(self, method: str, path: str, headers: dict[str, str], body: Any) -> Answer:
+    def _success(self, method: str, path: str, headers: dict[str, str], body: Any,
+                 url: str) -> Answer:
         wanted = {"authorization", "revision", "content-type", "accept"}
-        request = Request.blank(path, method=method, body=json.dumps(body).encode(),
+        request = Request.blank(url.rstrip("?"), method=method,
+                                body=json.dumps(body).encode() if method == "POST" else b"",
                                 headers={name: value for name, value in headers.items()
                                          if name.lower() in wanted})
         response = request.get_response(self.klaviyo)
@@ -156,6 +174,8 @@ class FakeKlaviyo:
 
     @property
     def state(self) -> Any:
+        # Jobs whose time has come show, as they would to a reader of Klaviyo.
+        self.klaviyo.state.process_jobs()
         return self.klaviyo.state
 
     def _key(self, profile_id: str) -> str:
@@ -237,12 +257,17 @@ class LoopbackKlaviyo:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:
+            def do_GET(self) -> None:
+                self.do_POST(method="GET")
+
+            def do_POST(self, method: str = "POST") -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                path, _, query = self.path.partition("?")
                 try:
-                    body = json.loads(raw or b"null")
+                    body = json.loads(raw) if raw else None
                     status, headers, text = behaviour.handle(
-                        "POST", self.path.split("?", 1)[0], dict(self.headers.items()), body
+                        method, path, dict(self.headers.items()), body, query,
+                        f"http://{self.headers.get('Host')}"
                     )
                 except ConnectionError:
                     self.close_connection = True

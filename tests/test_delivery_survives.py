@@ -180,7 +180,7 @@ class _SilentSession:
         self.clock = clock
         self.timeouts: list[tuple[float, float]] = []
 
-    def post(self, url: str, data: bytes, timeout: tuple[float, float]) -> Any:
+    def request(self, method: str, url: str, timeout: tuple[float, float], **_: Any) -> Any:
         self.timeouts.append(timeout)
         self.clock[0] += timeout[1]
         raise requests.ReadTimeout("no answer")

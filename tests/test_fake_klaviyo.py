@@ -141,17 +141,44 @@ class TestKlaviyoSemantics:
 
     def test_bulk_import_reports_a_bad_profile_on_the_job(self, api):
         fake, app = api
+        fake.job_seconds = 0.0
+        fake.state.refuse("no@example.com", "Suppressed.")
         body = {"data": {"type": "profile-bulk-import-job", "attributes": {"profiles": {"data": [
             {"type": "profile", "attributes": {"email": "ok@example.com"}},
-            {"type": "profile", "attributes": {"email": "broken"}}]}},
+            {"type": "profile", "attributes": {"email": "broken"}},
+            {"type": "profile", "attributes": {"email": "no@example.com"}}]}},
             "relationships": {"lists": {"data": [{"type": "list", "id": "L9"}]}}}}
         job = post(app, "/api/profile-bulk-import-jobs", body)
         assert job.status_int == 202
-        status = app.get(f"/api/profile-bulk-import-jobs/{job.json['data']['id']}",
-                         headers=HEADERS).json["data"]["attributes"]
+        path = f"/api/profile-bulk-import-jobs/{job.json['data']['id']}"
+        status = app.get(path, headers=HEADERS).json["data"]["attributes"]
         assert (status["status"], status["completed_count"], status["failed_count"]) == \
-            ("complete", 1, 1)
+            ("complete", 1, 2)
         assert len(fake.state.lists["L9"].members) == 1
+        first = app.get(path + "/import-errors?page[size]=1", headers=HEADERS).json
+        second = app.get(first["links"]["next"], headers=HEADERS).json
+        errors = [item["attributes"] for item in first["data"] + second["data"]]
+        assert "next" not in second["links"]
+        assert [(error["source"]["pointer"].split("/")[5], error["original_payload"]
+                 ["attributes"]["email"]) for error in errors] == \
+            [("1", "broken"), ("2", "no@example.com")]
+        assert errors[1]["detail"] == "Suppressed."
+
+    def test_an_import_job_shows_nothing_until_it_is_processed(self, api):
+        fake, app = api
+        fake.job_seconds = 0.3
+        post(app, "/api/profile-import", profile("late@example.com", first_name="Single"))
+        job = post(app, "/api/profile-bulk-import-jobs", {"data": {
+            "type": "profile-bulk-import-job", "attributes": {"profiles": {"data": [
+                {"type": "profile", "attributes": {"email": "late@example.com",
+                                                   "first_name": "Job"}}]}}}})
+        path = f"/api/profile-bulk-import-jobs/{job.json['data']['id']}"
+        assert app.get(path, headers=HEADERS).json["data"]["attributes"]["status"] == "queued"
+        assert [p["first_name"] for p in fake.state.profiles.values()] == ["Single"]
+        time.sleep(0.35)
+        # Processed after the single import it followed: the job's data wins.
+        assert app.get(path, headers=HEADERS).json["data"]["attributes"]["status"] == "complete"
+        assert [p["first_name"] for p in fake.state.profiles.values()] == ["Job"]
 
     def test_events_deduplicated_by_unique_id(self, api):
         fake, app = api

@@ -171,7 +171,7 @@ def test_scaled_limits_never_reach_zero():
 
 
 def test_full_spool_refuses_new_submissions(tmp_path):
-    small = Spool(tmp_path / "small.sqlite3", ACCOUNT, max_bytes=64 * 1024)
+    small = Spool(tmp_path / "small.sqlite3", ACCOUNT, max_bytes=128 * 1024)
     accepted = 0
     with pytest.raises(SpoolFull):
         for number in range(10_000):

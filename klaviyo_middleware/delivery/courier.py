@@ -15,7 +15,12 @@ pause, dead-letter and batch — exactly alike:
   backoff) or buried with Klaviyo's error once permanent or too old;
 - a backlog goes through the bulk endpoints stage by stage, and a bulk call
   Klaviyo refuses outright is replayed one call per step, so one bad
-  submission cannot hold back the rest.
+  submission cannot hold back the rest; an import job is followed until
+  Klaviyo has processed it (:mod:`klaviyo_middleware.delivery.import_jobs`);
+- a person's profile is written in acceptance order: a profile goes only
+  when no other submission about the person is sending one, and without the
+  attributes a newer submission has already sent
+  (:mod:`klaviyo_middleware.model.profile_order`).
 
 A single Celery task is a lease store too (the broker leases the message,
 :mod:`klaviyo_middleware.delivery.celery.single`), so all three queued paths
@@ -35,14 +40,21 @@ import json
 import random
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from typing import Any, Protocol
 
 from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.delivery.import_jobs import JobFollow, JobFollower, JobOutcome
 from klaviyo_middleware.klaviyo import bulk, steps
 from klaviyo_middleware.klaviyo.client import KlaviyoClient, KlaviyoError, unserialisable
 from klaviyo_middleware.klaviyo.limits import RateLimits, endpoint_for
 from klaviyo_middleware.klaviyo.retry import RetryPolicy
+from klaviyo_middleware.model import profile_order
 from klaviyo_middleware.model.lease import Leased
+from klaviyo_middleware.model.profile_order import Turn
+from klaviyo_middleware.model.progress import ImportJob
 from klaviyo_middleware.redact import get_logger
 
 log = get_logger(__name__)
@@ -78,6 +90,17 @@ class LeaseStore(Protocol):
 
     def take_rate_slot(self, endpoint: str, limits: RateLimits) -> float: ...
 
+    def take_profile_turns(self, owner: str, items: list[Leased],
+                           lease: float) -> dict[str, Turn]:
+        """Whether each item may send its profile now (no other submission
+        about the same person is sending one), and what newer submissions
+        about the person have sent (see model/profile_order.py)."""
+        ...
+
+    def postpone(self, owner: str, claimed: Leased, due_at: float) -> None:
+        """Hand a submission back until ``due_at``; not a failed attempt."""
+        ...
+
 
 class Postponed(Exception):
     """Capacity returns in :attr:`seconds`, later than the courier's patience:
@@ -96,6 +119,7 @@ class Courier:
     :param max_age: seconds after which a transient failure is buried.
     :param stopping: set to make the courier give up waiting and return;
         what it held stays in the store.
+    :param jobs: how profile import jobs are followed to their end.
     :param patience: wait at most this long for capacity (the shared pause
         or a rate-limit slot); a longer wait raises :class:`Postponed`.
         ``None``: wait as long as it takes.
@@ -114,6 +138,7 @@ class Courier:
         hooks: Hooks | None = None,
         stopping: threading.Event | None = None,
         patience: float | None = None,
+        jobs: JobFollow | None = None,
     ) -> None:
         self.store = store
         self.client = client
@@ -125,6 +150,10 @@ class Courier:
         self.hooks = hooks or Hooks()
         self.stopping = stopping or threading.Event()
         self.patience = patience
+        self._jobs = JobFollower(
+            client, jobs or JobFollow(), self._wait_for_capacity,
+            lambda items, wait: self.store.save_progress_many(owner, items, self.lease + wait),
+            self._throttled, self.stopping)
         # One per courier: forked workers must not share their jitter.
         self._rng = random.Random()  # noqa: S311 - jitter, not security
 
@@ -140,11 +169,27 @@ class Courier:
     def deliver(self, item: Leased) -> None:
         """Every pending step of one submission, one call each."""
         submission = item.submission
+        if item.progress.job is not None:
+            outcome, kept = self._settle_jobs([item])
+            if outcome.refused:
+                self._bury(item, outcome.refused[0][1])
+                return
+            if not outcome.unfinished and submission.id not in kept:
+                return
         for step in steps.pending(submission, item.progress):
+            sending = submission
+            if step == steps.PROFILE_STEP:
+                turn = self._profile_turn(item)
+                if turn is None:
+                    return
+                sending = replace(submission, profile=turn)
+                if self._nothing_new(item, turn):
+                    item.progress.done.append(step)
+                    continue
             if not self._wait_for_capacity([item], endpoint_for(step)):
                 return
             try:
-                steps.run_step(self.client, submission, step, item.progress)
+                steps.run_step(self.client, sending, step, item.progress)
             except KlaviyoError as error:
                 self._failed(item, error)
                 return
@@ -161,60 +206,144 @@ class Courier:
         self.store.complete_many(self.owner, [item])
         self.hooks.delivered(submission)
 
+    def _profile_turn(self, item: Leased) -> dict[str, Any] | None:
+        """The profile ``item`` may send now, or ``None`` when another
+        submission about the person is sending one (``item`` is handed back)."""
+        turn = self.store.take_profile_turns(self.owner, [item], self.lease)[
+            item.submission.id]
+        if turn.wait > 0:
+            self._postpone(item, turn.wait)
+            return None
+        return profile_order.still_ours(item.submission.profile, turn.marks,
+                                        item.submission.accepted)
+
+    def _nothing_new(self, item: Leased, profile: dict[str, Any]) -> bool:
+        """Newer submissions have sent everything this one would (and it
+        joins no list that needs the profile's id): no call at all."""
+        return (profile != item.submission.profile and profile_order.only_identity(profile)
+                and not any(step.startswith("add:")
+                            for step in steps.pending(item.submission, item.progress)))
+
+    def _postpone(self, item: Leased, wait: float) -> None:
+        if self.patience is not None:
+            # A Celery task: the broker keeps it until then.
+            raise Postponed(max(wait, 0.1))
+        self.store.postpone(self.owner, item, time.time() + max(wait, 0.1))
+
+    def _profile_turns(self, round_: _Round) -> dict[str, dict[str, Any]]:
+        """Per-person order for a bulk round: who may send a profile now, and
+        what each may send (:func:`profile_order.order_in_round`); those who
+        must wait leave the round, those with nothing new need no call."""
+        needing = [item for item in round_.active if item.progress.job is None
+                   and steps.PROFILE_STEP not in item.progress.done]
+        if not needing:
+            return {}
+        turns = self.store.take_profile_turns(self.owner, needing, self.lease)
+        waiting = [item for item in needing if turns[item.submission.id].wait > 0]
+        for item in waiting:
+            self._postpone(item, turns[item.submission.id].wait)
+        round_.leave(waiting)
+        going = [item for item in needing if turns[item.submission.id].wait <= 0]
+        allowed = profile_order.order_in_round(
+            [(item.submission, turns[item.submission.id].marks) for item in going])
+        for item in going:
+            if self._nothing_new(item, allowed[item.submission.id]):
+                item.progress.done.append(steps.PROFILE_STEP)
+        return allowed
+
     def deliver_bulk(self, items: list[Leased]) -> None:
-        """Deliver a backlog through the bulk endpoints, stage by stage."""
+        """Deliver a backlog through the bulk endpoints, stage by stage.
+
+        Profiles first, in import jobs followed until Klaviyo has processed
+        them (or given up on and sent one by one); then subscriptions and
+        events for the submissions whose profile is in."""
         items = self._sendable(items)
-        active = list(items)
-        # id → the error and the jitter of the call that failed it.
-        failed: dict[str, tuple[KlaviyoError, float]] = {}
-        singles: list[Leased] = []
-        for stage in bulk.stages():
-            for call in stage(active):
-                members = [item for item, _ in call.members]
-                if not self._wait_for_capacity(members, call.endpoint):
-                    return
-                try:
-                    call.send(self.client)
-                except KlaviyoError as error:
-                    if error.status == 429:
-                        self.store.pause(error.retry_after or self._backoff(1))
-                    if error.transient:
-                        # One jitter for the whole call keeps its submissions
-                        # due together, so that they are retried as one bulk
-                        # call rather than scattered into single ones.
-                        jitter = self._rng.random()
-                        failed.update((item.submission.id, (error, jitter)) for item in members)
-                    else:
-                        # Klaviyo refused the whole job; one call per step
-                        # finds the submission at fault and delivers the rest.
-                        log.warning("klaviyo_middleware: bulk call refused (%s); "
-                                    "delivering its %d submissions one by one",
-                                    error, len(members))
-                        singles.extend(members)
-                    continue
-                for item, done in call.members:
-                    item.progress.done.extend(step for step in done
-                                              if step not in item.progress.done)
-                kept = self.store.save_progress_many(self.owner, members, self.lease)
-                lost = {item.submission.id for item in members} - kept
-                if lost:
-                    log.warning("klaviyo_middleware: lost %d leases during a bulk round",
-                                len(lost))
-                    active = [item for item in active if item.submission.id not in lost]
-            excluded = set(failed) | {item.submission.id for item in singles}
-            active = [item for item in active if item.submission.id not in excluded]
-        self.store.complete_many(self.owner, active)
-        for item in active:
+        round_ = _Round(items)
+        profiles = self._profile_turns(round_)
+        if not self._send_stage(round_, partial(bulk.profile_imports, profiles=profiles)):
+            return
+        following = [item for item in round_.active if item.progress.job is not None]
+        if following:
+            outcome, kept = self._settle_jobs(following)
+            round_.refused.extend(outcome.refused)
+            round_.singles.extend(outcome.unfinished)
+            imported = {item.submission.id for item in outcome.imported} & kept
+            round_.active = [item for item in round_.active
+                             if item.progress.job is None or item.submission.id in imported]
+            round_.drop_failed()
+        for stage in (bulk.subscriptions, bulk.events):
+            if not self._send_stage(round_, stage):
+                return
+        self.store.complete_many(self.owner, round_.active)
+        for item in round_.active:
             self.hooks.delivered(item.submission)
         now = time.time()
         for item in items:
-            if item.submission.id in failed:
-                cause, jitter = failed[item.submission.id]
+            if item.submission.id in round_.failed:
+                cause, jitter = round_.failed[item.submission.id]
                 self._failed(item, cause, _SharedJitter(jitter), now)
-        for item in singles:
+        for item, error in round_.refused:
+            self._bury(item, error)
+        for item in round_.singles:
             if self.stopping.is_set():
                 return
             self.deliver(item)
+
+    def _send_stage(self, round_: _Round,
+                    stage: Callable[[list[Leased]], list[bulk.BulkCall]]) -> bool:
+        """Send one stage's bulk calls; ``False`` when stopping."""
+        for call in stage(round_.active):
+            members = [item for item, _ in call.members]
+            if not self._wait_for_capacity(members, call.endpoint):
+                return False
+            try:
+                job_id = call.send(self.client)
+            except KlaviyoError as error:
+                if error.status == 429:
+                    self.store.pause(error.retry_after or self._backoff(1))
+                if error.transient:
+                    # One jitter for the whole call keeps its submissions
+                    # due together, so that they are retried as one bulk
+                    # call rather than scattered into single ones.
+                    jitter = self._rng.random()
+                    round_.failed.update((item.submission.id, (error, jitter))
+                                         for item in members)
+                else:
+                    # Klaviyo refused the whole job; one call per step
+                    # finds the submission at fault and delivers the rest.
+                    log.warning("klaviyo_middleware: bulk call refused (%s); "
+                                "delivering its %d submissions one by one",
+                                error, len(members))
+                    round_.singles.extend(members)
+                continue
+            if call.follow and job_id is not None:
+                # Done only once Klaviyo has processed the job; saved now, so
+                # that whoever has these next follows the job, not resends.
+                since = time.time()
+                for index, item in enumerate(members):
+                    item.progress.job = ImportJob(job_id, index, since)
+            else:
+                for item, done in call.members:
+                    item.progress.done.extend(step for step in done
+                                              if step not in item.progress.done)
+            round_.keep(self.store.save_progress_many(self.owner, members, self.lease), members)
+        round_.drop_failed()
+        return True
+
+    def _settle_jobs(self, following: list[Leased]) -> tuple[JobOutcome, set[str]]:
+        """Follow the import jobs of ``following`` to their end and record what
+        they did; the outcome, and the ids of the imported whose lease held.
+        Whoever is in none of the outcome's lists is undecided (stopping, or
+        the lease was lost): the job stays recorded for the next sender."""
+        outcome = self._jobs.follow(following)
+        for item in outcome.imported:
+            item.progress.done.extend(step for step in bulk.import_steps(item)
+                                      if step not in item.progress.done)
+            item.progress.job = None
+        kept = self.store.save_progress_many(self.owner, outcome.imported, self.lease)
+        for item in outcome.unfinished:
+            item.progress.job = None
+        return outcome, kept
 
     def _sendable(self, items: list[Leased]) -> list[Leased]:
         """Bury alone what cannot be sent as JSON: in a bulk body it would
@@ -279,8 +408,40 @@ class Courier:
         self.store.bury(self.owner, item, error.to_dict())
         self.hooks.dead(item.submission, error)
 
+    def _throttled(self, error: KlaviyoError) -> None:
+        self.store.pause(error.retry_after or self._backoff(1))
+
     def _backoff(self, attempt: int) -> float:
         return self.retry.backoff(attempt, self._rng)
+
+
+class _Round:
+    """One bulk round's bookkeeping: who is still going, and who left how."""
+
+    def __init__(self, items: list[Leased]) -> None:
+        self.items = items
+        self.active = list(items)
+        # id → the error and the jitter of the call that failed it.
+        self.failed: dict[str, tuple[KlaviyoError, float]] = {}
+        self.singles: list[Leased] = []
+        self.refused: list[tuple[Leased, KlaviyoError]] = []
+
+    def keep(self, kept: set[str], members: list[Leased]) -> None:
+        """Leave out the members whose lease was lost (or who are undecided)."""
+        lost = {item.submission.id for item in members} - kept
+        if lost:
+            log.warning("klaviyo_middleware: %d submissions leave this round (lease lost "
+                        "or job unfinished)", len(lost))
+            self.active = [item for item in self.active if item.submission.id not in lost]
+
+    def leave(self, items: list[Leased]) -> None:
+        gone = {item.submission.id for item in items}
+        self.active = [item for item in self.active if item.submission.id not in gone]
+
+    def drop_failed(self) -> None:
+        gone = set(self.failed) | {item.submission.id for item in self.singles} | {
+            item.submission.id for item, _ in self.refused}
+        self.active = [item for item in self.active if item.submission.id not in gone]
 
 
 class _SharedJitter(random.Random):

@@ -13,8 +13,10 @@ Klaviyo's rate limits (10,000 submissions with a list and an event are
   ``unique_id``, so Klaviyo still keeps one event per submission.
 
 The result in Klaviyo is the one the single calls give; only the number of
-calls differs. :func:`plan` only builds the calls; the worker sends them and
-records, per submission, which steps each call completed.
+calls differs. :func:`plan` only builds the calls; the courier sends them and
+records, per submission, which steps each call completed — for an import
+job, once Klaviyo has processed it (``follow``; see
+:mod:`klaviyo_middleware.delivery.import_jobs`).
 """
 
 from __future__ import annotations
@@ -42,8 +44,11 @@ class BulkCall:
     """One bulk request and the steps it completes for each submission in it."""
 
     endpoint: str
-    send: Callable[[KlaviyoClient], None]
+    # Returns the job's id when the call starts a job to follow.
+    send: Callable[[KlaviyoClient], str | None]
     members: list[tuple[Leased, list[str]]] = field(default_factory=list)
+    # Klaviyo processes the job later: its steps are done when it is.
+    follow: bool = False
 
 
 def stages() -> tuple[Callable[[list[Leased]], list[BulkCall]], ...]:
@@ -60,29 +65,48 @@ def plan(items: list[Leased]) -> list[BulkCall]:
     return [call for stage in stages() for call in stage(items)]
 
 
-def profile_imports(items: list[Leased]) -> list[BulkCall]:
+def import_steps(item: Leased) -> list[str]:
+    """The steps a profile import job does for ``item``: its profile and the
+    lists it joins without consent."""
+    return [step for step in pending(item.submission, item.progress)
+            if step == PROFILE_STEP or step.startswith("add:")]
+
+
+def profile_imports(items: list[Leased],
+                    profiles: dict[str, dict[str, Any]] | None = None) -> list[BulkCall]:
+    """Import jobs for the profiles of ``items``: each as ``profiles`` gives
+    it (what per-person order leaves it to send), by default whole; one
+    whose profile is already in only names the person, to join its lists."""
+    profiles = profiles or {}
     groups: dict[tuple[str, ...], list[tuple[Leased, list[str]]]] = {}
     for item in items:
-        todo = list(pending(item.submission, item.progress))
-        adds = [step for step in todo if step.startswith("add:")]
-        if PROFILE_STEP not in todo and not adds:
+        todo = import_steps(item)
+        if not todo or item.progress.job is not None:
+            # Nothing to import, or already in a job being followed.
             continue
         # A job's lists apply to every profile in it, so people going onto
         # different lists go into different jobs.
+        adds = [step for step in todo if step != PROFILE_STEP]
         lists = tuple(sorted(step.split(":", 1)[1] for step in adds))
         groups.setdefault(lists, []).append((item, [PROFILE_STEP, *adds]))
     calls = []
     for lists, members in groups.items():
-        entries = [(payloads.profile_object(item.submission), (item, steps))
-                   for item, steps in members]
+        entries = [(_import_entry(item, profiles), (item, steps)) for item, steps in members]
         for chunk in _chunks(entries, PROFILES_PER_IMPORT):
             body = payloads.bulk_profile_import([obj for obj, _ in chunk], list(lists))
             calls.append(
                 BulkCall("profile-bulk-import",
                          partial(KlaviyoClient.bulk_import_profiles, body=body),
-                         [member for _, member in chunk])
+                         [member for _, member in chunk], follow=True)
             )
     return calls
+
+
+def _import_entry(item: Leased, profiles: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    if PROFILE_STEP in item.progress.done:
+        return payloads.identity_object(item.submission)
+    profile = profiles.get(item.submission.id, item.submission.profile)
+    return {"type": "profile", "attributes": dict(profile)}
 
 
 def subscriptions(items: list[Leased]) -> list[BulkCall]:

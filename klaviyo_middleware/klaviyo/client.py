@@ -179,8 +179,51 @@ class KlaviyoClient:
     def create_event(self, body: dict[str, Any]) -> None:
         self._post("/api/events", body)
 
-    def bulk_import_profiles(self, body: dict[str, Any]) -> None:
-        self._post("/api/profile-bulk-import-jobs", body)
+    def bulk_import_profiles(self, body: dict[str, Any]) -> str:
+        """Start a profile import job; returns the job's id, to follow it with
+        :meth:`import_job` until Klaviyo has processed it."""
+        answer = self._post("/api/profile-bulk-import-jobs", body)
+        try:
+            job_id = answer["data"]["id"]
+        except (KeyError, TypeError):
+            job_id = None
+        if not isinstance(job_id, str) or not job_id:
+            # Without the id nobody can tell whether the job ran: send again.
+            raise KlaviyoError("Klaviyo accepted the import job but did not return its id",
+                               transient=True)
+        return job_id
+
+    def import_job(self, job_id: str) -> dict[str, Any]:
+        """The attributes of a profile import job (``status``, counts)."""
+        answer = self._get(f"/api/profile-bulk-import-jobs/{quote(job_id, safe='')}")
+        attributes = answer.get("data", {}).get("attributes") if isinstance(answer, dict) else None
+        if not isinstance(attributes, dict) or not isinstance(attributes.get("status"), str):
+            raise KlaviyoError("Klaviyo's answer about an import job had no status",
+                               transient=True)
+        return attributes
+
+    def import_errors(self, job_id: str) -> list[dict[str, Any]]:
+        """Every profile a finished import job refused: Klaviyo's
+        ``import-error`` attributes (``code``, ``detail``, ``source``,
+        ``original_payload``), all pages."""
+        path: str | None = f"/api/profile-bulk-import-jobs/{quote(job_id, safe='')}/import-errors"
+        params: dict[str, str] | None = {"page[size]": "100"}
+        found: list[dict[str, Any]] = []
+        while path is not None:
+            answer = self._get(path, params)
+            data = answer.get("data") if isinstance(answer, dict) else None
+            if not isinstance(data, list):
+                raise KlaviyoError("Klaviyo's list of import errors was unreadable",
+                                   transient=True)
+            found.extend(item["attributes"] for item in data
+                         if isinstance(item, dict) and isinstance(item.get("attributes"), dict))
+            following = answer.get("links", {}).get("next")
+            # The next page is a full URL on Klaviyo's host; only its path and
+            # query are used, so the key never goes anywhere else.
+            path, params = None, None
+            if isinstance(following, str) and following.startswith(self.api_url):
+                path = following.removeprefix(self.api_url)
+        return found
 
     def bulk_create_events(self, body: dict[str, Any]) -> None:
         self._post("/api/event-bulk-create-jobs", body)
@@ -193,22 +236,29 @@ class KlaviyoClient:
             data = json.dumps(body, allow_nan=False, separators=(",", ":")).encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise unserialisable(exc) from None
+        return self._send("POST", path, data=data)
+
+    def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        return self._send("GET", path, params=params)
+
+    def _send(self, method: str, path: str, **arguments: Any) -> Any:
         timeout = self._timeouts(path)
         try:
-            response = self.session.post(self.api_url + path, data=data, timeout=timeout)
+            response = self.session.request(method, self.api_url + path, timeout=timeout,
+                                            **arguments)
         except requests.Timeout:
             raise KlaviyoError(
-                f"Klaviyo did not answer POST {path} in time", transient=True
+                f"Klaviyo did not answer {method} {path} in time", transient=True
             ) from None
         except requests.RequestException as exc:
             # The exception text can hold the URL but never the key (it is a
             # header); keep only its class name to be safe.
             raise KlaviyoError(
-                f"Could not reach Klaviyo for POST {path} ({type(exc).__name__})",
+                f"Could not reach Klaviyo for {method} {path} ({type(exc).__name__})",
                 transient=True,
             ) from None
         if response.status_code >= 400:
-            raise error_from_response(path, response)
+            raise error_from_response(path, response, method)
         if not response.content:
             return None
         try:
@@ -226,7 +276,8 @@ def unserialisable(exc: Exception) -> KlaviyoError:
     )
 
 
-def error_from_response(path: str, response: requests.Response) -> KlaviyoError:
+def error_from_response(path: str, response: requests.Response,
+                        method: str = "POST") -> KlaviyoError:
     """A :class:`KlaviyoError` from any failed answer, JSON:API or not.
 
     Klaviyo's errors are ``{"errors": [{code, title, detail, source}]}``, but a
@@ -265,7 +316,7 @@ def error_from_response(path: str, response: requests.Response) -> KlaviyoError:
     if title:
         summary += f": {title}"
     return KlaviyoError(
-        f"{summary} (POST {path})",
+        f"{summary} ({method} {path})",
         status=status,
         code=code,
         detail=detail,

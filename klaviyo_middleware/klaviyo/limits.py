@@ -22,6 +22,8 @@ ENDPOINT_LIMITS: Final[dict[str, RateLimits]] = {
     "events": ((1.0, 350), (60.0, 3500)),
     "profile-bulk-import": ((1.0, 10), (60.0, 150)),
     "event-bulk-create": ((1.0, 10), (60.0, 150)),
+    "bulk-import-job": ((1.0, 10), (60.0, 150)),
+    "bulk-import-errors": ((1.0, 10), (60.0, 150)),
 }
 
 # The operation each endpoint name stands for, as the spec spells it.
@@ -32,6 +34,8 @@ ENDPOINT_OPERATIONS: Final[dict[str, tuple[str, str]]] = {
     "events": ("POST", "/api/events"),
     "profile-bulk-import": ("POST", "/api/profile-bulk-import-jobs"),
     "event-bulk-create": ("POST", "/api/event-bulk-create-jobs"),
+    "bulk-import-job": ("GET", "/api/profile-bulk-import-jobs/{job_id}"),
+    "bulk-import-errors": ("GET", "/api/profile-bulk-import-jobs/{id}/import-errors"),
 }
 
 _STEP_ENDPOINTS: Final[dict[str, str]] = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from klaviyo_middleware.model.profile_order import identity
 from klaviyo_middleware.model.submission import Event, Submission
 
 
@@ -56,9 +57,14 @@ def add_to_list(profile_ids: list[str]) -> dict[str, Any]:
 
 
 def event(submission: Submission, event: Event) -> dict[str, Any]:
-    """``POST /api/events`` with the profile inline and a ``unique_id`` always set."""
+    """``POST /api/events`` naming the person and with a ``unique_id`` always set.
+
+    The profile step has already written the person's attributes; the event
+    names them only, so that an event sent late can never write back
+    attributes a newer submission has changed.
+    """
     attributes = event_attributes(submission, event)
-    attributes["profile"] = {"data": profile_object(submission)}
+    attributes["profile"] = {"data": identity_object(submission)}
     return {"data": {"type": "event", "attributes": attributes}}
 
 
@@ -78,6 +84,11 @@ def event_attributes(submission: Submission, event: Event) -> dict[str, Any]:
 
 def profile_object(submission: Submission) -> dict[str, Any]:
     return {"type": "profile", "attributes": dict(submission.profile)}
+
+
+def identity_object(submission: Submission) -> dict[str, Any]:
+    """A profile object that only names the person (see :func:`event`)."""
+    return {"type": "profile", "attributes": identity(submission.profile)}
 
 
 # -- the bulk endpoints, for draining a backlog (design.md §2) -------------------
@@ -119,7 +130,7 @@ def bulk_event_item(submission: Submission, event: Event) -> dict[str, Any]:
     return {
         "type": "event-bulk-create",
         "attributes": {
-            "profile": {"data": profile_object(submission)},
+            "profile": {"data": identity_object(submission)},
             "events": {
                 "data": [{"type": "event", "attributes": event_attributes(submission, event)}]
             },

@@ -66,8 +66,11 @@ def _subscribe(
 
 def _add(client: KlaviyoClient, submission: Submission, step: str, progress: Progress) -> None:
     if progress.profile_id is None:
-        # The profile step always runs first; only a corrupted record gets here.
-        progress.profile_id = client.import_profile(payloads.profile_import(submission))
+        # The profile went in a bulk job (which returns no ids) or was left
+        # to a newer submission: find its id by naming the person, writing
+        # nothing else.
+        progress.profile_id = client.import_profile(
+            {"data": payloads.identity_object(submission)})
     client.add_to_list(step.split(":", 1)[1], payloads.add_to_list([progress.profile_id]))
 
 

@@ -22,3 +22,6 @@ class Leased:
     # Failed attempts so far, and when the submission was accepted (epoch).
     attempts: int
     created_at: float
+    # Whether this deliverer holds the person's turn to send a profile (a
+    # Redis store's hold, released once the profile is in); not stored.
+    holding: bool = False

@@ -9,13 +9,38 @@ from typing import Any
 
 
 @dataclass
+class ImportJob:
+    """The profile import job a submission's profile went out in: Klaviyo
+    processes it later, so the profile step is done only once the job says
+    so (see :mod:`klaviyo_middleware.delivery.import_jobs`)."""
+
+    id: str
+    # The profile's position in the job's request: how Klaviyo's import
+    # errors point at it.
+    index: int
+    # When the job was started (epoch seconds): a job still unfinished long
+    # after is given up and its profiles sent one by one.
+    since: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "index": self.index, "since": self.since}
+
+
+@dataclass
 class Progress:
     done: list[str] = field(default_factory=list)
     profile_id: str | None = None
+    job: ImportJob | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"done": list(self.done), "profile_id": self.profile_id}
+        data: dict[str, Any] = {"done": list(self.done), "profile_id": self.profile_id}
+        if self.job is not None:
+            data["job"] = self.job.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Progress:
-        return cls(done=list(data.get("done", [])), profile_id=data.get("profile_id"))
+        job = data.get("job")
+        return cls(done=list(data.get("done", [])), profile_id=data.get("profile_id"),
+                   job=ImportJob(str(job["id"]), int(job["index"]), float(job["since"]))
+                   if isinstance(job, dict) else None)

@@ -7,6 +7,8 @@ process can deliver it.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -16,6 +18,24 @@ from typing import Any, Final, Literal
 Action = Literal["identify", "updateProfile"]
 IDENTIFY: Final = "identify"
 UPDATE_PROFILE: Final = "updateProfile"
+
+
+_last_stamp = 0
+_stamp_lock = threading.Lock()
+
+
+def acceptance_stamp() -> int:
+    """Microseconds since the epoch, strictly increasing within a process:
+    the order in which submissions were accepted.
+
+    Across processes and machines it is the wall clock's order, which is what
+    a person's successive form posts (seconds apart) need; microseconds keep
+    it exact in Redis's Lua, whose numbers are doubles.
+    """
+    global _last_stamp
+    with _stamp_lock:
+        _last_stamp = max(_last_stamp + 1, int(time.time() * 1_000_000))
+        return _last_stamp
 
 
 @dataclass
@@ -52,6 +72,9 @@ class Submission:
     submitted_at: str = field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
     )
+    # When it was accepted (see acceptance_stamp): a person's profile is
+    # written in this order, whatever order delivery happens in.
+    accepted: int = field(default_factory=acceptance_stamp)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,8 +82,16 @@ class Submission:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Submission:
         values = dict(data)
+        # Queued before acceptance stamps existed: older than anything stamped.
+        values.setdefault("accepted", 0)
         event = values.pop("event", None)
         return cls(event=Event(**event) if event else None, **values)
+
+    def person_keys(self) -> list[str]:
+        """What identifies the person: each of email (any case), phone number
+        and external id given. Two submissions sharing one are about the same
+        person, and their profiles are written in acceptance order."""
+        return person_keys(self.profile)
 
     def is_about(self, email: str | None = None, phone_number: str | None = None) -> bool:
         """Whether this submission names the person (email in any case, or the
@@ -70,6 +101,17 @@ class Submission:
     def __repr__(self) -> str:
         # Personal data stays out of reprs, which end up in logs and tracebacks.
         return f"<Submission {self.id} {self.action} lists={len(self.lists)}>"
+
+
+def person_keys(profile: dict[str, Any]) -> list[str]:
+    """:meth:`Submission.person_keys` of a profile."""
+    keys = []
+    for name in ("email", "phone_number", "external_id"):
+        value = profile.get(name)
+        if isinstance(value, (str, int)) and str(value):
+            text = str(value).lower() if name == "email" else str(value)
+            keys.append(f"{name}:{text}")
+    return keys
 
 
 def is_about(data: dict[str, Any], email: str | None, phone_number: str | None) -> bool:

@@ -18,7 +18,7 @@ from webob import Request, Response
 from klaviyo_middleware.testing import checks
 from klaviyo_middleware.testing.checks import ApiError
 from klaviyo_middleware.testing.faults import Faults, RateLimiter
-from klaviyo_middleware.testing.state import KlaviyoState
+from klaviyo_middleware.testing.state import KlaviyoState, import_error
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -37,6 +37,9 @@ class FakeKlaviyo:
         ``auto_create_lists`` is false, in which case they are 404.
     :param rate_limits: enforce Klaviyo's published per-endpoint limits.
     :param faults: failures to inject (error rate, latency, outages, scripted).
+    :param job_seconds: how long a profile import job takes to process: until
+        then its status is ``queued`` and none of its profiles show, as with
+        Klaviyo, which works through jobs in the background (``inf``: never).
     """
 
     def __init__(
@@ -47,8 +50,10 @@ class FakeKlaviyo:
         auto_create_lists: bool = True,
         rate_limits: bool = True,
         faults: Faults | None = None,
+        job_seconds: float = 1.0,
     ) -> None:
         self.api_key = api_key
+        self.job_seconds = job_seconds
         self.state = KlaviyoState(lists, auto_create_lists)
         self.limiter = RateLimiter(rate_limits)
         self.faults = faults or Faults()
@@ -63,6 +68,7 @@ class FakeKlaviyo:
 
     def respond(self, request: Request) -> Response:
         path = request.path_info
+        self.state.process_jobs()
         response = self._own_pages(request, path)
         if response is None:
             response = self._api(request, path)
@@ -112,6 +118,9 @@ class FakeKlaviyo:
     def profile_import(self, request: Request, match: re.Match[str]) -> Response:
         data = checks.resource(_body(request), "profile")
         checks.profile_attributes(data["attributes"], "/data/attributes")
+        refused = self.state.refusal(data["attributes"])
+        if refused is not None:
+            raise ApiError(400, "invalid", refused, "/data/attributes")
         profile_id, created = self.state.upsert_profile(data["attributes"], data.get("id"))
         return _document(201 if created else 200, self._profile_resource(profile_id))
 
@@ -179,29 +188,51 @@ class FakeKlaviyo:
                            "/data/attributes/profiles/data")
         lists = [self._list_id(entry) for entry in
                  data.get("relationships", {}).get("lists", {}).get("data", [])]
-        errors, imported = [], []
+        errors, accepted = [], []
         for index, item in enumerate(profiles):
+            pointer = f"/data/attributes/profiles/data/{index}"
             attributes = item.get("attributes", {}) if isinstance(item, dict) else {}
             try:
-                checks.profile_attributes(attributes, f"/data/attributes/profiles/data/{index}")
+                checks.profile_attributes(attributes, pointer)
             except ApiError as error:
                 # Like Klaviyo: a bad profile fails alone, reported on the job.
-                errors.append({"code": error.code, "detail": error.detail,
-                               "source": {"pointer": error.pointer}})
+                errors.append(import_error(error.code, error.detail, error.pointer or pointer,
+                                           item if isinstance(item, dict) else {}))
                 continue
-            imported.append(self.state.upsert_profile(attributes)[0])
-        for list_id in lists:
-            self.state.add_members(list_id, imported)
-        job = self.state.add_job("profile-bulk-import-job", len(profiles), errors)
+            accepted.append({"index": index, "profile": item})
+        job = self.state.add_job("profile-bulk-import-job", accepted, lists, errors,
+                                 self.job_seconds)
         return _document(202, {"type": job["type"], "id": job["id"],
                                "attributes": job["attributes"]})
 
     def get_job(self, request: Request, match: re.Match[str]) -> Response:
-        job = self.state.jobs.get(match.group(1))
-        if job is None:
-            raise ApiError(404, "not_found", "No such job.")
+        job = self._job(match.group(1))
         return _document(200, {"type": job["type"], "id": job["id"],
                                "attributes": job["attributes"]})
+
+    def import_errors(self, request: Request, match: re.Match[str]) -> Response:
+        """A finished job's refused profiles, a page at a time (``page[size]``,
+        ``page[cursor]``: the offset), with a ``next`` link while more remain."""
+        job = self._job(match.group(1))
+        try:
+            size = max(1, min(100, int(request.GET.get("page[size]", "20"))))
+            start = max(0, int(request.GET.get("page[cursor]", "0")))
+        except ValueError:
+            raise ApiError(400, "invalid", "Invalid page parameters.") from None
+        errors = job["errors"][start:start + size]
+        base = f"{request.host_url}{request.path}"
+        links = {"self": f"{base}?page[size]={size}&page[cursor]={start}"}
+        if start + size < len(job["errors"]):
+            links["next"] = f"{base}?page[size]={size}&page[cursor]={start + size}"
+        response = _document(200, errors)
+        response.body = json.dumps({"data": errors, "links": links}).encode()
+        return response
+
+    def _job(self, job_id: str) -> dict[str, Any]:
+        job = self.state.jobs.get(job_id)
+        if job is None:
+            raise ApiError(404, "not_found", "No such job.")
+        return job
 
     def bulk_events(self, request: Request, match: re.Match[str]) -> Response:
         data = checks.resource(_body(request), "event-bulk-create-job")
@@ -273,8 +304,10 @@ _ROUTES: list[tuple[str, re.Pattern[str], str | None, Handler]] = [
     ("GET", re.compile(r"/api/lists/([^/]+)"), None, FakeKlaviyo.get_list),
     ("POST", re.compile(r"/api/profile-bulk-import-jobs"), "profile-bulk-import",
      FakeKlaviyo.bulk_import),
-    ("GET", re.compile(r"/api/profile-bulk-import-jobs/([^/]+)"), "profile-bulk-import",
+    ("GET", re.compile(r"/api/profile-bulk-import-jobs/([^/]+)"), "bulk-import-job",
      FakeKlaviyo.get_job),
+    ("GET", re.compile(r"/api/profile-bulk-import-jobs/([^/]+)/import-errors"),
+     "bulk-import-errors", FakeKlaviyo.import_errors),
     ("POST", re.compile(r"/api/event-bulk-create-jobs"), "event-bulk-create",
      FakeKlaviyo.bulk_events),
 ]

@@ -59,6 +59,8 @@ class KlaviyoState:
         self.consent: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.jobs: dict[str, dict[str, Any]] = {}
+        # identifier → why profiles with it are refused (see refuse()).
+        self.refused: dict[str, str] = {}
         self.confirmations: dict[str, Confirmation] = {}
         self.auto_create_lists = auto_create_lists
         self._event_keys: set[tuple[str, str, str]] = set()
@@ -202,31 +204,86 @@ class KlaviyoState:
             })
             return True
 
-    # -- jobs -----------------------------------------------------------------
+    # -- refusals and bulk jobs ---------------------------------------------------
 
-    def add_job(self, kind: str, total: int, errors: list[dict[str, Any]]) -> dict[str, Any]:
+    def refuse(self, identifier: str, detail: str = "This profile cannot be imported.") -> None:
+        """Refuse every profile with this email address, phone number or
+        external id: a single import answers 400, a bulk job fails it alone
+        (and reports it in ``import-errors``), as Klaviyo does with a
+        suppressed or malformed profile."""
+        with self.lock:
+            self.refused[identifier] = detail
+
+    def refusal(self, attributes: dict[str, Any]) -> str | None:
+        """Why a profile with these attributes is refused; ``None`` if it is not."""
+        with self.lock:
+            for name in IDENTIFIERS:
+                value = attributes.get(name)
+                if isinstance(value, str) and value in self.refused:
+                    return self.refused[value]
+            return None
+
+    def add_job(self, kind: str, profiles: list[dict[str, Any]], lists: list[str],
+                errors: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+        """A profile import job, processed ``seconds`` from now (Klaviyo works
+        through jobs in the background: until then nothing of it shows).
+
+        ``profiles`` are the job's entries still to import, each
+        ``{"index": position in the request, "profile": profile object}``;
+        ``errors`` those refused on arrival.
+        """
         with self.lock:
             job_id = _new_id()
+            total = len(profiles) + len(errors)
             job: dict[str, Any] = {
                 "type": kind,
                 "id": job_id,
                 "attributes": {
-                    "status": "complete",
+                    "status": "queued",
                     "total_count": total,
-                    "completed_count": total - len(errors),
-                    "failed_count": len(errors),
+                    "completed_count": 0,
+                    "failed_count": 0,
                     "created_at": _now(),
-                    "completed_at": _now(),
+                    "completed_at": None,
                 },
-                "errors": errors,
+                "errors": list(errors),
+                "work": {"profiles": profiles, "lists": lists},
+                "due": time.monotonic() + seconds,
             }
             self.jobs[job_id] = job
             return job
+
+    def process_jobs(self) -> None:
+        """Finish every job whose time has come, in the order they arrived."""
+        now = time.monotonic()
+        with self.lock:
+            for job in self.jobs.values():
+                if job["attributes"]["status"] == "queued" and job["due"] <= now:
+                    self._process(job)
+
+    def _process(self, job: dict[str, Any]) -> None:
+        work = job.pop("work")
+        imported = []
+        for entry in work["profiles"]:
+            attributes = entry["profile"].get("attributes", {})
+            refused = self.refusal(attributes)
+            if refused is not None:
+                job["errors"].append(import_error(
+                    "invalid", refused, f"/data/attributes/profiles/data/{entry['index']}",
+                    entry["profile"]))
+                continue
+            imported.append(self.upsert_profile(attributes)[0])
+        for list_id in work["lists"]:
+            self.add_members(list_id, imported)
+        failed = len(job["errors"])
+        job["attributes"].update(status="complete", completed_count=job["attributes"][
+            "total_count"] - failed, failed_count=failed, completed_at=_now())
 
     # -- reading it all --------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
+            self.process_jobs()
             return {
                 "profiles": [{"id": pid, **copy.deepcopy(p)} for pid, p in self.profiles.items()],
                 "lists": [
@@ -261,6 +318,14 @@ class KlaviyoState:
             for item in self.lists.values():
                 item.members.clear()
                 item.subscribers.clear()
+
+
+def import_error(code: str, detail: str, pointer: str,
+                 original: dict[str, Any]) -> dict[str, Any]:
+    """One entry of a job's ``import-errors``, as Klaviyo reports it."""
+    return {"type": "import-error", "id": secrets.token_hex(16), "attributes": {
+        "code": code, "title": "Invalid input", "detail": detail,
+        "source": {"pointer": pointer}, "original_payload": copy.deepcopy(original)}}
 
 
 def _now() -> str:

@@ -32,6 +32,7 @@ import time
 from typing import Any
 
 from klaviyo_middleware.delivery.celery.state import PROGRESS_TTL, RedisState, SharedCapacity
+from klaviyo_middleware.delivery.celery.turns import PersonTurns
 from klaviyo_middleware.model.lease import Leased
 from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.model.submission import Submission, is_about
@@ -148,11 +149,12 @@ return wait
 """
 
 
-class RedisPool(SharedCapacity):
+class RedisPool(SharedCapacity, PersonTurns):
     """Pooled submissions of one account, leased to drain tasks.
 
-    Implements :class:`~klaviyo_middleware.delivery.courier.LeaseStore`; the pause
-    and the rate limits are the ones single-task delivery uses, in ``state``.
+    Implements :class:`~klaviyo_middleware.delivery.courier.LeaseStore`; the
+    pause, the rate limits and the people's turns are the ones single-task
+    delivery uses, in ``state``.
     """
 
     def __init__(self, state: RedisState) -> None:
@@ -251,9 +253,12 @@ class RedisPool(SharedCapacity):
         for item in items:
             arguments += [item.submission.id, _record(item)]
         kept = self._scripts["save"](keys=self._keys, args=arguments)
-        return {value.decode() if isinstance(value, bytes) else value for value in kept}
+        saved = {value.decode() if isinstance(value, bytes) else value for value in kept}
+        self.after_saving([item for item in items if item.submission.id in saved], lease)
+        return saved
 
     def complete_many(self, owner: str, items: list[Leased]) -> None:
+        self.after_saving(items, 0.001)
         if items:
             self._scripts["complete"](
                 keys=[*self._keys, self.state.key("finished"), self.state.key("delivered")],
@@ -262,6 +267,7 @@ class RedisPool(SharedCapacity):
 
     def reschedule(self, owner: str, claimed: Leased, due_at: float,
                    error: dict[str, Any]) -> None:
+        self.let_go(claimed)
         retried = Leased(claimed.submission, claimed.progress, claimed.attempts + 1,
                           claimed.created_at)
         self._scripts["reschedule"](keys=self._keys, args=[
@@ -269,7 +275,15 @@ class RedisPool(SharedCapacity):
             _milliseconds(max(0.0, due_at - time.time())),
         ])
 
+    def postpone(self, owner: str, claimed: Leased, due_at: float) -> None:
+        self.let_go(claimed)
+        self._scripts["reschedule"](keys=self._keys, args=[
+            owner, claimed.submission.id, _record(claimed),
+            _milliseconds(max(0.0, due_at - time.time())),
+        ])
+
     def bury(self, owner: str, claimed: Leased, error: dict[str, Any]) -> None:
+        self.let_go(claimed)
         letter = self.state.dead_letter(claimed.submission, claimed.progress, error,
                                         claimed.attempts + 1)
         self._scripts["bury"](

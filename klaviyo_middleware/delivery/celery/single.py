@@ -18,13 +18,14 @@ from celery import Task
 
 from klaviyo_middleware.delivery.celery.ledger import Ledger
 from klaviyo_middleware.delivery.celery.state import RedisState, SharedCapacity
+from klaviyo_middleware.delivery.celery.turns import PersonTurns
 from klaviyo_middleware.model.lease import Leased
 
 if TYPE_CHECKING:
     from celery.exceptions import Retry
 
 
-class TaskLease(SharedCapacity):
+class TaskLease(SharedCapacity, PersonTurns):
     """The lease store of one running task (see the module docstring).
 
     After the courier returns, :attr:`retry` holds the task's retry when the
@@ -43,10 +44,12 @@ class TaskLease(SharedCapacity):
         for item in items:
             self.state.save_progress(item.submission.id, item.progress)
             self.alive(item.submission.id)
+        self.after_saving(items, lease)
         # Nobody else can hold a reserved task: every lease still holds.
         return {item.submission.id for item in items}
 
     def complete_many(self, owner: str, items: list[Leased]) -> None:
+        self.after_saving(items, 0.001)
         for item in items:
             self.state.complete(item.submission.id)
             self._finish(item.submission.id)
@@ -54,6 +57,10 @@ class TaskLease(SharedCapacity):
 
     def reschedule(self, owner: str, claimed: Leased, due_at: float,
                    error: dict[str, Any]) -> None:
+        self.postpone(owner, claimed, due_at)
+
+    def postpone(self, owner: str, claimed: Leased, due_at: float) -> None:
+        self.let_go(claimed)
         self.state.save_progress(claimed.submission.id, claimed.progress)
         delay = max(0.0, due_at - time.time())
         self.alive(claimed.submission.id, due_at)
@@ -62,6 +69,7 @@ class TaskLease(SharedCapacity):
         self.retry = self.task.retry(countdown=delay, max_retries=None, throw=False)
 
     def bury(self, owner: str, claimed: Leased, error: dict[str, Any]) -> None:
+        self.let_go(claimed)
         self.state.bury(claimed.submission, claimed.progress, error, claimed.attempts + 1)
         self._finish(claimed.submission.id)
         self.outcome = "dead"

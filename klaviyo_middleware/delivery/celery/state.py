@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 
 from klaviyo_middleware.klaviyo.limits import RateLimits
 from klaviyo_middleware.model.progress import Progress
@@ -57,14 +58,23 @@ return 0
 class RedisState:
     def __init__(self, url: str, account: str) -> None:
         self.redis = redis.Redis.from_url(url)
+        self.account = account
         self.prefix = f"klaviyo_middleware:{account}:"
         self._take_slot = self.redis.register_script(_TAKE_SLOT)
+        self._scripts: dict[str, Script] = {}
 
     def __repr__(self) -> str:
         return f"<RedisState {self.prefix!r}>"
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
+
+    def script(self, source: str) -> Script:
+        """A Lua script, registered once for this state's connection."""
+        found = self._scripts.get(source)
+        if found is None:
+            found = self._scripts[source] = self.redis.register_script(source)
+        return found
 
     # -- progress -----------------------------------------------------------------
 

@@ -15,10 +15,11 @@ import os
 import threading
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from klaviyo_middleware.delivery.courier import Courier
 from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.delivery.import_jobs import JobFollow
 from klaviyo_middleware.delivery.retention import DEFAULT_DEAD_LETTER_MAX_AGE
 from klaviyo_middleware.delivery.spool.store import Spool, new_owner
 from klaviyo_middleware.klaviyo.account import (
@@ -55,6 +56,8 @@ class SenderOptions:
         through Klaviyo's bulk endpoints instead of one call per step.
     :param bulk_size: submissions in one bulk round.
     :param dead_letter_max_age: seconds a dead letter is kept.
+    :param jobs: how profile import jobs are followed until Klaviyo has
+        processed them.
     """
 
     threads: int = 2
@@ -69,6 +72,7 @@ class SenderOptions:
     batching: bool = True
     bulk_size: int = 1000
     dead_letter_max_age: float = DEFAULT_DEAD_LETTER_MAX_AGE
+    jobs: JobFollow = field(default_factory=JobFollow)
 
 
 class SpoolSender:
@@ -129,7 +133,7 @@ class SpoolSender:
             self._courier = Courier(
                 self.spool, self.client, self._owner, limits=self._limits, retry=self._retry,
                 lease=self.options.lease, max_age=self.options.max_age, hooks=self.hooks,
-                stopping=self._stopping,
+                stopping=self._stopping, jobs=self.options.jobs,
             )
             self._stopping.clear()
             self._threads = [self._start_thread(number) for number in range(self.options.threads)]

@@ -14,6 +14,13 @@ with the wrong key.
 Everything that must be consistent across processes — claims, the
 account-wide pause after a 429, rate-limit bookkeeping — happens inside
 ``BEGIN IMMEDIATE`` transactions, which SQLite serialises between processes.
+
+A person's profiles are written in acceptance order
+(:mod:`klaviyo_middleware.model.profile_order`): ``people`` lists, for each
+submission whose profile is still to send, the (hashed) people it is about,
+and a claim never leases one while another submission about the same person
+is leased with its profile unsent. ``profile_marks`` records what a newer
+profile has sent, for as long as an older one about that person waits.
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from klaviyo_middleware.klaviyo.steps import PROFILE_STEP
 from klaviyo_middleware.model.lease import Leased
+from klaviyo_middleware.model.profile_order import Turn, attribute_paths, person_hashes
 from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import get_logger
@@ -84,6 +93,19 @@ CREATE TABLE IF NOT EXISTS rate_log (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rate_log_at ON rate_log (account, endpoint, at);
+CREATE TABLE IF NOT EXISTS people (
+    submission_id TEXT NOT NULL,
+    person TEXT NOT NULL,
+    accepted INTEGER NOT NULL,
+    PRIMARY KEY (person, submission_id)
+);
+CREATE INDEX IF NOT EXISTS people_submission ON people (submission_id);
+CREATE TABLE IF NOT EXISTS profile_marks (
+    person TEXT NOT NULL,
+    path TEXT NOT NULL,
+    accepted INTEGER NOT NULL,
+    PRIMARY KEY (person, path)
+);
 CREATE TABLE IF NOT EXISTS counters (
     account TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -234,6 +256,8 @@ class Spool:
         old = next(iter(self._connections.values()))
         submissions = old.execute("SELECT * FROM submissions").fetchall()
         dead = old.execute("SELECT * FROM dead_letters").fetchall()
+        people = old.execute("SELECT * FROM people").fetchall()
+        marks = old.execute("SELECT * FROM profile_marks").fetchall()
         for db in self._connections.values():
             db.close()
         self._connections.clear()
@@ -252,6 +276,8 @@ class Spool:
                            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", submissions)
             db.executemany("INSERT OR IGNORE INTO dead_letters VALUES "
                            "(?, ?, ?, ?, ?, ?, ?, ?)", dead)
+            db.executemany("INSERT OR IGNORE INTO people VALUES (?, ?, ?)", people)
+            db.executemany("INSERT OR IGNORE INTO profile_marks VALUES (?, ?, ?)", marks)
         log.warning("klaviyo_middleware: carried %d queued submissions and %d dead letters "
                     "into the new spool file", len(submissions), len(dead))
 
@@ -346,6 +372,7 @@ class Spool:
                 "VALUES (?, ?, ?, ?, ?)",
                 (submission.id, self.account, payload, now, now),
             )
+            _add_people(db, self.account, submission)
 
     # -- the sender side ----------------------------------------------------
 
@@ -391,11 +418,7 @@ class Spool:
         claimed: list[Leased] = []
         with self._transaction() as db:
             rows = db.execute(
-                "UPDATE submissions SET lease_owner = ?, lease_until = ? "
-                "WHERE id IN (SELECT id FROM submissions WHERE account = ? AND due_at <= ? "
-                "AND lease_until <= ? ORDER BY due_at LIMIT ?) "
-                "RETURNING id, payload, progress, attempts, created_at",
-                (owner, now + lease, self.account, now, now, limit),
+                _CLAIM, (owner, now + lease, self.account, now, now, now, limit),
             ).fetchall()
             for submission_id, payload, progress, attempts, created_at in rows:
                 try:
@@ -407,8 +430,34 @@ class Spool:
                     ))
                 except Exception as exc:
                     self._bury_unreadable(db, submission_id, exc, now)
-        claimed.sort(key=lambda item: item.created_at)
+        # In acceptance order: a round sends a person's submissions oldest first.
+        claimed.sort(key=lambda item: (item.submission.accepted, item.created_at))
         return claimed
+
+    def take_profile_turns(self, owner: str, items: list[Leased],
+                           lease: float) -> dict[str, Turn]:
+        """Each item may send its profile now: a claim never leases two
+        submissions about one person to different owners while a profile is
+        unsent. The marks say what newer submissions have sent."""
+        turns = {}
+        with self._reading() as db:
+            for item in items:
+                people = person_hashes(self.account, item.submission)
+                places = ", ".join("?" * len(people))
+                marks = ("SELECT path, max(accepted) FROM profile_marks "  # noqa: S608
+                         f"WHERE person IN ({places}) GROUP BY path")
+                rows = db.execute(marks, people).fetchall() if people else []
+                turns[item.submission.id] = Turn(0.0, {path: int(stamp) for path, stamp in rows})
+        return turns
+
+    def postpone(self, owner: str, claimed: Leased, due_at: float) -> None:
+        """Hand a submission back, due at ``due_at``; not a failed attempt."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE submissions SET progress = ?, due_at = ?, lease_owner = NULL, "
+                "lease_until = 0 WHERE id = ? AND lease_owner = ?",
+                (json.dumps(claimed.progress.to_dict()), due_at, claimed.submission.id, owner),
+            )
 
     def _bury_unreadable(
         self, db: sqlite3.Connection, submission_id: str, exc: Exception, now: float
@@ -424,6 +473,7 @@ class Spool:
                               "detail": None, "pointer": None}), submission_id),
         )
         db.execute("DELETE FROM submissions WHERE id = ?", (submission_id,))
+        db.execute("DELETE FROM people WHERE submission_id = ?", (submission_id,))
 
     def save_progress(
         self, owner: str, claimed: Leased, lease: float, now: float | None = None
@@ -452,6 +502,8 @@ class Spool:
                 ).rowcount
                 if updated:
                     saved.add(claimed.submission.id)
+                    if PROFILE_STEP in claimed.progress.done:
+                        _profile_sent(db, claimed.submission)
         return saved
 
     def complete(self, owner: str, claimed: Leased) -> None:
@@ -459,13 +511,15 @@ class Spool:
 
     def complete_many(self, owner: str, items: list[Leased]) -> None:
         with self._transaction() as db:
-            removed = sum(
-                db.execute(
+            removed = 0
+            for claimed in items:
+                gone = db.execute(
                     "DELETE FROM submissions WHERE id = ? AND lease_owner = ?",
                     (claimed.submission.id, owner),
                 ).rowcount
-                for claimed in items
-            )
+                if gone:
+                    _profile_sent(db, claimed.submission)
+                removed += gone
             if removed:
                 db.execute(
                     "INSERT INTO counters (account, name, value) VALUES (?, 'delivered', ?) "
@@ -501,6 +555,9 @@ class Spool:
                 (claimed.submission.id, owner),
             ).rowcount
             if removed:
+                # Its profile will not be sent: nobody waits for it any more.
+                db.execute("DELETE FROM people WHERE submission_id = ?",
+                           (claimed.submission.id,))
                 db.execute(
                     "INSERT OR REPLACE INTO dead_letters (id, account, payload, progress, "
                     "attempts, created_at, dead_at, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -588,6 +645,15 @@ class Spool:
             log.info("klaviyo_middleware: purged %d dead letters older than %s days",
                      expired, f"{max_age / 86400:g}")
         return int(expired)
+
+    def prune_marks(self) -> int:
+        """Drop the profile marks no waiting submission needs any more: those
+        of people with no older submission still to send a profile."""
+        with self._transaction() as db:
+            return int(db.execute(
+                "DELETE FROM profile_marks WHERE NOT EXISTS (SELECT 1 FROM people "
+                "WHERE people.person = profile_marks.person "
+                "AND people.accepted < profile_marks.accepted)").rowcount)
 
     def truncate_wal(self) -> bool:
         """Empty the write-ahead log into the database file and cut it to zero
@@ -703,6 +769,7 @@ class SpoolAdmin:
                     (submission_id, account, payload, progress, now, now),
                 )
                 db.execute("DELETE FROM dead_letters WHERE id = ?", (submission_id,))
+                _readd_people(db, account, payload, progress)
         return len(rows)
 
     def resume(self, now: float | None = None) -> float:
@@ -753,9 +820,18 @@ class SpoolAdmin:
         match = ("(lower(json_extract(payload, '$.profile.email')) = lower(?) "
                  "OR json_extract(payload, '$.profile.phone_number') = ?)")
         values = (email or "", phone_number or "")
+        person = Submission(action="identify", profile={"email": email or None,
+                                                         "phone_number": phone_number or None})
         with self.spool._transaction() as db:
             queued = db.execute(f"DELETE FROM submissions WHERE {match}", values).rowcount  # noqa: S608
             dead = db.execute(f"DELETE FROM dead_letters WHERE {match}", values).rowcount  # noqa: S608
+            db.execute("DELETE FROM people WHERE submission_id NOT IN (SELECT id FROM submissions)")
+            accounts = [row[0] for row in db.execute(
+                "SELECT account FROM submissions UNION SELECT account FROM dead_letters "
+                "UNION SELECT account FROM counters UNION SELECT account FROM pauses")]
+            for account in accounts:
+                for hashed in person_hashes(account, person):
+                    db.execute("DELETE FROM profile_marks WHERE person = ?", (hashed,))
         self.spool.truncate_wal()
         return {"queued": int(queued), "dead": int(dead)}
 
@@ -773,6 +849,60 @@ def _immediate(db: sqlite3.Connection) -> Iterator[None]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+# Lease the due rows, oldest first, except those about a person another row
+# is sending a profile for right now: one leased with its profile unsent.
+_CLAIM = (
+    "UPDATE submissions SET lease_owner = ?, lease_until = ? "
+    "WHERE id IN (SELECT id FROM submissions WHERE account = ? AND due_at <= ? "
+    "AND lease_until <= ? AND NOT EXISTS ("
+    "SELECT 1 FROM people AS mine JOIN people AS other ON other.person = mine.person "
+    "AND other.submission_id != mine.submission_id JOIN submissions AS busy "
+    "ON busy.id = other.submission_id AND busy.lease_until > ? "
+    "WHERE mine.submission_id = submissions.id) "
+    "ORDER BY due_at LIMIT ?) "
+    "RETURNING id, payload, progress, attempts, created_at"
+)
+
+
+def _add_people(db: sqlite3.Connection, account: str, submission: Submission) -> None:
+    db.executemany(
+        "INSERT OR IGNORE INTO people (submission_id, person, accepted) VALUES (?, ?, ?)",
+        [(submission.id, person, submission.accepted)
+         for person in person_hashes(account, submission)],
+    )
+
+
+def _readd_people(db: sqlite3.Connection, account: str, payload: str, progress: str) -> None:
+    """A dead letter back in the queue takes its place in its person's order
+    again, unless its profile was already sent."""
+    try:
+        submission = Submission.from_dict(json.loads(payload))
+        done = Progress.from_dict(json.loads(progress)).done
+    except Exception:
+        return  # unreadable: the claim buries it again, with the reason
+    if PROFILE_STEP not in done:
+        _add_people(db, account, submission)
+
+
+def _profile_sent(db: sqlite3.Connection, submission: Submission) -> None:
+    """The submission's profile is in Klaviyo (or will never be sent): it no
+    longer holds its people, and if an older submission about one of them
+    still waits, the marks tell that one what not to send over this."""
+    rows = db.execute("DELETE FROM people WHERE submission_id = ? RETURNING person",
+                      (submission.id,)).fetchall()
+    for (person,) in rows:
+        older = db.execute("SELECT 1 FROM people WHERE person = ? AND accepted < ? LIMIT 1",
+                           (person, submission.accepted)).fetchone()
+        if older is None:
+            continue
+        db.executemany(
+            "INSERT INTO profile_marks (person, path, accepted) VALUES (?, ?, ?) "
+            "ON CONFLICT (person, path) DO UPDATE SET accepted = max(accepted, excluded.accepted)",
+            [(person, path, submission.accepted)
+             for path in attribute_paths(submission.profile)],
+        )
 
 
 def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
