@@ -625,3 +625,29 @@ class TestDataWeKeep:
             assert state.expire_dead_letters(3600, now=time.time() + 3601) == 1
         assert state.dead_letters() == []
         assert "purged 1 dead letters" in caplog.text
+
+
+@pytest.mark.parametrize("threshold", ["20", "0"])
+def test_sixty_people_three_times_each_end_at_their_last_version(threshold, loopback_klaviyo):
+    """Per-person order on a fleet: four worker slots, Klaviyo answering in
+    0-30 ms in no particular order; the queue backing up into the pool, or
+    (threshold 0) every submission a task of its own."""
+    fake = loopback_klaviyo.fake
+    fake.latency_range = (0.0, 0.03)
+    app = web(loopback_klaviyo.url)
+    worker = start_worker(loopback_klaviyo.url, REDIS, "--concurrency", "4",
+                          "--bulk-threshold", threshold)
+    state = RedisState(REDIS, account_fingerprint(loopback_klaviyo.url, API_KEY))
+    try:
+        # Each person three times in a row: their tasks run side by side.
+        for person in range(60):
+            for round_ in range(3):
+                app.post("/klaviyoConnect/api/identify",
+                         {"email": f"p{person}@example.com", "first_name": f"v{round_}"})
+        wait_for(lambda: state.stats()["delivered"] == 180, timeout=120)
+    finally:
+        stop(worker)
+    assert {email: profile["first_name"] for email, profile in fake.profiles.items()} == {
+        f"p{person}@example.com": "v2" for person in range(60)}
+    assert state.stats()["dead"] == 0
+    assert fake.violations == []

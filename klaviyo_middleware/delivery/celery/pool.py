@@ -214,7 +214,7 @@ class RedisPool(SharedCapacity, PersonTurns):
         records = self._scripts["claim"](
             keys=self._keys, args=[owner, limit, _milliseconds(lease), int(ahead * 1000)])
         claimed = [_claimed(json.loads(record)) for record in records]
-        claimed.sort(key=lambda item: item.created_at)
+        claimed.sort(key=lambda item: (item.submission.accepted, item.created_at))
         return claimed
 
     def size(self) -> int:
@@ -254,11 +254,11 @@ class RedisPool(SharedCapacity, PersonTurns):
             arguments += [item.submission.id, _record(item)]
         kept = self._scripts["save"](keys=self._keys, args=arguments)
         saved = {value.decode() if isinstance(value, bytes) else value for value in kept}
-        self.after_saving([item for item in items if item.submission.id in saved], lease)
+        self.after_saving(owner, [item for item in items if item.submission.id in saved], lease)
         return saved
 
     def complete_many(self, owner: str, items: list[Leased]) -> None:
-        self.after_saving(items, 0.001)
+        self.after_saving(owner, items, 0.001)
         if items:
             self._scripts["complete"](
                 keys=[*self._keys, self.state.key("finished"), self.state.key("delivered")],
@@ -267,7 +267,7 @@ class RedisPool(SharedCapacity, PersonTurns):
 
     def reschedule(self, owner: str, claimed: Leased, due_at: float,
                    error: dict[str, Any]) -> None:
-        self.let_go(claimed)
+        self.let_go(owner, claimed)
         retried = Leased(claimed.submission, claimed.progress, claimed.attempts + 1,
                           claimed.created_at)
         self._scripts["reschedule"](keys=self._keys, args=[
@@ -276,14 +276,14 @@ class RedisPool(SharedCapacity, PersonTurns):
         ])
 
     def postpone(self, owner: str, claimed: Leased, due_at: float) -> None:
-        self.let_go(claimed)
+        self.let_go(owner, claimed)
         self._scripts["reschedule"](keys=self._keys, args=[
             owner, claimed.submission.id, _record(claimed),
             _milliseconds(max(0.0, due_at - time.time())),
         ])
 
     def bury(self, owner: str, claimed: Leased, error: dict[str, Any]) -> None:
-        self.let_go(claimed)
+        self.let_go(owner, claimed)
         letter = self.state.dead_letter(claimed.submission, claimed.progress, error,
                                         claimed.attempts + 1)
         self._scripts["bury"](

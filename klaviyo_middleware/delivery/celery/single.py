@@ -44,12 +44,12 @@ class TaskLease(SharedCapacity, PersonTurns):
         for item in items:
             self.state.save_progress(item.submission.id, item.progress)
             self.alive(item.submission.id)
-        self.after_saving(items, lease)
+        self.after_saving(owner, items, lease)
         # Nobody else can hold a reserved task: every lease still holds.
         return {item.submission.id for item in items}
 
     def complete_many(self, owner: str, items: list[Leased]) -> None:
-        self.after_saving(items, 0.001)
+        self.after_saving(owner, items, 0.001)
         for item in items:
             self.state.complete(item.submission.id)
             self._finish(item.submission.id)
@@ -60,7 +60,7 @@ class TaskLease(SharedCapacity, PersonTurns):
         self.postpone(owner, claimed, due_at)
 
     def postpone(self, owner: str, claimed: Leased, due_at: float) -> None:
-        self.let_go(claimed)
+        self.let_go(owner, claimed)
         self.state.save_progress(claimed.submission.id, claimed.progress)
         delay = max(0.0, due_at - time.time())
         self.alive(claimed.submission.id, due_at)
@@ -69,7 +69,7 @@ class TaskLease(SharedCapacity, PersonTurns):
         self.retry = self.task.retry(countdown=delay, max_retries=None, throw=False)
 
     def bury(self, owner: str, claimed: Leased, error: dict[str, Any]) -> None:
-        self.let_go(claimed)
+        self.let_go(owner, claimed)
         self.state.bury(claimed.submission, claimed.progress, error, claimed.attempts + 1)
         self._finish(claimed.submission.id)
         self.outcome = "dead"

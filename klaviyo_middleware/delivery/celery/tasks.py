@@ -252,7 +252,7 @@ def _deliver(task: Task, payload: dict[str, Any]) -> str:
     try:
         courier.deliver(item)
     except Postponed as wait:
-        lease.let_go(item)
+        lease.let_go(courier.owner, item)
         lease.alive(submission.id, time.time() + wait.seconds)
         raise task.retry(countdown=wait.seconds, max_retries=None) from None
     if lease.retry is not None:

@@ -4,9 +4,10 @@ A Celery fleet has no one table of what waits: tasks sit in the broker, the
 backlog in the Redis pool. So the order is kept with two keys per person
 (hashed, salted with the account):
 
-- ``person:<hash>:hold`` — the submission sending the person's profile right
-  now, expiring with its lease: a worker that dies while holding it blocks
-  nobody for longer than that;
+- ``person:<hash>:hold`` — who is sending the person's profile right now
+  (the task, or the drain whose round may carry several of the person's
+  submissions, ordered within it), expiring with the lease: a worker that
+  dies while holding it blocks nobody for longer than that;
 - ``person:<hash>:marks`` — for each attribute path, the acceptance stamp of
   the newest submission that sent it, kept for the retry window, so that an
   older submission retried later leaves those attributes alone.
@@ -28,15 +29,15 @@ from klaviyo_middleware.model.submission import Submission
 # How long marks are kept: as long as an older submission may still be retried.
 MARKS_TTL = int(DEFAULT_RETRY_MAX_AGE)
 
-# KEYS: n holds, then n marks. ARGV: id, lease ms. {wait ms} when another
-# submission holds one of the people; else the holds are taken and the answer
-# is {0, path, stamp, path, stamp, ...} from every marks hash.
+# KEYS: n holds, then n marks. ARGV: owner, lease ms. {wait ms} when another
+# owner holds one of the people (a second at most: look again soon); else the
+# holds are taken and the answer is {0, path, stamp, ...} from every marks hash.
 _TAKE = """
 local n = #KEYS / 2
 for i = 1, n do
   local holder = redis.call('GET', KEYS[i])
   if holder and holder ~= ARGV[1] then
-    return {math.max(1, redis.call('PTTL', KEYS[i]))}
+    return {math.min(1000, math.max(1, redis.call('PTTL', KEYS[i])))}
   end
 end
 local answer = {0}
@@ -48,7 +49,7 @@ end
 return answer
 """
 
-# KEYS: n holds, then n marks. ARGV: id, stamp, ttl s, paths... Records the
+# KEYS: n holds, then n marks. ARGV: owner, stamp, ttl s, paths... Records the
 # paths as sent at ``stamp`` (a newer stamp stays) and lets go of the holds.
 _SENT = """
 local n = #KEYS / 2
@@ -64,7 +65,7 @@ end
 return 1
 """
 
-# KEYS: holds. ARGV: id, lease ms (0: let go). Keeps the holds for another
+# KEYS: holds. ARGV: owner, lease ms (0: let go). Keeps the holds for another
 # lease while the profile is on its way, or lets go without recording anything.
 _KEEP = """
 for i = 1, #KEYS do
@@ -92,7 +93,7 @@ class PersonTurns:
                 continue
             answer = self.state.script(_TAKE)(
                 keys=[*self._holds(people), *self._marks(people)],
-                args=[item.submission.id, max(1, int(lease * 1000))])
+                args=[owner, max(1, int(lease * 1000))])
             if int(answer[0]) > 0:
                 turns[item.submission.id] = Turn(wait=int(answer[0]) / 1000)
                 continue
@@ -104,7 +105,7 @@ class PersonTurns:
             turns[item.submission.id] = Turn(0.0, marks)
         return turns
 
-    def after_saving(self, items: list[Leased], lease: float) -> None:
+    def after_saving(self, owner: str, items: list[Leased], lease: float) -> None:
         """Progress was saved: once a held profile is in, record what it
         sent and let go; until then keep the hold as long as the lease."""
         for item in items:
@@ -114,18 +115,17 @@ class PersonTurns:
             if PROFILE_STEP in item.progress.done:
                 self.state.script(_SENT)(
                     keys=[*self._holds(people), *self._marks(people)],
-                    args=[item.submission.id, item.submission.accepted, MARKS_TTL,
+                    args=[owner, item.submission.accepted, MARKS_TTL,
                           *attribute_paths(item.submission.profile)])
                 item.holding = False
             else:
                 self.state.script(_KEEP)(keys=self._holds(people),
-                                         args=[item.submission.id, max(1, int(lease * 1000))])
+                                         args=[owner, max(1, int(lease * 1000))])
 
-    def let_go(self, item: Leased) -> None:
+    def let_go(self, owner: str, item: Leased) -> None:
         """The submission stops (retried later, or dead): free its person."""
         if item.holding:
-            self.state.script(_KEEP)(keys=self._holds(self._people(item)),
-                                     args=[item.submission.id, 0])
+            self.state.script(_KEEP)(keys=self._holds(self._people(item)), args=[owner, 0])
             item.holding = False
 
     def forget_person(self, email: str | None, phone_number: str | None) -> int:
