@@ -399,6 +399,30 @@ class TestLedger:
             stop(worker)
         assert set(fake.profiles) == {f"c{n}@example.com" for n in range(3)}
 
+    def test_a_lost_task_comes_back_while_the_queue_never_empties(self, loopback_klaviyo):
+        """Quiet ledger entries whose tasks still wait in the queue are left
+        alone; the one whose task is gone is sent again at once."""
+        fake = loopback_klaviyo.fake
+        fake.latency = 0.05
+        app = web(loopback_klaviyo.url)
+        for number in range(200):
+            app.post(UPDATE, form(number))
+        connection = redis.Redis.from_url(REDIS)
+        lost = json.loads(connection.rpop("klaviyo"))["headers"]["id"]  # c0's task
+        ledger = Ledger(REDIS)
+        worker = start_worker(loopback_klaviyo.url, REDIS, "--visibility-timeout", "3",
+                              "--concurrency", "1", "--bulk-threshold", "100000")
+        try:
+            # Back in the queue within a few sweeps, long before it empties
+            # (it then waits its turn behind the rest).
+            wait_for(lambda: ledger.in_broker("klaviyo", {lost}) == {lost}, timeout=15)
+            assert connection.llen("klaviyo") > 50, "the queue was still busy"
+            wait_for(lambda: len(fake.events) == 200, timeout=120)
+        finally:
+            stop(worker)
+        # Nothing waiting its turn was sent twice.
+        assert fake.paths().count("/api/events") == 200
+
     def test_a_pool_without_a_drain_gets_one(self, loopback_klaviyo):
         state = RedisState(REDIS, account_fingerprint(loopback_klaviyo.url, API_KEY))
         submission = Submission(action="identify", profile={"email": "pooled@example.com"})

@@ -40,6 +40,9 @@ class CeleryDelivery:
                 self.ledger.record(submission.id, payload)
             self.task.apply_async(
                 args=[payload],
+                # The task is named after its submission, so that the
+                # ledger's sweeper can see it in the broker (ledger.py).
+                task_id=submission.id,
                 retry=True,
                 retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
             )

@@ -9,8 +9,11 @@ here, in the broker's Redis, before it enqueues the task; workers note each
 sign of life and settle the entry once the submission is delivered,
 dead-lettered or in the backlog pool; and a sweeper in the workers
 re-enqueues an entry that has shown no life for longer than the visibility
-timeout while the queue is empty. A duplicate costs one lookup: the task
-finds its submission finished.
+timeout and whose task is nowhere in the broker — neither waiting in the
+queue nor reserved by a worker (a task's id is its submission's id, so the
+broker's messages say which are there). A queue that never empties cannot
+hide a lost task, and a task merely waiting its turn is never taken for
+lost. A duplicate costs one lookup: the task finds its submission finished.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from klaviyo_middleware.model.submission import is_about
 PAYLOADS = "klaviyo_middleware:ledger"
 ACTIVITY = "klaviyo_middleware:ledger:activity"
 SWEEP_TURN = "klaviyo_middleware:ledger:sweep"
+# Where kombu's Redis transport keeps the messages workers have reserved.
+UNACKED = "unacked"
 
 
 def wants_ledger(broker_url: str) -> bool:
@@ -76,9 +81,41 @@ class Ledger:
             self.redis.zrem(ACTIVITY, *orphans)
         return [json.loads(raw) for raw in payloads if raw is not None]
 
+    def in_broker(self, queue: str, ids: set[str]) -> set[str]:
+        """Which of ``ids`` have a task in the broker: waiting in ``queue``
+        (at any priority) or reserved by a worker (kombu's ``unacked``)."""
+        found: set[str] = set()
+        if not ids:
+            return found
+        for name in (queue, *(f"{queue}\x06\x16{step}" for step in (3, 6, 9))):
+            start = 0
+            while True:
+                messages = self.redis.lrange(name, start, start + 999)
+                found |= {task for raw in messages if (task := _task_id(raw)) in ids}
+                if len(messages) < 1000:
+                    break
+                start += 1000
+        for raw in self.redis.hvals(UNACKED):
+            try:
+                message = json.loads(raw)[0]
+            except (ValueError, TypeError, IndexError, KeyError):
+                continue
+            if (task := _task_id(json.dumps(message))) in ids:
+                found.add(task)
+        return found
+
     def size(self) -> int:
         return int(self.redis.hlen(PAYLOADS))
 
     def take_sweep_turn(self, seconds: float) -> bool:
         """One sweeper in the fleet per ``seconds``."""
         return bool(self.redis.set(SWEEP_TURN, "1", nx=True, px=max(1, int(seconds * 1000))))
+
+
+def _task_id(raw: bytes | str) -> str | None:
+    """The task id in a kombu message as stored in Redis (headers are plain JSON)."""
+    try:
+        message = json.loads(raw)
+        return str(message["headers"]["id"])
+    except (ValueError, TypeError, KeyError):
+        return None

@@ -316,10 +316,11 @@ def sweep(app: Celery) -> int:
     """Recover what a vanished worker took with it; the number re-enqueued.
     Expire old dead letters too.
 
-    Run by every worker every few seconds (one at a time fleet-wide), and
-    only while the queue is empty, so that nothing merely waiting its turn
-    is taken for lost: ledger entries quiet for longer than the visibility
-    timeout are enqueued again, and a pool with no drain due gets one.
+    Run by every worker every few seconds (one at a time fleet-wide): ledger
+    entries quiet for longer than the visibility timeout whose task is
+    nowhere in the broker (neither queued nor reserved: see ledger.py) are
+    enqueued again, busy queue or not; and, once the queue is empty, a pool
+    with no drain due gets one.
     """
     runtime = runtime_for(app)
     ledger = runtime.ledger
@@ -327,22 +328,26 @@ def sweep(app: Celery) -> int:
         return 0
     # Personal data no longer than needed, busy queue or not.
     runtime.state.expire_dead_letters(runtime.dead_letter_max_age)
-    if runtime.backlog.waiting() > 0:
-        return 0
     resent = _resend_lost(app, runtime, ledger) if ledger is not None else 0
-    _drain_what_is_left(app, runtime.pool)
+    if runtime.backlog.waiting() == 0:
+        _drain_what_is_left(app, runtime.pool)
     return resent
 
 
 def _resend_lost(app: Celery, runtime: _Runtime, ledger: Ledger) -> int:
     resent = 0
-    for payload in ledger.stale(runtime.quiet_for):
+    stale = ledger.stale(runtime.quiet_for)
+    # Quiet but still queued or reserved: waiting its turn, not lost.
+    present = ledger.in_broker(QUEUE, {str(payload.get("id", "")) for payload in stale})
+    for payload in stale:
         submission_id = str(payload.get("id", ""))
         if runtime.state.is_finished(submission_id) or runtime.pool.holds(submission_id):
             ledger.settle(submission_id)
             continue
+        if submission_id in present:
+            continue
         log.warning("klaviyo_middleware: re-enqueueing %s, lost with a worker", submission_id)
-        app.send_task(TASK_NAME, args=[payload], queue=QUEUE)
+        app.send_task(TASK_NAME, args=[payload], queue=QUEUE, task_id=submission_id)
         ledger.alive(submission_id)
         resent += 1
     return resent
