@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="answer 503 to everything for the first SECONDS")
     fake.add_argument("--no-rate-limits", action="store_true",
                       help="do not enforce Klaviyo's per-endpoint rate limits")
+    fake.add_argument("--job-seconds", type=float, default=1.0, metavar="SECONDS",
+                      help="how long a profile import job takes to run (default 1)")
 
     worker = commands.add_parser("worker", help="run a Celery worker delivering to Klaviyo")
     worker.add_argument("--broker", default=os.environ.get("KLAVIYO_BROKER_URL"),
@@ -160,7 +162,7 @@ def _fake_klaviyo(args: argparse.Namespace, out: TextIO) -> int:
     if args.outage:
         faults.outage(args.outage)
     fake = FakeKlaviyo(api_key=args.api_key, lists=lists, faults=faults,
-                       rate_limits=not args.no_rate_limits)
+                       rate_limits=not args.no_rate_limits, job_seconds=args.job_seconds)
     server = make(args.host, args.port, fake)
     print(f"fake Klaviyo on http://{args.host}:{server.server_port}  "
           f"(state: /_state; Ctrl+C stops it)", file=out, flush=True)

@@ -230,11 +230,13 @@ class SpoolSender:
         return min(self.options.poll, max(0.0, next_due - time.time()))
 
     def _keep_data_short(self, now: float) -> None:
-        """Personal data no longer than needed: expire old dead letters (once
-        a minute) and, when nothing is queued, empty the write-ahead log."""
+        """Personal data no longer than needed: expire old dead letters and
+        profile marks nobody waits for (once a minute) and, when nothing is
+        queued, empty the write-ahead log."""
         if now - self._last_expiry > 60.0:
             self._last_expiry = now
             self.spool.expire_dead_letters(self.options.dead_letter_max_age, now)
+            self.spool.prune_marks()
         if self.spool.outstanding() == 0:
             self.spool.truncate_wal()
 
