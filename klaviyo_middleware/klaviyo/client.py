@@ -157,18 +157,7 @@ class KlaviyoClient:
 
     def import_profile(self, body: dict[str, Any]) -> str:
         """Create or update a profile; returns its Klaviyo id."""
-        answer = self._post("/api/profile-import", body)
-        try:
-            profile_id = answer["data"]["id"]
-        except (KeyError, TypeError):
-            profile_id = None
-        if not isinstance(profile_id, str) or not profile_id:
-            raise KlaviyoError(
-                "Klaviyo accepted the profile but did not return its id",
-                status=None,
-                transient=True,
-            )
-        return profile_id
+        return _new_id(self._post("/api/profile-import", body), "the profile")
 
     def subscribe(self, body: dict[str, Any]) -> None:
         self._post("/api/profile-subscription-bulk-create-jobs", body)
@@ -182,16 +171,7 @@ class KlaviyoClient:
     def bulk_import_profiles(self, body: dict[str, Any]) -> str:
         """Start a profile import job; returns the job's id, to follow it with
         :meth:`import_job` until Klaviyo has processed it."""
-        answer = self._post("/api/profile-bulk-import-jobs", body)
-        try:
-            job_id = answer["data"]["id"]
-        except (KeyError, TypeError):
-            job_id = None
-        if not isinstance(job_id, str) or not job_id:
-            # Without the id nobody can tell whether the job ran: send again.
-            raise KlaviyoError("Klaviyo accepted the import job but did not return its id",
-                               transient=True)
-        return job_id
+        return _new_id(self._post("/api/profile-bulk-import-jobs", body), "the import job")
 
     def import_job(self, job_id: str) -> dict[str, Any]:
         """The attributes of a profile import job (``status``, counts)."""
@@ -265,6 +245,20 @@ class KlaviyoClient:
             return response.json()
         except ValueError:
             return None
+
+
+def _new_id(answer: Any, what: str) -> str:
+    """``data.id`` of Klaviyo's answer. Without it nobody can tell what became
+    of the call (which profile, which job), so it is a transient failure:
+    the call is made again, which an upsert or an import job allows."""
+    try:
+        found = answer["data"]["id"]
+    except (KeyError, TypeError):
+        found = None
+    if not isinstance(found, str) or not found:
+        raise KlaviyoError(f"Klaviyo accepted {what} but did not return its id",
+                           transient=True)
+    return found
 
 
 def unserialisable(exc: Exception) -> KlaviyoError:
