@@ -35,6 +35,16 @@ def slow_klaviyo(latency: float, rate_limits: bool = False) -> Iterator[tuple[st
             calls["429"] = fake.limiter.throttled
 
 
+def calls_by_endpoint(calls: Counter[str]) -> str:
+    """``calls`` per endpoint, for printing; an import job's polls (one path
+    per job) are counted together."""
+    named: Counter[str] = Counter()
+    for path, count in calls.items():
+        named["import job polls" if path.startswith("/api/profile-bulk-import-jobs/")
+              else path.rsplit("/", 1)[-1]] += count
+    return ", ".join(f"{name} {count}" for name, count in sorted(named.items()))
+
+
 def site(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     """The app behind the middleware: the benchmarks measure what is in front of it."""
     start_response("200 OK", [("Content-Type", "text/plain")])

@@ -25,7 +25,7 @@ from klaviyo_middleware.klaviyo import steps
 from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS, endpoint_for
 from klaviyo_middleware.model.submission import Event, Submission
 
-from _support import API_KEY, site, slow_klaviyo
+from _support import API_KEY, calls_by_endpoint, site, slow_klaviyo
 
 
 def main() -> None:
@@ -52,8 +52,7 @@ def main() -> None:
     calls, drained, elapsed = drain(burst, args, batching=True)
     throttled = calls.pop("429", 0)
     batched = sum(calls.values())
-    by_endpoint = ", ".join(f"{path.rsplit('/', 1)[-1]} {count}"
-                            for path, count in sorted(calls.items()))
+    by_endpoint = calls_by_endpoint(calls)
     print(f"{args.submissions} submissions (profile + list + event each)")
     print(f"  one call per step: {sum(single_calls.values()):6d} calls "
           f"({', '.join(f'{k} {v}' for k, v in single_calls.items())}); "

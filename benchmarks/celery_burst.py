@@ -28,7 +28,7 @@ from klaviyo_middleware import KlaviyoMiddleware
 from klaviyo_middleware.delivery.celery.state import RedisState
 from klaviyo_middleware.delivery.spool.store import account_fingerprint
 
-from _support import API_KEY, call, form_environ, site, slow_klaviyo
+from _support import API_KEY, call, calls_by_endpoint, form_environ, site, slow_klaviyo
 
 BROKER = "redis://127.0.0.1:6379/14"
 
@@ -89,7 +89,7 @@ def run(count: int, args: argparse.Namespace,
 
 def report(label: str, count: int, calls: Counter[str], enqueue: float, elapsed: float) -> None:
     throttled = calls.pop("429", 0)
-    by_path = ", ".join(f"{path.rsplit('/', 1)[-1]} {n}" for path, n in sorted(calls.items()))
+    by_path = calls_by_endpoint(calls)
     print(f"  {label:18s} {count:6d} submissions: enqueued in {enqueue:.1f} s "
           f"({count / enqueue:.0f}/s); drained in {elapsed:.1f} s; "
           f"{sum(calls.values())} calls ({by_path}); 429s received: {throttled}")
