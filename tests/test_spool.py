@@ -184,3 +184,15 @@ def test_full_spool_refuses_new_submissions(tmp_path):
 def test_spool_file_is_private(tmp_path):
     Spool(tmp_path / "private.sqlite3", ACCOUNT)
     assert (tmp_path / "private.sqlite3").stat().st_mode & 0o077 == 0
+
+
+def test_housekeeping_turns_go_to_one_process_at_a_time(tmp_path):
+    """The WAL checkpoint holds every process's writes back: one process on
+    the spool does it, at most once per interval."""
+    first = Spool(tmp_path / "shared.sqlite3", ACCOUNT)
+    second = Spool(tmp_path / "shared.sqlite3", ACCOUNT)
+    assert first.take_turn("truncate_wal", 60.0, now=1000.0)
+    assert not second.take_turn("truncate_wal", 60.0, now=1030.0)
+    assert not first.take_turn("truncate_wal", 60.0, now=1059.0)
+    assert second.take_turn("truncate_wal", 60.0, now=1061.0)
+    assert second.take_turn("prune", 60.0, now=1061.0), "each task has its own turn"

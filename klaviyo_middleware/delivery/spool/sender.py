@@ -232,12 +232,15 @@ class SpoolSender:
     def _keep_data_short(self, now: float) -> None:
         """Personal data no longer than needed: expire old dead letters and
         profile marks nobody waits for (once a minute) and, when nothing is
-        queued, empty the write-ahead log."""
+        queued, empty the write-ahead log — once a minute for the whole
+        spool: the checkpoint holds every process's writes back while it
+        syncs the file, and with eight processes doing it every few seconds
+        it was the longest wait a visitor had (benchmarks/multiprocess.py)."""
         if now - self._last_expiry > 60.0:
             self._last_expiry = now
             self.spool.expire_dead_letters(self.options.dead_letter_max_age, now)
             self.spool.prune_marks()
-        if self.spool.outstanding() == 0:
+        if self.spool.outstanding() == 0 and self.spool.take_turn("truncate_wal", 60.0, now):
             self.spool.truncate_wal()
 
     def _tick(self) -> bool:

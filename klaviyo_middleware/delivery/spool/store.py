@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import socket
 import sqlite3
 import threading
@@ -105,6 +106,10 @@ CREATE TABLE IF NOT EXISTS profile_marks (
     path TEXT NOT NULL,
     accepted INTEGER NOT NULL,
     PRIMARY KEY (person, path)
+);
+CREATE TABLE IF NOT EXISTS housekeeping (
+    task TEXT PRIMARY KEY,
+    at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (
     account TEXT NOT NULL,
@@ -655,6 +660,20 @@ class Spool:
                 "WHERE people.person = profile_marks.person "
                 "AND people.accepted < profile_marks.accepted)").rowcount)
 
+    def take_turn(self, task: str, every: float, now: float | None = None) -> bool:
+        """Whether this process should do ``task`` now: ``True`` for one
+        process on the spool at most once every ``every`` seconds."""
+        now = time.time() if now is None else now
+        with self._reading() as db:
+            row = db.execute("SELECT at FROM housekeeping WHERE task = ?", (task,)).fetchone()
+        if row is not None and row[0] > now - every:
+            return False
+        with self._transaction() as db:
+            return db.execute(
+                "INSERT INTO housekeeping (task, at) VALUES (?, ?) ON CONFLICT (task) "
+                "DO UPDATE SET at = excluded.at WHERE housekeeping.at <= ?",
+                (task, now, now - every)).rowcount == 1
+
     def truncate_wal(self) -> bool:
         """Empty the write-ahead log into the database file and cut it to zero
         bytes, so that pages of delivered or erased submissions do not linger
@@ -840,9 +859,31 @@ class SpoolAdmin:
 
 
 @contextmanager
-def _immediate(db: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction, taking the write lock at once."""
-    db.execute("BEGIN IMMEDIATE")
+def _immediate(db: sqlite3.Connection, patience: float = 30.0) -> Iterator[None]:
+    """One write transaction, taking the write lock at once.
+
+    Waiting for the lock is done here rather than by SQLite's busy handler,
+    which sleeps 1, 2, 5, 10 … up to 100 ms between tries: with several
+    processes on one spool, a request that arrives just after another
+    process took the lock would sleep far longer than the lock is held (a
+    commit takes a fraction of a millisecond). Here the waits start at 50 µs
+    and grow to 2 ms, jittered so that waiting processes do not retry in step.
+    """
+    deadline = time.monotonic() + patience
+    wait = 0.00005
+    db.execute("PRAGMA busy_timeout = 0")
+    try:
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(wait * (0.5 + _jitter.random()))
+            wait = min(wait * 1.5, 0.002)
+    finally:
+        db.execute(f"PRAGMA busy_timeout = {int(patience * 1000)}")
     try:
         yield
     except BaseException:
@@ -903,6 +944,9 @@ def _profile_sent(db: sqlite3.Connection, submission: Submission) -> None:
             [(person, path, submission.accepted)
              for path in attribute_paths(submission.profile)],
         )
+
+
+_jitter = random.Random()  # noqa: S311 - retry spacing, not security
 
 
 def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
