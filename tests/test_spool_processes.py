@@ -182,3 +182,32 @@ def test_forks_while_worker_threads_are_inside_sqlite(tmp_path, loopback_klaviyo
     assert middleware.flush(60)
     middleware.close()
     assert len(loopback_klaviyo.fake.events) == 200
+
+
+def test_eight_processes_starting_together_on_a_fresh_spool(tmp_path):
+    """gunicorn starts its workers at once: they race to create the file,
+    switch it to WAL and add the tables; every one must get a working spool."""
+    path = tmp_path / "fresh.sqlite3"
+    start_at = time.time() + 1.5
+    code = (
+        "import sys, time\n"
+        "from klaviyo_middleware.delivery.spool.store import Spool\n"
+        "from klaviyo_middleware.model.submission import Submission\n"
+        f"while time.time() < {start_at}: time.sleep(0.0005)\n"
+        "spool = Spool(sys.argv[1], 'acct')\n"
+        "spool.enqueue(Submission(action='identify', profile={'email': sys.argv[2]}))\n"
+    )
+    for attempt in range(3):
+        if attempt:
+            path.unlink()
+            for suffix in ("-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            start_at = time.time() + 1.5
+            code = code.replace(code.split("while time.time() < ")[1].split(":")[0],
+                                str(start_at))
+        processes = [subprocess.Popen([sys.executable, "-c", code, str(path),
+                                       f"p{number}@example.com"], stderr=subprocess.PIPE,
+                                      text=True) for number in range(8)]
+        errors = [process.communicate(timeout=60)[1] for process in processes]
+        assert [process.returncode for process in processes] == [0] * 8, errors
+        assert Spool(path, "acct").outstanding() == 8

@@ -221,7 +221,8 @@ class Spool:
                 self.path, timeout=self.busy_timeout, isolation_level=None,
                 check_same_thread=False,
             )
-            db.execute("PRAGMA journal_mode=WAL")
+            # Processes starting together on a fresh file race to set it up.
+            _when_unlocked(db, "PRAGMA journal_mode=WAL", self.busy_timeout)
             db.execute(f"PRAGMA synchronous={self.durability}")
             # Deleted rows (delivered, forgotten, purged) are overwritten with
             # zeros, not left readable in free pages.
@@ -229,8 +230,12 @@ class Spool:
             current = self._current_file()
             if current != self._file:
                 # A new file (or a first look at this one): make sure it has
-                # our tables.
-                db.executescript(_SCHEMA)
+                # our tables, in one write transaction (several processes may
+                # be starting on it).
+                with _immediate(db, self.busy_timeout):
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
                 self._file = current
                 self._wal_file = self._current_file("-wal")
             self._connections[ident] = db
@@ -276,7 +281,7 @@ class Spool:
         # Already under the fork guard (called from _connection), so not
         # through _transaction, which takes it.
         db = self._connection()
-        with _immediate(db):
+        with _immediate(db, self.busy_timeout):
             db.executemany("INSERT OR IGNORE INTO submissions VALUES "
                            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", submissions)
             db.executemany("INSERT OR IGNORE INTO dead_letters VALUES "
@@ -300,7 +305,7 @@ class Spool:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._fork_guard:
             db = self._connection()
-            with _immediate(db):
+            with _immediate(db, self.busy_timeout):
                 yield db
 
     def _watch_forks(self) -> None:
@@ -860,30 +865,9 @@ class SpoolAdmin:
 
 @contextmanager
 def _immediate(db: sqlite3.Connection, patience: float = 30.0) -> Iterator[None]:
-    """One write transaction, taking the write lock at once.
-
-    Waiting for the lock is done here rather than by SQLite's busy handler,
-    which sleeps 1, 2, 5, 10 … up to 100 ms between tries: with several
-    processes on one spool, a request that arrives just after another
-    process took the lock would sleep far longer than the lock is held (a
-    commit takes a fraction of a millisecond). Here the waits start at 50 µs
-    and grow to 2 ms, jittered so that waiting processes do not retry in step.
-    """
-    deadline = time.monotonic() + patience
-    wait = 0.00005
-    db.execute("PRAGMA busy_timeout = 0")
-    try:
-        while True:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() >= deadline:
-                    raise
-            time.sleep(wait * (0.5 + _jitter.random()))
-            wait = min(wait * 1.5, 0.002)
-    finally:
-        db.execute(f"PRAGMA busy_timeout = {int(patience * 1000)}")
+    """One write transaction, taking the write lock at once (within
+    ``patience`` seconds, see :func:`_when_unlocked`)."""
+    _when_unlocked(db, "BEGIN IMMEDIATE", patience)
     try:
         yield
     except BaseException:
@@ -947,6 +931,35 @@ def _profile_sent(db: sqlite3.Connection, submission: Submission) -> None:
 
 
 _jitter = random.Random()  # noqa: S311 - retry spacing, not security
+
+
+def _when_unlocked(db: sqlite3.Connection, statement: str, patience: float) -> None:
+    """Run ``statement`` (one that takes the write lock) as soon as the lock is free.
+
+    Waiting is done here rather than by SQLite's busy handler, which sleeps
+    1, 2, 5, 10 … up to 100 ms between tries: with several processes on one
+    spool, a request that arrives just after another process took the lock
+    would sleep far longer than the lock is held (a commit takes a fraction
+    of a millisecond). Here the waits start at 50 µs and grow to 2 ms,
+    jittered so that waiting processes do not retry in step. Some lock
+    conflicts (a fresh file switching to WAL) never reach the busy handler
+    at all; they are waited out here the same way.
+    """
+    deadline = time.monotonic() + patience
+    wait = 0.00005
+    db.execute("PRAGMA busy_timeout = 0")
+    try:
+        while True:
+            try:
+                db.execute(statement)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(wait * (0.5 + _jitter.random()))
+            wait = min(wait * 1.5, 0.002)
+    finally:
+        db.execute(f"PRAGMA busy_timeout = {int(patience * 1000)}")
 
 
 def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
