@@ -144,10 +144,14 @@ class JobFollower:
     def _decide(self, job_id: str, members: list[Leased], failed: int,
                 errors: list[dict[str, Any]], outcome: JobOutcome) -> None:
         refused: dict[str, KlaviyoError] = {}
+        # Failures counted but not listed, then listed but naming nobody here.
+        unnamed = max(0, failed - len(errors))
         for error in errors:
-            for item in _blamed(error, members):
+            blamed = _blamed(error, members)
+            unnamed += not blamed
+            for item in blamed:
                 refused[item.submission.id] = _error(job_id, error)
-        if len(errors) < failed or any(not _blamed(error, members) for error in errors):
+        if unnamed > 0:
             # Klaviyo counted failures it did not (or not recognisably)
             # list: nobody can tell which profiles they were, so every
             # profile not named is sent again one by one.

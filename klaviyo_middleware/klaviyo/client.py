@@ -176,7 +176,10 @@ class KlaviyoClient:
     def import_job(self, job_id: str) -> dict[str, Any]:
         """The attributes of a profile import job (``status``, counts)."""
         answer = self._get(f"/api/profile-bulk-import-jobs/{quote(job_id, safe='')}")
-        attributes = answer.get("data", {}).get("attributes") if isinstance(answer, dict) else None
+        try:
+            attributes = answer["data"]["attributes"]
+        except (KeyError, TypeError):
+            attributes = None
         if not isinstance(attributes, dict) or not isinstance(attributes.get("status"), str):
             raise KlaviyoError("Klaviyo's answer about an import job had no status",
                                transient=True)

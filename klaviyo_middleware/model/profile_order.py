@@ -58,10 +58,11 @@ def attribute_paths(profile: dict[str, Any]) -> list[str]:
     return paths
 
 
-def person_hashes(account: str, submission: Submission) -> list[str]:
-    """The person's keys as the stores hold them: hashed, salted with the account."""
+def person_hashes(account: str, profile: dict[str, Any]) -> list[str]:
+    """The keys of the person ``profile`` names, as the stores hold them:
+    hashed, salted with the account."""
     return [hashlib.sha256(f"{account}\n{key}".encode()).hexdigest()[:32]
-            for key in submission.person_keys()]
+            for key in person_keys(profile)]
 
 
 def newest(*marks: Marks) -> Marks:
@@ -81,7 +82,7 @@ def still_ours(profile: dict[str, Any], marks: Marks, accepted: int) -> dict[str
     always stays, so that Klaviyo finds the profile; the others go like any
     attribute, so a phone number changed since is not changed back.
     """
-    anchor = next((name for name in IDENTIFIERS if profile.get(name)), None)
+    anchor = _anchor(profile)
     kept: dict[str, Any] = {}
     for name, value in profile.items():
         if name in MERGED and isinstance(value, dict):
@@ -100,8 +101,13 @@ def identity(profile: dict[str, Any]) -> dict[str, Any]:
     What a call sends when it must name the person but has no news about
     them (an event, a list membership after the profile is in): writing
     nothing else, it cannot undo a newer submission's attributes."""
-    anchor = next((name for name in IDENTIFIERS if profile.get(name)), None)
+    anchor = _anchor(profile)
     return {anchor: profile[anchor]} if anchor else {}
+
+
+def _anchor(profile: dict[str, Any]) -> str | None:
+    """The identifier Klaviyo finds the profile by: email, else phone, else external id."""
+    return next((name for name in IDENTIFIERS if profile.get(name)), None)
 
 
 def only_identity(profile: dict[str, Any]) -> bool:

@@ -224,9 +224,7 @@ class FakeKlaviyo:
         links = {"self": f"{base}?page[size]={size}&page[cursor]={start}"}
         if start + size < len(job["errors"]):
             links["next"] = f"{base}?page[size]={size}&page[cursor]={start + size}"
-        response = _document(200, errors)
-        response.body = json.dumps({"data": errors, "links": links}).encode()
-        return response
+        return _document(200, errors, links)
 
     def _job(self, job_id: str) -> dict[str, Any]:
         job = self.state.jobs.get(job_id)
@@ -280,8 +278,11 @@ def _body(request: Request) -> Any:
         raise ApiError(400, "invalid", "The request body is not valid JSON.") from None
 
 
-def _document(status: int, data: Any) -> Response:
-    response = Response(status=status, body=json.dumps({"data": data}).encode())
+def _document(status: int, data: Any, links: dict[str, str] | None = None) -> Response:
+    document: dict[str, Any] = {"data": data}
+    if links is not None:
+        document["links"] = links
+    response = Response(status=status, body=json.dumps(document).encode())
     response.content_type = _JSON_API
     return response
 

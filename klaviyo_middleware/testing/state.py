@@ -59,6 +59,8 @@ class KlaviyoState:
         self.consent: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.jobs: dict[str, dict[str, Any]] = {}
+        # Jobs not yet processed, oldest first: every request looks at these only.
+        self._queued: list[dict[str, Any]] = []
         # identifier → why profiles with it are refused (see refuse()).
         self.refused: dict[str, str] = {}
         self.confirmations: dict[str, Confirmation] = {}
@@ -251,15 +253,16 @@ class KlaviyoState:
                 "due": time.monotonic() + seconds,
             }
             self.jobs[job_id] = job
+            self._queued.append(job)
             return job
 
     def process_jobs(self) -> None:
         """Finish every job whose time has come, in the order they arrived."""
         now = time.monotonic()
         with self.lock:
-            for job in self.jobs.values():
-                if job["attributes"]["status"] == "queued" and job["due"] <= now:
-                    self._process(job)
+            for job in [job for job in self._queued if job["due"] <= now]:
+                self._process(job)
+                self._queued.remove(job)
 
     def _process(self, job: dict[str, Any]) -> None:
         work = job.pop("work")
@@ -312,6 +315,7 @@ class KlaviyoState:
             self.consent.clear()
             self.events.clear()
             self.jobs.clear()
+            self._queued.clear()
             self.confirmations.clear()
             self._event_keys.clear()
             self._index.clear()

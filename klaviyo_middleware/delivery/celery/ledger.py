@@ -91,16 +91,15 @@ class Ledger:
             start = 0
             while True:
                 messages = self.redis.lrange(name, start, start + 999)
-                found |= {task for raw in messages if (task := _task_id(raw)) in ids}
+                found |= {task for raw in messages if (task := _task_id(_json(raw))) in ids}
                 if len(messages) < 1000:
                     break
                 start += 1000
         for raw in self.redis.hvals(UNACKED):
-            try:
-                message = json.loads(raw)[0]
-            except (ValueError, TypeError, IndexError, KeyError):
-                continue
-            if (task := _task_id(json.dumps(message))) in ids:
+            # Each entry is [message, exchange, routing key].
+            entry = _json(raw)
+            message = entry[0] if isinstance(entry, list) and entry else None
+            if (task := _task_id(message)) in ids:
                 found.add(task)
         return found
 
@@ -112,10 +111,16 @@ class Ledger:
         return bool(self.redis.set(SWEEP_TURN, "1", nx=True, px=max(1, int(seconds * 1000))))
 
 
-def _task_id(raw: bytes | str) -> str | None:
-    """The task id in a kombu message as stored in Redis (headers are plain JSON)."""
+def _json(raw: bytes | str) -> Any:
     try:
-        message = json.loads(raw)
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _task_id(message: Any) -> str | None:
+    """The task id in a kombu message as stored in Redis (its headers are plain JSON)."""
+    try:
         return str(message["headers"]["id"])
-    except (ValueError, TypeError, KeyError):
+    except (TypeError, KeyError):
         return None

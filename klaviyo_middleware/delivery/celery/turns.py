@@ -24,7 +24,6 @@ from klaviyo_middleware.klaviyo.account import DEFAULT_RETRY_MAX_AGE
 from klaviyo_middleware.klaviyo.steps import PROFILE_STEP
 from klaviyo_middleware.model.lease import Leased
 from klaviyo_middleware.model.profile_order import Turn, attribute_paths, person_hashes
-from klaviyo_middleware.model.submission import Submission
 
 # How long marks are kept: as long as an older submission may still be retried.
 MARKS_TTL = int(DEFAULT_RETRY_MAX_AGE)
@@ -130,16 +129,15 @@ class PersonTurns:
 
     def forget_person(self, email: str | None, phone_number: str | None) -> int:
         """Delete a person's holds and marks (an erasure request); how many keys."""
-        person = Submission(action="identify",
-                            profile={"email": email, "phone_number": phone_number})
-        people = person_hashes(self.state.account, person)
+        people = person_hashes(self.state.account,
+                               {"email": email, "phone_number": phone_number})
         keys = [*self._holds(people), *self._marks(people)]
         return int(self.state.redis.delete(*keys)) if keys else 0
 
     # -- keys -------------------------------------------------------------------
 
     def _people(self, item: Leased) -> list[str]:
-        return person_hashes(self.state.account, item.submission)
+        return person_hashes(self.state.account, item.submission.profile)
 
     def _holds(self, people: list[str]) -> list[str]:
         return [self.state.key("person", person, "hold") for person in people]

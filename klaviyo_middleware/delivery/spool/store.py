@@ -452,7 +452,7 @@ class Spool:
         turns = {}
         with self._reading() as db:
             for item in items:
-                people = person_hashes(self.account, item.submission)
+                people = person_hashes(self.account, item.submission.profile)
                 places = ", ".join("?" * len(people))
                 marks = ("SELECT path, max(accepted) FROM profile_marks "  # noqa: S608
                          f"WHERE person IN ({places}) GROUP BY path")
@@ -844,8 +844,7 @@ class SpoolAdmin:
         match = ("(lower(json_extract(payload, '$.profile.email')) = lower(?) "
                  "OR json_extract(payload, '$.profile.phone_number') = ?)")
         values = (email or "", phone_number or "")
-        person = Submission(action="identify", profile={"email": email or None,
-                                                         "phone_number": phone_number or None})
+        person = {"email": email, "phone_number": phone_number}
         with self.spool._transaction() as db:
             queued = db.execute(f"DELETE FROM submissions WHERE {match}", values).rowcount  # noqa: S608
             dead = db.execute(f"DELETE FROM dead_letters WHERE {match}", values).rowcount  # noqa: S608
@@ -895,7 +894,7 @@ def _add_people(db: sqlite3.Connection, account: str, submission: Submission) ->
     db.executemany(
         "INSERT OR IGNORE INTO people (submission_id, person, accepted) VALUES (?, ?, ?)",
         [(submission.id, person, submission.accepted)
-         for person in person_hashes(account, submission)],
+         for person in person_hashes(account, submission.profile)],
     )
 
 
