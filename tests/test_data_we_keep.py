@@ -7,12 +7,14 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from klaviyo_middleware import KlaviyoMiddleware
 from klaviyo_middleware.cli import main
+from klaviyo_middleware.delivery.spool.intake import intake_directory
 from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
 from klaviyo_middleware.model.submission import Submission
 
@@ -132,17 +134,33 @@ class TestForget:
 
 
 class TestSpoolFileDeletedUnderUs:
+    def test_an_intake_deleted_in_use_loses_nothing(self, tmp_path, caplog):
+        path = tmp_path / "s.sqlite3"
+        spool = Spool(path, ACCOUNT)
+        spool.enqueue(submission("before@example.com"))
+        shutil.rmtree(intake_directory(path))  # "rm -rf spool.sqlite3*"
+        with caplog.at_level(logging.WARNING, logger="klaviyo_middleware"):
+            spool.enqueue(submission("after@example.com"))
+        assert "intake" in caplog.text
+        spool.close_all()
+        restarted = Spool(path, ACCOUNT)
+        restarted.adopt_orphans()
+        assert restarted.outstanding() == 2
+        restarted.close()
+
     def test_posts_after_the_delete_survive_a_restart(self, tmp_path, caplog):
         path = tmp_path / "s.sqlite3"
         spool = Spool(path, ACCOUNT)
         for number in range(2):
             spool.enqueue(submission(f"before{number}@example.com"))
+        spool.move_intake()
         for suffix in ("", "-wal", "-shm"):
             if Path(f"{path}{suffix}").exists():
                 os.remove(f"{path}{suffix}")
         with caplog.at_level(logging.WARNING, logger="klaviyo_middleware"):
             for number in range(3):
                 spool.enqueue(submission(f"after{number}@example.com"))
+            spool.move_intake()
         assert "deleted or replaced" in caplog.text
         spool.close_all()
         restarted = Spool(path, ACCOUNT)
@@ -155,6 +173,7 @@ class TestSpoolFileDeletedUnderUs:
         path = tmp_path / "s.sqlite3"
         spool = Spool(path, ACCOUNT)
         spool.enqueue(submission("ours@example.com"))
+        spool.move_intake()
         other = Spool(tmp_path / "other.sqlite3", ACCOUNT)
         other.enqueue(submission("theirs@example.com"))
         other.close_all()

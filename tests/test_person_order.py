@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,10 @@ from klaviyo_middleware.delivery.hooks import Hooks
 from klaviyo_middleware.delivery.import_jobs import JobFollow
 from klaviyo_middleware.delivery.spool.backend import SpoolDelivery
 from klaviyo_middleware.delivery.spool.sender import SenderOptions
-from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
+from klaviyo_middleware.delivery.spool.store import MARK_GRACE, Spool, account_fingerprint
 from klaviyo_middleware.klaviyo.client import KlaviyoClient
 from klaviyo_middleware.model import profile_order
+from klaviyo_middleware.model.profile_order import still_ours
 from klaviyo_middleware.model.submission import Submission
 
 from klaviyo_fake import API_KEY, API_URL, FakeKlaviyo
@@ -128,7 +130,7 @@ def test_one_person_is_sent_by_one_sender_at_a_time(tmp_path):
     assert [item.submission.id for item in spool.claim("two", 10, 30.0)] == [by_phone.id]
 
 
-def test_marks_are_kept_only_while_an_older_submission_waits(tmp_path):
+def test_marks_are_kept_while_an_older_submission_waits_and_a_grace_after(tmp_path):
     spool = Spool(tmp_path / "spool.sqlite3", "acct")
     old = Submission(action="identify", profile={"email": "a@example.com", "first_name": "A"})
     new = Submission(action="identify", profile={"email": "a@example.com", "first_name": "B"})
@@ -149,7 +151,29 @@ def test_marks_are_kept_only_while_an_older_submission_waits(tmp_path):
     assert claimed_old.submission.id == old.id
     claimed_old.progress.done.append("profile")
     spool.save_progress_many("one", [claimed_old], 30.0, now=10**10 + 1)
-    assert spool.prune_marks() == 2
+    # Kept a while: a still older one may be in another process's intake.
+    assert spool.prune_marks() == 0
+    assert spool.prune_marks(now=time.time() + MARK_GRACE + 1) == 2
+
+
+def test_an_older_submission_still_in_another_process_intake_gives_way(tmp_path):
+    """Process A accepted first but moves late; B's newer submission about
+    the same person is delivered meanwhile. A's must not write B's values back."""
+    path = tmp_path / "spool.sqlite3"
+    first, second = Spool(path, "acct"), Spool(path, "acct")
+    old = Submission(action="identify", profile={"email": "a@example.com", "first_name": "A",
+                                                 "last_name": "Only-A"})
+    new = Submission(action="identify", profile={"email": "A@example.com", "first_name": "B"})
+    first.enqueue(old)
+    second.enqueue(new)
+    (claimed_new,) = second.claim("b", 10, 30.0)
+    assert claimed_new.submission.id == new.id  # A's is still in A's intake
+    claimed_new.progress.done.append("profile")
+    second.complete_many("b", [claimed_new])
+    (claimed_old,) = first.claim("a", 10, 30.0)
+    turns = first.take_profile_turns("a", [claimed_old], 30.0)
+    assert still_ours(old.profile, turns[old.id].marks, old.accepted) == {
+        "email": "a@example.com", "last_name": "Only-A"}
 
 
 class TestInRound:
@@ -204,6 +228,8 @@ def test_three_processes_on_one_spool_end_at_each_persons_last_version(
         for round_ in range(ROUNDS):
             for person in range(PEOPLE):
                 spool.enqueue(Submission(action="identify", profile=version(person, round_)))
+            # No sender here: hand what this process accepted to the others.
+            spool.move_intake()
         wait_for(lambda: spool.outstanding() == 0, timeout=90)
     finally:
         for sender in senders:

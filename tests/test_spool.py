@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from klaviyo_middleware.delivery.spool.store import Spool, SpoolFull, account_fingerprint
+from klaviyo_middleware.delivery.spool.intake import SpoolFull
+from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
 from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS, ENDPOINT_OPERATIONS, scaled
 from klaviyo_middleware.model.submission import Event, Submission
 

@@ -51,6 +51,7 @@ def test_three_processes_one_killed_then_a_fresh_one_finishes(tmp_path, loopback
     accepted = submissions(60)
     for item in accepted:
         spool.enqueue(item)
+    spool.move_intake()  # no sender in this process: hand them to the others
 
     workers = [start("deliver", path, loopback_klaviyo.url) for _ in range(3)]
     try:

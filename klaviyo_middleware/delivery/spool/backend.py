@@ -7,8 +7,9 @@ import sqlite3
 
 from klaviyo_middleware.delivery.hooks import Hooks
 from klaviyo_middleware.delivery.protocol import Outcome
+from klaviyo_middleware.delivery.spool.intake import SpoolFull
 from klaviyo_middleware.delivery.spool.sender import SenderOptions, SpoolSender
-from klaviyo_middleware.delivery.spool.store import Spool, SpoolFull
+from klaviyo_middleware.delivery.spool.store import Spool
 from klaviyo_middleware.klaviyo.client import KlaviyoClient, KlaviyoError, unserialisable
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import get_logger

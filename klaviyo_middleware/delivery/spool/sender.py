@@ -240,8 +240,10 @@ class SpoolSender:
             self._last_expiry = now
             self.spool.expire_dead_letters(self.options.dead_letter_max_age, now)
             self.spool.prune_marks()
-        if self.spool.outstanding() == 0 and self.spool.take_turn("truncate_wal", 60.0, now):
-            self.spool.truncate_wal()
+        if self.spool.outstanding() == 0:
+            self.spool.tidy_intake()
+            if self.spool.take_turn("truncate_wal", 60.0, now):
+                self.spool.truncate_wal()
 
     def _tick(self) -> bool:
         now = time.time()
@@ -249,10 +251,15 @@ class SpoolSender:
             self._last_housekeeping = now
             self.spool.register_sender(self._owner, now)
             self.spool.release_dead_owners()
+            # What stopped processes accepted and had not moved yet.
+            self.spool.adopt_orphans()
             self._revive()
             self._keep_data_short(now)
         pause = self.spool.paused_for(now)
         if pause > 0:
+            # Nothing goes to Klaviyo, but what this process accepted goes
+            # into the shared file, where every process sees it.
+            self.spool.move_intake()
             self._stopping.wait(min(pause, self.options.poll))
             return True
         claimed = self.spool.claim(self._owner, self.options.batch, self.options.lease)

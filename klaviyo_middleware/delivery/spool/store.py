@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import json
 import os
-import random
 import socket
 import sqlite3
 import threading
@@ -42,6 +41,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from klaviyo_middleware.delivery.spool.intake import (
+    Intake,
+    IntakeGone,
+    Row,
+    empty_log_of,
+    intake_files,
+    unmoved_summary,
+    writing_to,
+)
+from klaviyo_middleware.delivery.spool.locking import immediate, when_unlocked
 from klaviyo_middleware.klaviyo.steps import PROFILE_STEP
 from klaviyo_middleware.model.lease import Leased
 from klaviyo_middleware.model.profile_order import Turn, attribute_paths, person_hashes
@@ -52,6 +61,12 @@ from klaviyo_middleware.redact import get_logger
 log = get_logger(__name__)
 
 ENV_SPOOL_PATH = "KLAVIYO_SPOOL_PATH"
+# Seconds a profile mark outlives every submission that needed it. A process
+# moves what it accepted into the shared file within moments, unless it is
+# stopped (then another adopts its intake within seconds) or stalled; an
+# older submission about the same person arriving from there within this
+# time still gives way to what a newer one sent.
+MARK_GRACE = 600.0
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 
 _SCHEMA = """
@@ -111,6 +126,10 @@ CREATE TABLE IF NOT EXISTS housekeeping (
     task TEXT PRIMARY KEY,
     at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS intakes (
+    name TEXT PRIMARY KEY,
+    moved_through INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS counters (
     account TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -129,12 +148,6 @@ def default_spool_path() -> Path:
 
 def account_fingerprint(api_url: str, api_key: str) -> str:
     return hashlib.sha256(f"{api_url}\n{api_key}".encode()).hexdigest()[:16]
-
-
-class SpoolFull(Exception):
-    """The spool reached ``max_bytes``; the visitor is asked to retry later."""
-
-
 
 
 @dataclass
@@ -189,10 +202,14 @@ class Spool:
         # Which file the open connections write to: (device, inode).
         self._file: tuple[int, int] | None = None
         self._wal_file: tuple[int, int] | None = None
+        # This process's own intake (intake.py), made at its first submission.
+        self._intake: Intake | None = None
+        self._intake_lock = threading.Lock()
+        self._unreadable_intakes: set[str] = set()
         self._watch_forks()
         # Create the file and its tables now: a bad path fails at start-up.
-        with self._reading():
-            pass
+        with self._reading() as db:
+            self._shared_used = _used_bytes(db)
 
     def __repr__(self) -> str:
         return f"<Spool {str(self.path)!r}>"
@@ -222,7 +239,7 @@ class Spool:
                 check_same_thread=False,
             )
             # Processes starting together on a fresh file race to set it up.
-            _when_unlocked(db, "PRAGMA journal_mode=WAL", self.busy_timeout)
+            when_unlocked(db, "PRAGMA journal_mode=WAL", self.busy_timeout)
             db.execute(f"PRAGMA synchronous={self.durability}")
             # Deleted rows (delivered, forgotten, purged) are overwritten with
             # zeros, not left readable in free pages.
@@ -232,7 +249,7 @@ class Spool:
                 # A new file (or a first look at this one): make sure it has
                 # our tables, in one write transaction (several processes may
                 # be starting on it).
-                with _immediate(db, self.busy_timeout):
+                with immediate(db, self.busy_timeout):
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             db.execute(statement)
@@ -268,6 +285,9 @@ class Spool:
         dead = old.execute("SELECT * FROM dead_letters").fetchall()
         people = old.execute("SELECT * FROM people").fetchall()
         marks = old.execute("SELECT * FROM profile_marks").fetchall()
+        # Which intake rows are already moved: without them, moved ones
+        # would be moved (and delivered) again.
+        intakes = old.execute("SELECT * FROM intakes").fetchall()
         for db in self._connections.values():
             db.close()
         self._connections.clear()
@@ -281,13 +301,14 @@ class Spool:
         # Already under the fork guard (called from _connection), so not
         # through _transaction, which takes it.
         db = self._connection()
-        with _immediate(db, self.busy_timeout):
+        with immediate(db, self.busy_timeout):
             db.executemany("INSERT OR IGNORE INTO submissions VALUES "
                            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", submissions)
             db.executemany("INSERT OR IGNORE INTO dead_letters VALUES "
                            "(?, ?, ?, ?, ?, ?, ?, ?)", dead)
             db.executemany("INSERT OR IGNORE INTO people VALUES (?, ?, ?)", people)
             db.executemany("INSERT OR IGNORE INTO profile_marks VALUES (?, ?, ?)", marks)
+            db.executemany("INSERT OR REPLACE INTO intakes VALUES (?, ?)", intakes)
         log.warning("klaviyo_middleware: carried %d queued submissions and %d dead letters "
                     "into the new spool file", len(submissions), len(dead))
 
@@ -305,7 +326,7 @@ class Spool:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._fork_guard:
             db = self._connection()
-            with _immediate(db, self.busy_timeout):
+            with immediate(db, self.busy_timeout):
                 yield db
 
     def _watch_forks(self) -> None:
@@ -345,6 +366,9 @@ class Spool:
         self._inherited.extend(self._connections.values())
         self._connections = {}
         self._fork_guard = threading.Lock()
+        # The parent's intake stays the parent's; the child makes its own.
+        self._intake = None
+        self._intake_lock = threading.Lock()
 
     def close(self) -> None:
         """Close this thread's connection and those of finished threads."""
@@ -355,7 +379,9 @@ class Spool:
             self._close_finished_threads()
 
     def close_all(self) -> None:
-        """Close every connection (when no other thread uses the spool any more)."""
+        """Close every connection (when no other thread uses the spool any
+        more), after handing this process's intake to the shared file."""
+        self._retire_intake()
         with self._fork_guard:
             for db in self._connections.values():
                 db.close()
@@ -364,25 +390,147 @@ class Spool:
     # -- the web side -------------------------------------------------------
 
     def enqueue(self, submission: Submission, now: float | None = None) -> None:
-        """Commit a submission; raises :class:`SpoolFull` or ``sqlite3.Error``."""
+        """Commit a submission to this process's intake; raises
+        :class:`SpoolFull` or ``sqlite3.Error``.
+
+        Only this process writes its intake, so the visitor never waits for
+        another process's work on the shared file. The sender moves it there
+        at its next claim (:meth:`move_intake`).
+        """
         now = time.time() if now is None else now
         # allow_nan=False: NaN and Infinity are not JSON and Klaviyo cannot
         # take them; a hook that put one in gets a ValueError here, at once,
         # rather than a submission that can never be delivered.
         payload = json.dumps(submission.to_dict(), separators=(",", ":"), allow_nan=False)
+        # The shared file's size as last measured (at every claim): reading it
+        # here would mean waiting on the shared file after all.
+        intake = self._own_intake()
+        try:
+            intake.add(submission.id, self.account, payload, now,
+                       room=self.max_bytes - self._shared_used)
+        except IntakeGone:
+            self._intake_replaced(intake)
+            self._own_intake().add(submission.id, self.account, payload, now,
+                                   room=self.max_bytes - self._shared_used)
+
+    def _intake_replaced(self, intake: Intake) -> None:
+        """This process's intake was deleted under it (an operator cleaning
+        up ``spool.sqlite3*``). Its open connections still read the rows it
+        held: move them into the shared file now, and start a new intake."""
+        log.error("klaviyo_middleware: this process's intake %s was deleted or replaced while "
+                  "in use; moving what it held into the spool and starting a new one",
+                  intake.path)
+        with self._intake_lock:
+            if self._intake is intake:
+                self._intake = None
         with self._transaction() as db:
-            (used,) = db.execute(
-                "SELECT (page_count - freelist_count) * page_size "
-                "FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()"
-            ).fetchone()
-            if used + len(payload) > self.max_bytes:
-                raise SpoolFull(f"the spool holds {used} bytes (max {self.max_bytes})")
-            db.execute(
-                "INSERT INTO submissions (id, account, payload, created_at, due_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (submission.id, self.account, payload, now, now),
-            )
-            _add_people(db, self.account, submission)
+            _, upto = self._move(db, intake)
+            db.execute("DELETE FROM intakes WHERE name = ?", (intake.name,))
+        intake.moved(upto)
+        # Not remove(): whatever is at its path now is not its file.
+        intake.release()
+
+    def _own_intake(self) -> Intake:
+        intake = self._intake
+        if intake is not None and intake.owned_here:
+            return intake
+        with self._intake_lock:
+            if self._intake is None or not self._intake.owned_here:
+                self._intake = Intake.create(self.path, self.durability, self.busy_timeout)
+            return self._intake
+
+    def move_intake(self) -> int:
+        """Move what this process accepted into the shared file now (the
+        claim does it too); the number of submissions moved."""
+        intake = self._intake
+        if intake is None or not intake.owned_here or not intake.has_unmoved:
+            return 0
+        with self._transaction() as db:
+            rows, upto = self._move(db, intake)
+            self._shared_used = _used_bytes(db)
+        intake.moved(upto)
+        return len(rows)
+
+    def _move(self, db: sqlite3.Connection, intake: Intake) -> tuple[list[Row], int]:
+        """Inside a write transaction on the shared file: copy the intake's
+        rows not moved yet, and advance its watermark in the same commit.
+        The rows, and the seq through which the intake is now moved."""
+        found = db.execute("SELECT moved_through FROM intakes WHERE name = ?",
+                           (intake.name,)).fetchone()
+        rows, upto = intake.rows_after(found[0] if found else 0)
+        if not rows:
+            return rows, upto
+        db.executemany(
+            "INSERT OR IGNORE INTO submissions (id, account, payload, created_at, due_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(submission_id, account, payload, created_at, created_at)
+             for _, submission_id, account, payload, created_at in rows])
+        for _, _, account, payload, _ in rows:
+            submission = _readable(payload)
+            # Unreadable: the claim buries it, with the reason.
+            if submission is not None:
+                _add_people(db, account, submission)
+        db.execute(
+            "INSERT INTO intakes (name, moved_through) VALUES (?, ?) ON CONFLICT (name) "
+            "DO UPDATE SET moved_through = excluded.moved_through", (intake.name, rows[-1][0]))
+        return rows, upto
+
+    def adopt_orphans(self) -> int:
+        """Move what the intakes of ended processes hold into the shared file
+        and remove them; the number of submissions moved."""
+        moved = 0
+        for path in intake_files(self.path):
+            if path.name in self._unreadable_intakes:
+                continue
+            try:
+                intake = Intake.adopt(path, self.durability, self.busy_timeout)
+            except sqlite3.Error as exc:
+                # Kept, not deleted: it may hold accepted submissions.
+                self._unreadable_intakes.add(path.name)
+                log.error("klaviyo_middleware: cannot read the intake %s (%s); left in place",
+                          path, type(exc).__name__)
+                continue
+            if intake is None:
+                continue  # its process is alive
+            try:
+                with self._transaction() as db:
+                    rows, _ = self._move(db, intake)
+                intake.remove()
+            except BaseException:
+                intake.release()
+                raise
+            with self._transaction() as db:
+                # After the file is gone, never before: the watermark is what
+                # keeps its moved rows from being moved twice.
+                db.execute("DELETE FROM intakes WHERE name = ?", (intake.name,))
+            if rows:
+                log.warning("klaviyo_middleware: took over %d submissions a stopped process "
+                            "had accepted", len(rows))
+            moved += len(rows)
+        return moved
+
+    def _retire_intake(self) -> None:
+        """Hand this process's intake over: moved and removed if the shared
+        file takes its rows now, else left for another process to adopt."""
+        with self._intake_lock:
+            intake, self._intake = self._intake, None
+        if intake is None or not intake.owned_here:
+            return
+        try:
+            with self._transaction() as db:
+                _, upto = self._move(db, intake)
+            intake.moved(upto)
+            if not intake.remove(upto):
+                # A visitor's submission arrived meanwhile: leave it to adoption.
+                intake.release()
+                return
+        except Exception as exc:
+            log.error("klaviyo_middleware: could not move this process's intake into the "
+                      "spool (%s); another process will", type(exc).__name__)
+            intake.release()
+            return
+        with self._transaction() as db:
+            db.execute("DELETE FROM intakes WHERE name = ?", (intake.name,))
 
     # -- the sender side ----------------------------------------------------
 
@@ -426,7 +574,14 @@ class Spool:
         """
         now = time.time() if now is None else now
         claimed: list[Leased] = []
+        intake = self._intake
+        if intake is not None and not (intake.owned_here and intake.has_unmoved):
+            intake = None
+        upto = 0
         with self._transaction() as db:
+            if intake is not None:
+                # One transaction moves what this process accepted and claims.
+                _, upto = self._move(db, intake)
             rows = db.execute(
                 _CLAIM, (owner, now + lease, self.account, now, now, now, limit),
             ).fetchall()
@@ -440,6 +595,9 @@ class Spool:
                     ))
                 except Exception as exc:
                     self._bury_unreadable(db, submission_id, exc, now)
+            self._shared_used = _used_bytes(db)
+        if intake is not None:
+            intake.moved(upto)
         # In acceptance order: a round sends a person's submissions oldest first.
         claimed.sort(key=lambda item: (item.submission.accepted, item.created_at))
         return claimed
@@ -656,14 +814,18 @@ class Spool:
                      expired, f"{max_age / 86400:g}")
         return int(expired)
 
-    def prune_marks(self) -> int:
+    def prune_marks(self, now: float | None = None) -> int:
         """Drop the profile marks no waiting submission needs any more: those
-        of people with no older submission still to send a profile."""
+        of people with no older submission still to send a profile, once
+        :data:`MARK_GRACE` has passed (an older one may still be on its way
+        from another process's intake)."""
+        now = time.time() if now is None else now
         with self._transaction() as db:
             return int(db.execute(
-                "DELETE FROM profile_marks WHERE NOT EXISTS (SELECT 1 FROM people "
-                "WHERE people.person = profile_marks.person "
-                "AND people.accepted < profile_marks.accepted)").rowcount)
+                "DELETE FROM profile_marks WHERE accepted < ? AND NOT EXISTS (SELECT 1 "
+                "FROM people WHERE people.person = profile_marks.person "
+                "AND people.accepted < profile_marks.accepted)",
+                (int((now - MARK_GRACE) * 1_000_000),)).rowcount)
 
     def take_turn(self, task: str, every: float, now: float | None = None) -> bool:
         """Whether this process should do ``task`` now: ``True`` for one
@@ -706,14 +868,30 @@ class Spool:
         return [_dead_letter(row) for row in rows]
 
     def outstanding(self, now: float | None = None) -> int:
-        """Submissions not yet delivered or dead (for ``flush``)."""
+        """Submissions not yet delivered or dead (for ``flush``): in the
+        shared file and in this process's intake."""
         with self._reading() as db:
             (count,) = db.execute(
                 "SELECT count(*) FROM submissions WHERE account = ?", (self.account,)
             ).fetchone()
-        return int(count)
+        return int(count) + self.unmoved()
+
+    def unmoved(self) -> int:
+        """Submissions this process accepted and has not moved yet."""
+        intake = self._intake
+        return intake.unmoved_rows if intake is not None and intake.owned_here else 0
+
+    def tidy_intake(self) -> None:
+        """When idle: drop moved rows from this process's intake and cut its
+        log, so that nothing delivered lingers there."""
+        intake = self._intake
+        if intake is not None and intake.owned_here and not intake.has_unmoved:
+            intake.drop_moved()
+            intake.empty_log()
 
     def next_due(self) -> float | None:
+        if self.unmoved():
+            return time.time()
         with self._reading() as db:
             row = db.execute(
                 "SELECT min(max(due_at, lease_until)) FROM submissions WHERE account = ?",
@@ -737,7 +915,22 @@ class SpoolAdmin:
     def stats(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
         with self.spool._reading() as db:
-            return self._stats(db, now)
+            stats = self._stats(db, now)
+            watermarks = watermarks_of(db)
+        # Accepted by a process and not yet moved into the shared file: due.
+        arriving = 0
+        for path in intake_files(self.spool.path):
+            # An intake removed or unreadable meanwhile counts as empty here.
+            with contextlib.suppress(sqlite3.Error):
+                count, oldest = unmoved_summary(path, watermarks.get(path.stem, 0))
+                arriving += count
+                if oldest is not None:
+                    age = round(now - oldest, 3)
+                    stats["oldest_pending_age"] = max(age, stats["oldest_pending_age"] or 0.0)
+        stats["pending"] += arriving
+        stats["due"] += arriving
+        stats["arriving"] = arriving
+        return stats
 
     @staticmethod
     def _stats(db: sqlite3.Connection, now: float) -> dict[str, Any]:
@@ -846,7 +1039,24 @@ class SpoolAdmin:
         values = (email or "", phone_number or "")
         person = {"email": email, "phone_number": phone_number}
         with self.spool._transaction() as db:
+            # Intakes too, while holding the shared file's write lock: a
+            # process moves its intake only while holding it, so nothing
+            # erased here can be on its way into the shared file meanwhile.
+            arriving = 0
+            watermarks = watermarks_of(db)
+            for path in intake_files(self.spool.path):
+                try:
+                    with writing_to(path, self.spool.busy_timeout) as intake:
+                        arriving += intake.execute(
+                            f"DELETE FROM intake WHERE {match} AND seq > ?",  # noqa: S608
+                            (*values, watermarks.get(path.stem, 0))).rowcount
+                        # Moved rows not dropped yet: counted in the shared file.
+                        intake.execute(f"DELETE FROM intake WHERE {match}", values)  # noqa: S608
+                except sqlite3.OperationalError:
+                    if path.exists():
+                        raise  # not erased: say so rather than report success
             queued = db.execute(f"DELETE FROM submissions WHERE {match}", values).rowcount  # noqa: S608
+            queued += arriving
             dead = db.execute(f"DELETE FROM dead_letters WHERE {match}", values).rowcount  # noqa: S608
             db.execute("DELETE FROM people WHERE submission_id NOT IN (SELECT id FROM submissions)")
             accounts = [row[0] for row in db.execute(
@@ -856,23 +1066,12 @@ class SpoolAdmin:
                 for hashed in person_hashes(account, person):
                     db.execute("DELETE FROM profile_marks WHERE person = ?", (hashed,))
         self.spool.truncate_wal()
+        for path in intake_files(self.spool.path):
+            empty_log_of(path)
         return {"queued": int(queued), "dead": int(dead)}
 
     def close(self) -> None:
         self.spool.close()
-
-
-@contextmanager
-def _immediate(db: sqlite3.Connection, patience: float = 30.0) -> Iterator[None]:
-    """One write transaction, taking the write lock at once (within
-    ``patience`` seconds, see :func:`_when_unlocked`)."""
-    _when_unlocked(db, "BEGIN IMMEDIATE", patience)
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
 
 
 # Lease the due rows, oldest first, except those about a person another row
@@ -888,6 +1087,26 @@ _CLAIM = (
     "ORDER BY due_at LIMIT ?) "
     "RETURNING id, payload, progress, attempts, created_at"
 )
+
+
+def watermarks_of(db: sqlite3.Connection) -> dict[str, int]:
+    """How far each intake is moved into the shared file, by intake name."""
+    return dict(db.execute("SELECT name, moved_through FROM intakes").fetchall())
+
+
+def _used_bytes(db: sqlite3.Connection) -> int:
+    (used,) = db.execute(
+        "SELECT (page_count - freelist_count) * page_size "
+        "FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()"
+    ).fetchone()
+    return int(used)
+
+
+def _readable(payload: str) -> Submission | None:
+    try:
+        return Submission.from_dict(json.loads(payload))
+    except Exception:
+        return None
 
 
 def _add_people(db: sqlite3.Connection, account: str, submission: Submission) -> None:
@@ -912,53 +1131,18 @@ def _readd_people(db: sqlite3.Connection, account: str, payload: str, progress: 
 
 def _profile_sent(db: sqlite3.Connection, submission: Submission) -> None:
     """The submission's profile is in Klaviyo (or will never be sent): it no
-    longer holds its people, and if an older submission about one of them
-    still waits, the marks tell that one what not to send over this."""
+    longer holds its people, and the marks tell any older submission about
+    one of them what not to send over this — one waiting here, or one still
+    in another process's intake (kept :data:`MARK_GRACE` for that)."""
     rows = db.execute("DELETE FROM people WHERE submission_id = ? RETURNING person",
                       (submission.id,)).fetchall()
     for (person,) in rows:
-        older = db.execute("SELECT 1 FROM people WHERE person = ? AND accepted < ? LIMIT 1",
-                           (person, submission.accepted)).fetchone()
-        if older is None:
-            continue
         db.executemany(
             "INSERT INTO profile_marks (person, path, accepted) VALUES (?, ?, ?) "
             "ON CONFLICT (person, path) DO UPDATE SET accepted = max(accepted, excluded.accepted)",
             [(person, path, submission.accepted)
              for path in attribute_paths(submission.profile)],
         )
-
-
-_jitter = random.Random()  # noqa: S311 - retry spacing, not security
-
-
-def _when_unlocked(db: sqlite3.Connection, statement: str, patience: float) -> None:
-    """Run ``statement`` (one that takes the write lock) as soon as the lock is free.
-
-    Waiting is done here rather than by SQLite's busy handler, which sleeps
-    1, 2, 5, 10 … up to 100 ms between tries: with several processes on one
-    spool, a request that arrives just after another process took the lock
-    would sleep far longer than the lock is held (a commit takes a fraction
-    of a millisecond). Here the waits start at 50 µs and grow to 2 ms,
-    jittered so that waiting processes do not retry in step. Some lock
-    conflicts (a fresh file switching to WAL) never reach the busy handler
-    at all; they are waited out here the same way.
-    """
-    deadline = time.monotonic() + patience
-    wait = 0.00005
-    db.execute("PRAGMA busy_timeout = 0")
-    try:
-        while True:
-            try:
-                db.execute(statement)
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() >= deadline:
-                    raise
-            time.sleep(wait * (0.5 + _jitter.random()))
-            wait = min(wait * 1.5, 0.002)
-    finally:
-        db.execute(f"PRAGMA busy_timeout = {int(patience * 1000)}")
 
 
 def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
