@@ -34,7 +34,6 @@ import sqlite3
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,7 +127,6 @@ class Intake:
         self.unmoved_bytes = 0
         self._dropped_seq = 0
         self._dropped_at = time.monotonic()
-        self._watch_forks()
 
     # -- owning ---------------------------------------------------------------
 
@@ -346,33 +344,18 @@ class Intake:
 
     # -- fork safety ----------------------------------------------------------
 
-    def _watch_forks(self) -> None:
-        """A fork waits until no thread of ours is inside SQLite (a child
-        inheriting one of SQLite's mutexes locked would hang), and the child
-        lets go of everything: the intake stays its parent's."""
-        reference = weakref.ref(self)
+    def hold_for_fork(self) -> list[threading.Lock]:
+        """Wait until no thread of ours is inside SQLite on this intake (a
+        child inheriting one of SQLite's mutexes locked would hang); the
+        locks now held, for the caller to release after the fork. The spool
+        calls this from its own fork hook, after taking its own guard — the
+        order every other path takes them in."""
+        self._write_guard.acquire()
+        self._move_guard.acquire()
+        return [self._write_guard, self._move_guard]
 
-        def before() -> None:
-            intake = reference()
-            if intake is not None:
-                intake._write_guard.acquire()
-                intake._move_guard.acquire()
-
-        def after_in_parent() -> None:
-            intake = reference()
-            if intake is not None:
-                intake._move_guard.release()
-                intake._write_guard.release()
-
-        def after_in_child() -> None:
-            intake = reference()
-            if intake is not None:
-                intake._after_fork_in_child()
-
-        os.register_at_fork(before=before, after_in_parent=after_in_parent,
-                             after_in_child=after_in_child)
-
-    def _after_fork_in_child(self) -> None:
+    def after_fork_in_child(self) -> None:
+        """The intake stays the parent's: let go of everything."""
         # The child's copy of the lock's file descriptor must go, or the
         # parent's intake would look owned for as long as the child lives;
         # closing a copy leaves the parent's lock in place. Connections are

@@ -335,7 +335,10 @@ class Spool:
         A thread inside SQLite may hold one of its mutexes; a child forked at
         that moment inherits the mutex locked and hangs at its first SQLite
         call (gunicorn ``--preload`` forks while the sender threads run). So
-        the fork waits for :attr:`_fork_guard`, which every SQLite call holds.
+        the fork waits for :attr:`_fork_guard`, which every SQLite call on
+        the shared file holds, then for the intake's guards (in the order a
+        sender takes them: a sender moving rows holds the spool's guard and
+        waits for the intake's).
         """
         reference = weakref.ref(self)
         held: list[threading.Lock] = []
@@ -345,6 +348,10 @@ class Spool:
             if spool is not None:
                 spool._fork_guard.acquire()
                 held.append(spool._fork_guard)
+                spool._intake_lock.acquire()
+                held.append(spool._intake_lock)
+                if spool._intake is not None:
+                    held.extend(spool._intake.hold_for_fork())
 
         def after_in_parent() -> None:
             while held:
@@ -367,6 +374,8 @@ class Spool:
         self._connections = {}
         self._fork_guard = threading.Lock()
         # The parent's intake stays the parent's; the child makes its own.
+        if self._intake is not None:
+            self._intake.after_fork_in_child()
         self._intake = None
         self._intake_lock = threading.Lock()
 
@@ -428,7 +437,8 @@ class Spool:
             db.execute("DELETE FROM intakes WHERE name = ?", (intake.name,))
         intake.moved(upto)
         # Not remove(): whatever is at its path now is not its file.
-        intake.release()
+        with self._fork_guard:
+            intake.release()
 
     def _own_intake(self) -> Intake:
         intake = self._intake
@@ -483,7 +493,8 @@ class Spool:
             if path.name in self._unreadable_intakes:
                 continue
             try:
-                intake = Intake.adopt(path, self.durability, self.busy_timeout)
+                with self._fork_guard:
+                    intake = Intake.adopt(path, self.durability, self.busy_timeout)
             except sqlite3.Error as exc:
                 # Kept, not deleted: it may hold accepted submissions.
                 self._unreadable_intakes.add(path.name)
@@ -495,9 +506,11 @@ class Spool:
             try:
                 with self._transaction() as db:
                     rows, _ = self._move(db, intake)
-                intake.remove()
+                with self._fork_guard:
+                    intake.remove()
             except BaseException:
-                intake.release()
+                with self._fork_guard:
+                    intake.release()
                 raise
             with self._transaction() as db:
                 # After the file is gone, never before: the watermark is what
@@ -520,14 +533,16 @@ class Spool:
             with self._transaction() as db:
                 _, upto = self._move(db, intake)
             intake.moved(upto)
-            if not intake.remove(upto):
-                # A visitor's submission arrived meanwhile: leave it to adoption.
-                intake.release()
-                return
+            with self._fork_guard:
+                if not intake.remove(upto):
+                    # A visitor's submission arrived meanwhile: leave it to adoption.
+                    intake.release()
+                    return
         except Exception as exc:
             log.error("klaviyo_middleware: could not move this process's intake into the "
                       "spool (%s); another process will", type(exc).__name__)
-            intake.release()
+            with self._fork_guard:
+                intake.release()
             return
         with self._transaction() as db:
             db.execute("DELETE FROM intakes WHERE name = ?", (intake.name,))
@@ -921,7 +936,7 @@ class SpoolAdmin:
         arriving = 0
         for path in intake_files(self.spool.path):
             # An intake removed or unreadable meanwhile counts as empty here.
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(sqlite3.Error), self.spool._fork_guard:
                 count, oldest = unmoved_summary(path, watermarks.get(path.stem, 0))
                 arriving += count
                 if oldest is not None:
@@ -1067,7 +1082,8 @@ class SpoolAdmin:
                     db.execute("DELETE FROM profile_marks WHERE person = ?", (hashed,))
         self.spool.truncate_wal()
         for path in intake_files(self.spool.path):
-            empty_log_of(path)
+            with self.spool._fork_guard:
+                empty_log_of(path)
         return {"queued": int(queued), "dead": int(dead)}
 
     def close(self) -> None:
