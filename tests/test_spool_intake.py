@@ -267,9 +267,10 @@ def test_many_processes_accepting_and_delivering_one_killed_mid_commit(
     delivered = Counter(event["unique_id"] for event in fake.klaviyo.state.events)
     missing = set(accepted) - set(delivered)
     assert not missing, f"{len(missing)} accepted submissions never reached Klaviyo"
-    # At most the one post the kill interrupted may arrive without its
-    # "accepted" having been printed.
-    assert len(set(delivered) - set(accepted)) <= 1
+    # At most the one post each stop interrupted (committed, not yet
+    # answered) may arrive without its "accepted" having been printed.
+    unannounced = Counter(name.split("-")[0] for name in set(delivered) - set(accepted))
+    assert max(unannounced.values(), default=0) <= 1
     sent = Counter(found for body in fake.bodies(r"/api/(events|event-bulk-create-jobs)/?")
                    for found in re.findall(r'"unique_id": "([^"]+)"', json.dumps(body)))
     twice = {unique: count for unique, count in sent.items() if count > 1}
