@@ -56,6 +56,9 @@ Row = tuple[int, str, str, str, float]
 # visitors of this process would otherwise wait behind after every move.
 DROP_EVERY_ROWS = 256
 DROP_EVERY_SECONDS = 1.0
+# Cutting the log to zero blocks this process's visitors while the database
+# file syncs: when idle, and at most once a minute.
+EMPTY_LOG_EVERY_SECONDS = 60.0
 
 
 class SpoolFull(Exception):
@@ -127,6 +130,7 @@ class Intake:
         self.unmoved_bytes = 0
         self._dropped_seq = 0
         self._dropped_at = time.monotonic()
+        self._emptied_at = 0.0
 
     # -- owning ---------------------------------------------------------------
 
@@ -301,8 +305,11 @@ class Intake:
             self._mover.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def empty_log(self) -> None:
-        """Cut the write-ahead log to zero bytes when idle, so that the pages
-        of moved submissions do not linger in it."""
+        """Cut the write-ahead log to zero bytes when idle (at most once a
+        minute), so that the pages of moved submissions do not linger in it."""
+        if time.monotonic() - self._emptied_at < EMPTY_LOG_EVERY_SECONDS:
+            return
+        self._emptied_at = time.monotonic()
         with self._move_guard:
             self._mover.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
