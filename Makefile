@@ -44,6 +44,7 @@ bench: venv
 	$(BIN)/python benchmarks/submit_latency.py --plot docs/latency.png
 	$(BIN)/python benchmarks/accept_rate.py
 	$(BIN)/python benchmarks/multiprocess.py --plot docs/multiprocess.png
+	$(BIN)/python benchmarks/delivery_delay.py
 	$(BIN)/python benchmarks/burst_calls.py
 	$(BIN)/python benchmarks/celery_burst.py  # needs Redis on 127.0.0.1:6379
 

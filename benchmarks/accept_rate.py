@@ -60,6 +60,8 @@ def main() -> None:
                                      profile={"email": f"q{number}@example.com"},
                                      lists=["Y6nRLr"],
                                      event=Event(name="Signed up", unique_id=f"q{number}")))
+        # Into the shared file, as this process's sender would move them.
+        spool.move_intake()
         elapsed = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         size = (Path(tmp) / "queued.sqlite3").stat().st_size

@@ -82,6 +82,8 @@ def drain(burst: list[Submission], args: argparse.Namespace,
                       max_bytes=10**10)
         for item in burst:
             spool.enqueue(item)
+        # All queued at once in the shared file: the backlog a burst leaves.
+        spool.close_all()
         started = time.perf_counter()
         middleware = KlaviyoMiddleware(site, api_key=API_KEY, api_url=url,
                                        spool_path=str(path), worker_threads=4)
