@@ -23,7 +23,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _support import API_KEY, call, form_environ, site, slow_klaviyo
+from _support import API_KEY, call, form_environ, free_port, site, slow_klaviyo, wait_for_port
 
 LIGHT_TOTAL = 40.0  # submissions per second, all processes together
 # A p99 needs samples: light load runs this many times longer.
@@ -117,9 +116,7 @@ def served(url: str, directory: str, server: str, variant: str,
     wrk = shutil.which("wrk")
     if gunicorn is None or wrk is None:
         return None
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     spool = str(Path(directory) / f"served-{server.replace(' ', '')}-{variant}.sqlite3")
     env = dict(os.environ, BENCH_VARIANT=variant, BENCH_SPOOL=spool, BENCH_KLAVIYO=url,
                PYTHONPATH=str(HERE))
@@ -129,11 +126,7 @@ def served(url: str, directory: str, server: str, variant: str,
     script = Path(directory) / "post.lua"
     script.write_text(WRK_SCRIPT)
     try:
-        for _ in range(200):
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
+        wait_for_port(port)
         time.sleep(1.0)  # every worker up and warm
         result = subprocess.run(  # noqa: S603 - wrk against our own loopback server
             [wrk, "-t", "2", "-c", "16", "-d", f"{max(1, int(seconds))}s", "--latency",

@@ -15,7 +15,6 @@ import io
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from whitenoise import WhiteNoise
 
 from klaviyo_middleware import KlaviyoMiddleware
+
+from _support import free_port, wait_for_port
 
 API_KEY = "pk_benchmark_key_0000"
 
@@ -102,9 +103,7 @@ def over_http(app_name: str, variant: str, seconds: float, spool: str) -> float 
     wrk = shutil.which("wrk")
     if wrk is None or waitress is None:
         return None
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, BENCH_APP=app_name, BENCH_VARIANT=variant, BENCH_SPOOL=spool,
                PYTHONPATH=os.path.dirname(os.path.abspath(__file__)))
     server = subprocess.Popen(  # noqa: S603 - our own loopback server
@@ -112,11 +111,7 @@ def over_http(app_name: str, variant: str, seconds: float, spool: str) -> float 
          "passthrough:served_app"], env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
     try:
-        for _ in range(100):
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
+        wait_for_port(port)
         result = subprocess.run(  # noqa: S603 - wrk against our own loopback server
             [wrk, "-t", "1", "-c", "8", "-d", f"{max(1, int(seconds))}s",
              f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True)
