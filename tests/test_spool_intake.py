@@ -19,8 +19,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from webtest import TestApp
+
 from klaviyo_middleware import KlaviyoMiddleware
-from klaviyo_middleware.delivery.spool.intake import intake_files
+from klaviyo_middleware.delivery.spool.intake import intake_directory, intake_files
 from klaviyo_middleware.delivery.spool.store import Spool, SpoolAdmin, account_fingerprint
 from klaviyo_middleware.model.submission import Event, Submission
 
@@ -275,3 +277,20 @@ def test_many_processes_accepting_and_delivering_one_killed_mid_commit(
                    for found in re.findall(r'"unique_id": "([^"]+)"', json.dumps(body)))
     twice = {unique: count for unique, count in sent.items() if count > 1}
     assert twice == {}
+
+
+def test_an_intake_that_cannot_be_created_is_a_clear_503_not_a_500(tmp_path, klaviyo, caplog):
+    path = tmp_path / "spool.sqlite3"
+    middleware = KlaviyoMiddleware(lambda e, s: [], api_key=API_KEY, spool_path=str(path))
+    try:
+        assert intake_directory(path).is_dir()  # made at start-up
+        intake_directory(path).rmdir()
+        intake_directory(path).touch()  # something in the way: no directory can be made
+        response = TestApp(middleware).post(
+            "/klaviyoConnect/api/updateProfile", {"email": "someone@example.com"},
+            headers={"Accept": "application/json"}, expect_errors=True)
+        assert response.status_int == 503
+        assert "could not spool" in caplog.text  # said where, not an unexpected error
+        assert "try again" in response.json["errors"]["form"][0]
+    finally:
+        middleware.close()

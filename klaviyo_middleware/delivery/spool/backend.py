@@ -28,6 +28,7 @@ class SpoolDelivery:
         options: SenderOptions | None = None,
     ) -> None:
         self.spool = spool
+        spool.prepare_intakes()
         self.sender = SpoolSender(spool, client, hooks, options)
         # Started now rather than at the first submission, so that a
         # restarted process delivers what an earlier one left in the spool.
@@ -39,7 +40,9 @@ class SpoolDelivery:
         except SpoolFull as exc:
             log.error("klaviyo_middleware: refusing submission %s: %s", submission.id, exc)
             return Outcome(accepted=False, error=KlaviyoError(str(exc), transient=True))
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
+            # OSError: this process's intake could not be created (a full
+            # disk, a directory made read-only under a running site).
             log.error("klaviyo_middleware: could not spool %s: %r", submission.id, exc)
             return Outcome(accepted=False, error=KlaviyoError("spool unavailable", transient=True))
         except (TypeError, ValueError) as exc:

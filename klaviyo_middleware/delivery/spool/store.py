@@ -46,6 +46,7 @@ from klaviyo_middleware.delivery.spool.intake import (
     IntakeGone,
     Row,
     empty_log_of,
+    intake_directory,
     intake_files,
     unmoved_summary,
     writing_to,
@@ -439,6 +440,11 @@ class Spool:
         # Not remove(): whatever is at its path now is not its file.
         with self._fork_guard:
             intake.release()
+
+    def prepare_intakes(self) -> None:
+        """Create the intakes' directory now, so that a site whose spool
+        directory is not writable fails at start-up, not at a visitor's post."""
+        intake_directory(self.path).mkdir(mode=0o700, exist_ok=True)
 
     def _own_intake(self) -> Intake:
         intake = self._intake
