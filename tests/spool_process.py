@@ -12,8 +12,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 from webob import Request
 
@@ -22,6 +25,17 @@ from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
 from klaviyo_middleware.model.submission import Event, Submission
 
 from klaviyo_fake import API_KEY
+
+
+def start(mode: str, spool: Path, url: str, *args: str) -> subprocess.Popen[str]:
+    """Run this script as another process (for the tests); returns once it is ready."""
+    here = Path(__file__)
+    env = dict(os.environ, PYTHONPATH=str(here.parent))
+    process = subprocess.Popen([sys.executable, str(here), mode, str(spool), url, *args],
+                               stdout=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "ready"
+    return process
 
 
 def inner(environ, start_response):

@@ -4,9 +4,6 @@ they were accepted, whatever order delivery happens in (docs/design.md,
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,11 +21,11 @@ from klaviyo_middleware.model.profile_order import still_ours
 from klaviyo_middleware.model.submission import Submission
 
 from klaviyo_fake import API_KEY, API_URL, FakeKlaviyo
+from spool_process import start
 from waiting import wait_for
 
 IDENTIFY = "/klaviyoConnect/api/identify"
 PEOPLE, ROUNDS = 60, 3
-HELPER = Path(__file__).with_name("spool_process.py")
 
 
 def version(person: int, round_: int) -> dict[str, str]:
@@ -207,15 +204,6 @@ class TestInRound:
         assert "example" not in "".join(profile_order.person_hashes("x", b.profile))
 
 
-def _process(mode: str, spool: Path, url: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=str(HELPER.parent))
-    process = subprocess.Popen([sys.executable, str(HELPER), mode, str(spool), url],
-                               stdout=subprocess.PIPE, text=True, env=env)
-    assert process.stdout is not None
-    assert process.stdout.readline().strip() == "ready"
-    return process
-
-
 @pytest.mark.parametrize("attempt", range(2))
 def test_three_processes_on_one_spool_end_at_each_persons_last_version(
         attempt, tmp_path, loopback_klaviyo):
@@ -223,7 +211,7 @@ def test_three_processes_on_one_spool_end_at_each_persons_last_version(
     fake.latency_range = (0.0, 0.03)
     path = tmp_path / "shared.sqlite3"
     spool = Spool(path, account_fingerprint(loopback_klaviyo.url, API_KEY))
-    senders = [_process("deliver", path, loopback_klaviyo.url) for _ in range(3)]
+    senders = [start("deliver", path, loopback_klaviyo.url) for _ in range(3)]
     try:
         for round_ in range(ROUNDS):
             for person in range(PEOPLE):

@@ -12,8 +12,6 @@ import os
 import re
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -27,23 +25,13 @@ from klaviyo_middleware.delivery.spool.store import Spool, SpoolAdmin, account_f
 from klaviyo_middleware.model.submission import Event, Submission
 
 from klaviyo_fake import API_KEY
+from spool_process import start
 from waiting import wait_for
-
-HELPER = Path(__file__).with_name("spool_process.py")
 
 
 def person(number: int) -> Submission:
     return Submission(action="updateProfile", profile={"email": f"p{number}@example.com"},
                       lists=["L1"], event=Event(name="Joined", unique_id=f"order-{number}"))
-
-
-def start(mode: str, spool: Path, url: str, *args: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=str(HELPER.parent))
-    process = subprocess.Popen([sys.executable, str(HELPER), mode, str(spool), url, *args],
-                               stdout=subprocess.PIPE, text=True, env=env)
-    assert process.stdout is not None
-    assert process.stdout.readline().strip() == "ready"
-    return process
 
 
 def queued_ids(path: Path) -> list[str]:

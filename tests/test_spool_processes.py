@@ -21,20 +21,8 @@ from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
 from klaviyo_middleware.model.submission import Event, Submission
 
 from klaviyo_fake import API_KEY
+from spool_process import start
 from waiting import wait_for
-
-HELPER = Path(__file__).with_name("spool_process.py")
-
-
-def start(mode: str, spool: Path, url: str, *args: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=str(HELPER.parent))
-    process = subprocess.Popen(
-        [sys.executable, str(HELPER), mode, str(spool), url, *args],
-        stdout=subprocess.PIPE, text=True, env=env,
-    )
-    assert process.stdout is not None
-    assert process.stdout.readline().strip() == "ready"
-    return process
 
 
 def submissions(count: int) -> list[Submission]:

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from klaviyo_middleware.delivery.spool.locking import immediate, when_unlocked
+from klaviyo_middleware.delivery.spool.connections import file_identity, immediate, open_wal
 
 # seq only grows (AUTOINCREMENT), even after every row is dropped: the shared
 # spool's watermark stays meaningful for the file's whole life.
@@ -116,7 +116,7 @@ class Intake:
         self._move_guard = threading.Lock()
         self._writer = self._open()
         self._mover = self._open()
-        self._identity = _identity(path)
+        self._identity = file_identity(path)
         self._inherited: list[sqlite3.Connection] = []
         self._queue_lock = threading.Lock()
         self._queue: list[_Waiting] = []
@@ -163,15 +163,7 @@ class Intake:
             raise
 
     def _open(self) -> sqlite3.Connection:
-        if not self.path.exists():
-            # Submissions hold personal data: owner only (SQLite gives the
-            # -wal and -shm files the same permissions).
-            self.path.touch(mode=0o600)
-        db = sqlite3.connect(self.path, timeout=self._patience, isolation_level=None,
-                             check_same_thread=False)
-        when_unlocked(db, "PRAGMA journal_mode=WAL", self._patience)
-        db.execute(f"PRAGMA synchronous={self._durability}")
-        db.execute("PRAGMA secure_delete=ON")
+        db = open_wal(self.path, self._durability, self._patience)
         # Checkpoints are the mover's job (after a drop), never a visitor's.
         db.execute("PRAGMA wal_autocheckpoint=0")
         db.execute(_SCHEMA)
@@ -223,7 +215,7 @@ class Intake:
     def _commit(self, batch: list[_Waiting]) -> None:
         taken: list[tuple[int, int]] = []
         with self._write_guard:
-            if _identity(self.path) != self._identity:
+            if file_identity(self.path) != self._identity:
                 for entry in batch:
                     entry.error = IntakeGone(f"the intake {self.path} was deleted or replaced")
                 return
@@ -315,12 +307,12 @@ class Intake:
 
     # -- the end --------------------------------------------------------------
 
-    def remove(self, upto: int | None = None) -> bool:
+    def remove(self, upto: int) -> bool:
         """Delete the intake's files and unlock, if nothing was committed
-        after ``upto`` (the seq it is moved through; ``None``: nobody writes
-        to it any more). ``False``, and nothing done, otherwise."""
+        after ``upto`` (the seq it is moved through). ``False``, and nothing
+        done, otherwise."""
         with self._write_guard, self._move_guard:
-            if upto is not None and self.last_seq > upto:
+            if self.last_seq > upto:
                 return False
             self._writer.close()
             self._mover.close()
@@ -377,14 +369,6 @@ class Intake:
         self._queue = []
         self._leading = False
         self._counts = threading.Lock()
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        found = os.stat(path)
-    except OSError:
-        return None
-    return found.st_dev, found.st_ino
 
 
 def _lock(path: Path, *, create: bool) -> int | None:

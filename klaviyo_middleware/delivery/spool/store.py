@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from klaviyo_middleware.delivery.spool.connections import file_identity, immediate, open_wal
 from klaviyo_middleware.delivery.spool.intake import (
     Intake,
     IntakeGone,
@@ -51,7 +52,6 @@ from klaviyo_middleware.delivery.spool.intake import (
     unmoved_summary,
     writing_to,
 )
-from klaviyo_middleware.delivery.spool.locking import immediate, when_unlocked
 from klaviyo_middleware.klaviyo.steps import PROFILE_STEP
 from klaviyo_middleware.model.lease import Leased
 from klaviyo_middleware.model.profile_order import Turn, attribute_paths, person_hashes
@@ -231,20 +231,10 @@ class Spool:
         db = self._connections.get(ident)
         if db is None:
             self._close_finished_threads()
-            if self._current_file() is None:
-                self._create_file()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             # Shared between threads only in the sense that a new thread may
             # reuse a finished one's ident; calls are serialised by the guard.
-            db = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None,
-                check_same_thread=False,
-            )
-            # Processes starting together on a fresh file race to set it up.
-            when_unlocked(db, "PRAGMA journal_mode=WAL", self.busy_timeout)
-            db.execute(f"PRAGMA synchronous={self.durability}")
-            # Deleted rows (delivered, forgotten, purged) are overwritten with
-            # zeros, not left readable in free pages.
-            db.execute("PRAGMA secure_delete=ON")
+            db = open_wal(self.path, self.durability, self.busy_timeout)
             current = self._current_file()
             if current != self._file:
                 # A new file (or a first look at this one): make sure it has
@@ -260,18 +250,7 @@ class Spool:
         return db
 
     def _current_file(self, suffix: str = "") -> tuple[int, int] | None:
-        try:
-            found = os.stat(f"{self.path}{suffix}")
-        except OSError:
-            return None
-        return found.st_dev, found.st_ino
-
-    def _create_file(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists():
-            # Submissions and dead letters hold personal data: owner only.
-            # SQLite gives the -wal and -shm files the same permissions.
-            self.path.touch(mode=0o600)
+        return file_identity(f"{self.path}{suffix}")
 
     def _file_replaced(self) -> None:
         """The spool file was deleted or replaced under us (an operator
@@ -509,19 +488,7 @@ class Spool:
                 continue
             if intake is None:
                 continue  # its process is alive
-            try:
-                with self._transaction() as db:
-                    rows, _ = self._move(db, intake)
-                with self._fork_guard:
-                    intake.remove()
-            except BaseException:
-                with self._fork_guard:
-                    intake.release()
-                raise
-            with self._transaction() as db:
-                # After the file is gone, never before: the watermark is what
-                # keeps its moved rows from being moved twice.
-                db.execute("DELETE FROM intakes WHERE name = ?", (intake.name,))
+            rows, _ = self._move_and_remove(intake)
             if rows:
                 log.warning("klaviyo_middleware: took over %d submissions a stopped process "
                             "had accepted", len(rows))
@@ -536,22 +503,34 @@ class Spool:
         if intake is None or not intake.owned_here:
             return
         try:
-            with self._transaction() as db:
-                _, upto = self._move(db, intake)
-            intake.moved(upto)
-            with self._fork_guard:
-                if not intake.remove(upto):
-                    # A visitor's submission arrived meanwhile: leave it to adoption.
-                    intake.release()
-                    return
+            # Not removed if a visitor's submission arrived meanwhile: then
+            # it is left to adoption.
+            self._move_and_remove(intake)
         except Exception as exc:
             log.error("klaviyo_middleware: could not move this process's intake into the "
                       "spool (%s); another process will", type(exc).__name__)
+
+    def _move_and_remove(self, intake: Intake) -> tuple[list[Row], bool]:
+        """Move everything ``intake`` holds into the shared file and remove
+        it, unless a row was committed to it meanwhile (then it is only
+        released, for adoption). The rows moved, and whether it is gone."""
+        try:
+            with self._transaction() as db:
+                rows, upto = self._move(db, intake)
+            with self._fork_guard:
+                removed = intake.remove(upto)
+                if not removed:
+                    intake.release()
+        except BaseException:
             with self._fork_guard:
                 intake.release()
-            return
-        with self._transaction() as db:
-            db.execute("DELETE FROM intakes WHERE name = ?", (intake.name,))
+            raise
+        if removed:
+            with self._transaction() as db:
+                # After the file is gone, never before: the watermark is what
+                # keeps its moved rows from being moved twice.
+                db.execute("DELETE FROM intakes WHERE name = ?", (intake.name,))
+        return rows, removed
 
     # -- the sender side ----------------------------------------------------
 

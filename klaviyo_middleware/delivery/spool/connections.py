@@ -1,14 +1,50 @@
-"""Taking SQLite's write lock in short steps, shared by the spool and the intakes."""
+"""How the spool's SQLite files (the shared one and the intakes) are opened
+and written: in WAL mode, deleted rows zeroed, the write lock taken in short
+steps."""
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 _jitter = random.Random()  # noqa: S311 - retry spacing, not security
+
+
+def open_wal(path: Path, durability: str, patience: float) -> sqlite3.Connection:
+    """A connection to ``path`` (created, owner-only, if missing) in WAL mode.
+
+    ``durability`` is SQLite's ``synchronous`` level; ``patience`` the
+    seconds any statement waits for a lock. Connections may be handed
+    between threads: every caller serialises its calls under its own guard.
+    """
+    if not path.exists():
+        # Submissions hold personal data: owner only. SQLite gives the
+        # -wal and -shm files the same permissions.
+        path.touch(mode=0o600)
+    db = sqlite3.connect(path, timeout=patience, isolation_level=None,
+                         check_same_thread=False)
+    # Processes starting together on a fresh file race to set it up.
+    when_unlocked(db, "PRAGMA journal_mode=WAL", patience)
+    db.execute(f"PRAGMA synchronous={durability}")
+    # Deleted rows (delivered, forgotten, purged, moved) are overwritten
+    # with zeros, not left readable in free pages.
+    db.execute("PRAGMA secure_delete=ON")
+    return db
+
+
+def file_identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``; ``None`` if there is none.
+    A change means the file was deleted or replaced under its users."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 @contextmanager
