@@ -106,3 +106,21 @@ def wait_for_port(port: int, seconds: float = 10.0) -> None:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.05)
+
+
+def paced(start_at: float, seconds: float, rate: float | None, first: int) -> Iterator[int]:
+    """Numbers from ``first`` on, one per 1/``rate`` seconds (as fast as the
+    caller goes when ``rate`` is None), from the wall-clock time ``start_at``
+    for ``seconds``: several processes load a server together."""
+    while time.time() < start_at:
+        time.sleep(0.001)
+    number = first
+    next_at = time.perf_counter()
+    while time.time() < start_at + seconds:
+        if rate is not None:
+            pause = next_at - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            next_at += 1 / rate
+        yield number
+        number += 1

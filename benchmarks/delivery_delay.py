@@ -23,7 +23,7 @@ from typing import Any
 from klaviyo_middleware.testing import FakeKlaviyo, Faults
 from klaviyo_middleware.testing.server import BackgroundServer
 
-from _support import API_KEY, call, form_environ, site
+from _support import API_KEY, call, form_environ, paced, site
 
 TOTAL_RATE = 8.0  # well within what one process delivers: no backlog, no bulk calls
 
@@ -33,19 +33,10 @@ def _post(url: str, spool: str, rate: float, seconds: float, start_at: float, of
     from klaviyo_middleware import KlaviyoMiddleware
 
     middleware = KlaviyoMiddleware(site, api_key=API_KEY, api_url=url, spool_path=spool)
-    while time.time() < start_at:
-        time.sleep(0.001)
     sent: dict[str, float] = {}
-    number = offset
-    next_at = time.perf_counter()
-    while time.time() < start_at + seconds:
-        pause = next_at - time.perf_counter()
-        if pause > 0:
-            time.sleep(pause)
-        next_at += 1 / rate
+    for number in paced(start_at, seconds, rate, offset):
         sent[f"person{number}@example.com"] = time.time()
         call(middleware, form_environ(number))
-        number += 1
     middleware.flush(30)
     results.put(sent)
     middleware.close()

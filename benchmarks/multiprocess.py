@@ -31,7 +31,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _support import API_KEY, call, form_environ, free_port, site, slow_klaviyo, wait_for_port
+from _support import (
+    API_KEY,
+    call,
+    form_environ,
+    free_port,
+    paced,
+    site,
+    slow_klaviyo,
+    wait_for_port,
+)
 
 LIGHT_TOTAL = 40.0  # submissions per second, all processes together
 # A p99 needs samples: light load runs this many times longer.
@@ -61,22 +70,11 @@ def _post(url: str, spool: str, durability: str, rate: float | None, seconds: fl
     middleware = KlaviyoMiddleware(site, api_key=API_KEY, api_url=url, spool_path=spool,
                                    spool_durability=durability)
     call(middleware, form_environ(offset))  # warm up: connections, threads
-    while time.time() < start_at:
-        time.sleep(0.001)
     latencies = []
-    deadline = start_at + seconds
-    number = offset + 1
-    next_at = time.perf_counter()
-    while time.time() < deadline:
-        if rate is not None:
-            pause = next_at - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            next_at += 1 / rate
+    for number in paced(start_at, seconds, rate, offset + 1):
         began = time.perf_counter()
         call(middleware, form_environ(number))
         latencies.append(time.perf_counter() - began)
-        number += 1
     results.put(latencies)
     # Leave delivery to the next cell's processes: what is queued stays queued.
     middleware.close()
