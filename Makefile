@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test bench lint typecheck pytest venv browser clean
+.PHONY: demo test bench lint typecheck pytest venv browser clean messages
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,18 @@ bench: venv
 	$(BIN)/python benchmarks/delivery_delay.py
 	$(BIN)/python benchmarks/burst_calls.py
 	$(BIN)/python benchmarks/celery_burst.py  # needs Redis on 127.0.0.1:6379
+
+# After changing a visitor-facing message: refresh the template and every
+# language's catalog, translate what is new (marked fuzzy or empty), then
+# `make messages` again to compile. tests/test_i18n.py checks they agree.
+LOCALE := klaviyo_middleware/locale
+messages: venv
+	$(BIN)/pybabel extract --no-default-keywords -k msg --no-location --sort-output \
+		--project klaviyo_middleware --copyright-holder "klaviyo_middleware authors" \
+		-o $(LOCALE)/klaviyo_middleware.pot klaviyo_middleware
+	$(BIN)/pybabel update -D klaviyo_middleware -i $(LOCALE)/klaviyo_middleware.pot \
+		-d $(LOCALE) --no-fuzzy-matching --ignore-obsolete
+	$(BIN)/pybabel compile -D klaviyo_middleware -d $(LOCALE) --statistics
 
 demo: venv
 	$(BIN)/klaviyo-middleware demo --host $(HOST) --port $(PORT)

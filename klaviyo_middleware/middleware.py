@@ -17,6 +17,8 @@ from klaviyo_middleware.delivery.hooks import BeforeSend, Hooks, OnDead, OnDeliv
 from klaviyo_middleware.delivery.protocol import Delivery, Outcome
 from klaviyo_middleware.delivery.retention import DEAD_LETTER_MAX_AGE
 from klaviyo_middleware.errors import ConfigurationError
+from klaviyo_middleware.i18n.catalogs import Languages, Overrides
+from klaviyo_middleware.i18n.message import msg
 from klaviyo_middleware.klaviyo.account import (
     API_KEY,
     API_URL,
@@ -28,7 +30,7 @@ from klaviyo_middleware.klaviyo.client import KlaviyoError
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import get_logger, set_personal_data_logging
 from klaviyo_middleware.settings import build_settings, options_doc
-from klaviyo_middleware.web import fields, redirects, responses
+from klaviyo_middleware.web import fields, pages, redirects, responses
 from klaviyo_middleware.web.body import (
     FORM_URLENCODED,
     MULTIPART,
@@ -46,6 +48,7 @@ from klaviyo_middleware.web.mappings import (
     ProfileMapping,
     UserLoader,
 )
+from klaviyo_middleware.web.pages import PageRenderer
 from klaviyo_middleware.web.routes import ACTION_PATHS, Route, route_for_field
 from klaviyo_middleware.web.security import (
     ClientRateLimiter,
@@ -81,7 +84,7 @@ _POINTER_FIELDS = {
 
 # What the visitor reads when a post could not be read for a reason we did
 # not foresee; the details go to the log.
-UNREADABLE = "The submission could not be read. Please check the form and try again."
+UNREADABLE = msg("The submission could not be read. Please check the form and try again.")
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,14 @@ class KlaviyoMiddleware:
         address, e.g. disposable-mail domains.
     :param celery_app: with ``delivery="celery"``, an existing Celery app to
         enqueue on instead.
+    :param messages: ``{{language: {{English message: replacement}}}}``, to reword
+        single messages without a catalog.
+    :param page_renderer: ``f(page)`` → the HTML of a page the middleware
+        answers itself (errors, thank-you) in the site's layout, or ``None``
+        for the default page; see :class:`klaviyo_middleware.web.pages.Page`.
+    :param language_loader: ``f(environ)`` → the language the site already
+        chose for this visitor (a cookie, the URL), or ``None`` to follow
+        ``Accept-Language``.
     """
 
     def __init__(
@@ -163,6 +174,8 @@ class KlaviyoMiddleware:
         max_properties: int = opts.MAX_PROPERTIES.default,
         max_string_length: int = opts.MAX_STRING_LENGTH.default,
         log_personal_data: bool = opts.LOG_PERSONAL_DATA.default,
+        languages: str | Iterable[str] | None = opts.LANGUAGES.default,
+        locale_dir: str | None = opts.LOCALE_DIR.default,
         broker_url: str | None = opts.BROKER_URL.keyword_default,
         dead_letter_max_age: float = DEAD_LETTER_MAX_AGE.default,
         # Keywords that take Python objects, which no ini file can hold.
@@ -175,6 +188,9 @@ class KlaviyoMiddleware:
         csrf_session: Callable[[WSGIEnvironment], str | None] | None = None,
         refuse_email: EmailFilter | None = None,
         celery_app: Any = None,
+        messages: Overrides | None = None,
+        page_renderer: PageRenderer | None = None,
+        language_loader: Callable[[WSGIEnvironment], str | None] | None = None,
     ) -> None:
         if not callable(app):
             raise TypeError("KlaviyoMiddleware wraps a WSGI application (a callable)")
@@ -211,6 +227,9 @@ class KlaviyoMiddleware:
             max_properties=self.settings.max_properties,
             refuse_email=refuse_email,
         )
+        self.languages = Languages(self.settings.languages, self.settings.locale_dir, messages)
+        self._page_renderer = page_renderer
+        self._language_loader = language_loader
         self.delivery: Delivery = build_delivery(self.settings, self.hooks, celery_app)
         self._action_field = self.settings.action_field
         self._limits = self.settings.limits
@@ -359,14 +378,14 @@ class KlaviyoMiddleware:
             if reason is not None:
                 log.warning("klaviyo_middleware: refused a post to %s: %s",
                             request.path_info, reason)
-                return self._refuse(request, 403, {"form": [
-                    "This form must be sent from this site. Reload the page and try again."]})
+                return self._refuse(request, 403, {"form": [msg(
+                    "This form must be sent from this site. Reload the page and try again.")]})
         if self._client_limiter is not None:
             client = client_address(request.environ, self.settings.trusted_proxies)
             wait = self._client_limiter.retry_after(client)
             if wait:
-                return self._refuse(request, 429, {"form": [
-                    "Too many submissions. Please wait a moment and try again."]},
+                return self._refuse(request, 429, {"form": [msg(
+                    "Too many submissions. Please wait a moment and try again.")]},
                     retry_after=wait)
         return None
 
@@ -388,8 +407,8 @@ class KlaviyoMiddleware:
             if not (session and isinstance(token, str) and self.settings.secret and
                     check_csrf_token(token, self.settings.secret, session,
                                      self.settings.csrf_max_age)):
-                return self._refuse(request, 403, {"csrf_token": [
-                    "This form has expired. Reload the page and try again."]})
+                return self._refuse(request, 403, {"csrf_token": [msg(
+                    "This form has expired. Reload the page and try again.")]})
         return None
 
     def _read(self, request: Request) -> tuple[bytes, dict[str, Any]]:
@@ -405,7 +424,7 @@ class KlaviyoMiddleware:
         name = form.get("klaviyoProfileMapping") or DEFAULT_MAPPING
         mapping = self.mappings.get(name) if isinstance(name, str) else None
         if mapping is None:
-            return None, {"klaviyoProfileMapping": ["Unknown profile mapping."]}
+            return None, {"klaviyoProfileMapping": [msg("Unknown profile mapping.")]}
         try:
             profile_fields = mapping(request)
         except MappingError as exc:
@@ -454,12 +473,12 @@ class KlaviyoMiddleware:
         """What the visitor sees when a submission could not be accepted."""
         if error is not None and error.status in (400, 409, 422) and not error.transient:
             field = _field_for_pointer(error.pointer)
-            return 400, {field: ["This value was not accepted. Please check it."]}
+            return 400, {field: [msg("This value was not accepted. Please check it.")]}
         if error is not None and error.code == "unserialisable":
             # Asking the visitor to try again would give the same result.
             return 400, {"form": [UNREADABLE]}
         return 503, {
-            "form": ["We could not save your details just now. Please try again in a minute."]
+            "form": [msg("We could not save your details just now. Please try again in a minute.")]
         }
 
     # -- answers ------------------------------------------------------------
@@ -472,7 +491,7 @@ class KlaviyoMiddleware:
         referer = redirects.same_origin_referer(request.referer, request.host_url)
         if referer is not None:
             return responses.see_other(referer)
-        return responses.success_page()
+        return self._page(request, 200)
 
     def _invalid_response(
         self,
@@ -483,8 +502,10 @@ class KlaviyoMiddleware:
         status: int,
     ) -> WSGIApplication:
         environ = request.environ
-        environ[ERRORS_KEY] = errors
-        environ[RESULT_KEY] = {"success": False, "errors": errors}
+        # The site's own page shows these beside its fields: in the visitor's language.
+        translated = self._translated(errors, self._language(request))
+        environ[ERRORS_KEY] = translated
+        environ[RESULT_KEY] = {"success": False, "errors": translated}
         if forward is not None:
             def forwarding(environ: WSGIEnvironment, start_response: StartResponse
                            ) -> Iterable[bytes]:
@@ -493,18 +514,42 @@ class KlaviyoMiddleware:
             return forwarding
         return self._refuse(request, status, errors)
 
-    @staticmethod
     def _refuse(
-        request: Request, status: int, errors: Errors, retry_after: int | None = None
+        self, request: Request, status: int, errors: Errors, retry_after: int | None = None
     ) -> Response:
-        headers = {}
-        if retry_after is not None:
-            headers["Retry-After"] = str(retry_after)
-        elif status == 503:
-            headers["Retry-After"] = _RETRY_AFTER_SECONDS
         if responses.wants_json(request):
-            return responses.json_response(status, {"success": False, "errors": errors}, **headers)
-        return responses.errors_page(status, errors, **headers)
+            language = self._language(request)
+            return responses.json_response(
+                status, {"success": False, "errors": self._translated(errors, language)},
+                **_retry_headers(status, retry_after), **{"Content-Language": language})
+        return self._page(request, status, errors, retry_after)
+
+    def _page(self, request: Request, status: int, errors: Errors | None = None,
+              retry_after: int | None = None) -> Response:
+        """One of the middleware's own HTML pages, in the visitor's language
+        and, with ``page_renderer``, the site's layout."""
+        language = self._language(request)
+        page = pages.build_page(request, status, self.languages, language, errors, retry_after)
+        html = pages.render(page, self._page_renderer, self.languages)
+        return responses.html_response(status, html, language,
+                                       **_retry_headers(status, retry_after))
+
+    def _language(self, request: Request) -> str:
+        if self._language_loader is not None:
+            try:
+                chosen = self._language_loader(request.environ)
+            except Exception:
+                log.exception("klaviyo_middleware: language_loader failed")
+                chosen = None
+            if isinstance(chosen, str) and chosen:
+                tag = self.languages.offered_tag(chosen)
+                if tag is not None:
+                    return tag
+        return self.languages.negotiate(request.headers.get("Accept-Language"))
+
+    def _translated(self, errors: Errors, language: str) -> Errors:
+        return {name: [self.languages.translate(message, language) for message in messages]
+                for name, messages in errors.items()}
 
     def _forward(
         self,
@@ -528,6 +573,15 @@ class KlaviyoMiddleware:
 # The declared options' lines take the place of {options}: documented once,
 # in settings.OPTIONS, and shown by help(KlaviyoMiddleware) all the same.
 KlaviyoMiddleware.__doc__ = (KlaviyoMiddleware.__doc__ or "").format(options=options_doc("    "))
+
+
+def _retry_headers(status: int, retry_after: int | None) -> dict[str, str]:
+    """When to try again: the limiter's wait, or a minute when Klaviyo is away."""
+    if retry_after is not None:
+        return {"Retry-After": str(retry_after)}
+    if status == 503:
+        return {"Retry-After": _RETRY_AFTER_SECONDS}
+    return {}
 
 
 def _root(environ: WSGIEnvironment) -> str:

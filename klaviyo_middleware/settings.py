@@ -113,6 +113,19 @@ def _client_rate(name: str, value: object) -> tuple[int, float] | None:
         raise ConfigurationError(f"{name}: {exc}") from None
 
 
+def _languages(name: str, value: object) -> tuple[str, ...] | None:
+    if value is None or value == "" or value == ():
+        return None
+    try:
+        tags = split_list(value)  # type: ignore[arg-type]
+    except (ConfigurationError, TypeError):
+        raise ConfigurationError(
+            f"{name} must be language tags such as 'de fr en', got {value!r}") from None
+    # Which tags have catalogs is checked where the catalogs are read
+    # (i18n.catalogs.Languages), when the middleware is built.
+    return tags or None
+
+
 def _spool_path(name: str, value: object) -> str:
     if value is None or value == "":
         return str(default_spool_path())
@@ -225,6 +238,17 @@ MAX_STRING_LENGTH: Option[int] = Option(
 LOG_PERSONAL_DATA: Option[bool] = Option(
     "log_personal_data", False, option.boolean, option.as_bool,
     help="show email addresses and phone numbers in log messages (masked by default).")
+LANGUAGES: Option[str | Iterable[str] | None] = Option(
+    "languages", None, _languages, option.as_list,
+    help='languages the middleware\'s own pages and messages are offered in, '
+         'chosen by the visitor\'s ``Accept-Language``; the first is used when none '
+         'matches (``"de"`` alone: always German). Default: every language with a '
+         "catalog, English first.")
+LOCALE_DIR: Option[str | None] = Option(
+    "locale_dir", None, option.optional_text,
+    help="a directory of the site's own gettext catalogs "
+         "(``<dir>/<lang>/LC_MESSAGES/klaviyo_middleware.mo``), searched before "
+         "the shipped ones.")
 BROKER_URL: Option[str | None] = Option(
     "broker_url", None, option.optional_text, env=ENV_BROKER_URL,
     help='with ``delivery="celery"``, the Redis or RabbitMQ broker.')
@@ -235,7 +259,8 @@ OPTIONS: tuple[Option[Any], ...] = (
     MAX_BODY_SIZE, MAX_FIELDS, MAX_DEPTH, SPOOL_PATH, SPOOL_DURABILITY, SPOOL_MAX_SIZE,
     WORKER_THREADS, RETRY_MAX_AGE, RATE_LIMIT_SHARE, ALLOW_CROSS_SITE, CSRF_MAX_AGE,
     HONEYPOT, CLIENT_RATE_LIMIT, TRUSTED_PROXIES, MAX_LISTS, MAX_PROPERTIES,
-    MAX_STRING_LENGTH, LOG_PERSONAL_DATA, BROKER_URL, DEAD_LETTER_MAX_AGE,
+    MAX_STRING_LENGTH, LOG_PERSONAL_DATA, LANGUAGES, LOCALE_DIR, BROKER_URL,
+    DEAD_LETTER_MAX_AGE,
 )
 BY_NAME: dict[str, Option[Any]] = {declared.name: declared for declared in OPTIONS}
 
@@ -275,6 +300,8 @@ class Settings:
     max_properties: int
     max_string_length: int
     log_personal_data: bool
+    languages: tuple[str, ...] | None
+    locale_dir: str | None
     broker_url: str | None
     dead_letter_max_age: float
 

@@ -29,7 +29,8 @@ from klaviyo_fake import API_KEY
 README = Path(__file__).resolve().parents[1] / "README.md"
 # Keywords that take Python objects: no ini file or environment can hold them.
 OBJECT_KEYWORDS = {"user_loader", "mappings", "before_send", "on_delivered", "on_retry",
-                   "on_dead", "csrf_session", "refuse_email", "celery_app"}
+                   "on_dead", "csrf_session", "refuse_email", "celery_app", "messages",
+                   "page_renderer", "language_loader"}
 
 
 def keywords() -> dict[str, inspect.Parameter]:

@@ -24,6 +24,8 @@ from urllib.parse import parse_qsl
 from multipart import MultipartError, PushMultipartParser, parse_options_header
 from webob import Request
 
+from klaviyo_middleware.i18n.message import msg
+
 FORM_URLENCODED = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data"
 JSON_TYPES = ("application/json", "application/vnd.api+json")
@@ -77,9 +79,9 @@ def read_body(environ: dict[str, Any], limits: BodyLimits) -> bytes:
         try:
             length = int(raw_length)
         except ValueError:
-            raise BodyError(400, "The Content-Length header is not a number.") from None
+            raise BodyError(400, msg("The Content-Length header is not a number.")) from None
         if length < 0:
-            raise BodyError(400, "The Content-Length header is negative.")
+            raise BodyError(400, msg("The Content-Length header is negative."))
         if length > limits.max_body_size:
             raise BodyError(413, _too_large(limits))
         body = stream.read(length) if length else b""
@@ -98,7 +100,7 @@ def read_body(environ: dict[str, Any], limits: BodyLimits) -> bytes:
 
 
 def _too_large(limits: BodyLimits) -> str:
-    return f"The submission is larger than {limits.max_body_size} bytes."
+    return msg("The submission is larger than {limit} bytes.", limit=limits.max_body_size)
 
 
 def parse_body(request: Request, body: bytes, limits: BodyLimits) -> dict[str, Any]:
@@ -114,8 +116,8 @@ def parse_body(request: Request, body: bytes, limits: BodyLimits) -> dict[str, A
         return {}
     raise BodyError(
         415,
-        "Send the form as application/x-www-form-urlencoded, multipart/form-data "
-        "or application/json.",
+        msg("Send the form as application/x-www-form-urlencoded, multipart/form-data "
+            "or application/json."),
     )
 
 
@@ -125,7 +127,7 @@ def _decode(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise BodyError(400, "The submission is not valid UTF-8.") from None
+        raise BodyError(400, msg("The submission is not valid UTF-8.")) from None
 
 
 def parse_urlencoded(body: bytes, limits: BodyLimits) -> list[tuple[str, str]]:
@@ -140,7 +142,7 @@ def parse_urlencoded(body: bytes, limits: BodyLimits) -> list[tuple[str, str]]:
     except ValueError as exc:
         if "max_num_fields" in str(exc) or "Max number of fields" in str(exc):
             raise BodyError(413, _too_many_fields(limits)) from None
-        raise BodyError(400, "The submission is not valid form data.") from None
+        raise BodyError(400, msg("The submission is not valid form data.")) from None
 
 
 def _multipart_pairs(request: Request, body: bytes, limits: BodyLimits) -> list[tuple[str, str]]:
@@ -154,7 +156,7 @@ def _multipart_pairs(request: Request, body: bytes, limits: BodyLimits) -> list[
     _, options = parse_options_header(request.environ.get("CONTENT_TYPE") or "")
     boundary = options.get("boundary")
     if not boundary:
-        raise BodyError(400, "The multipart submission has no boundary.")
+        raise BodyError(400, msg("The multipart submission has no boundary."))
     pairs: list[tuple[str, str]] = []
     name: str | None = None
     is_file = False
@@ -178,7 +180,7 @@ def _multipart_pairs(request: Request, body: bytes, limits: BodyLimits) -> list[
                         chunks.append(bytes(event))
                 else:
                     if not event.name:
-                        raise BodyError(400, "Every part of the form must have a name.")
+                        raise BodyError(400, msg("Every part of the form must have a name."))
                     name = event.name
                     # Uploaded files are not ours to send anywhere.
                     is_file = event.filename is not None
@@ -189,7 +191,7 @@ def _multipart_pairs(request: Request, body: bytes, limits: BodyLimits) -> list[
             raise BodyError(413, _too_many_fields(limits)) from None
         if "size" in str(exc):
             raise BodyError(413, _too_long(limits)) from None
-        raise BodyError(400, "The submission is not valid multipart form data.") from None
+        raise BodyError(400, msg("The submission is not valid multipart form data.")) from None
     return pairs
 
 
@@ -201,7 +203,7 @@ def _utf8(raw: bytes, limits: BodyLimits) -> str:
 
 
 def _too_many_fields(limits: BodyLimits) -> str:
-    return f"The submission has more than {limits.max_fields} fields."
+    return msg("The submission has more than {limit} fields.", limit=limits.max_fields)
 
 
 def parse_json(body: bytes, limits: BodyLimits) -> dict[str, Any]:
@@ -218,9 +220,9 @@ def parse_json(body: bytes, limits: BodyLimits) -> dict[str, Any]:
     except RecursionError:
         raise BodyError(400, _too_deep(limits)) from None
     except ValueError:
-        raise BodyError(400, "The submission is not valid JSON.") from None
+        raise BodyError(400, msg("The submission is not valid JSON.")) from None
     if not isinstance(data, dict):
-        raise BodyError(400, "The JSON submission must be an object.")
+        raise BodyError(400, msg("The JSON submission must be an object."))
     _check_json_bounds(data, limits)
     return data
 
@@ -228,7 +230,8 @@ def parse_json(body: bytes, limits: BodyLimits) -> dict[str, Any]:
 def _refuse_constant(name: str) -> NoReturn:
     # NaN and Infinity are not JSON, though Python's parser accepts them;
     # Klaviyo cannot store them, so they must never be accepted.
-    raise BodyError(400, f"The submission contains {name}, which is not a number JSON allows.")
+    raise BodyError(400, msg("The submission contains {value}, which is not a number JSON allows.",
+                             value=name))
 
 
 def _bounded_int(digits: str) -> int:
@@ -246,7 +249,7 @@ def _finite_float(text: str) -> float:
 
 
 def _too_big() -> str:
-    return "The submission contains a number that is too large."
+    return msg("The submission contains a number that is too large.")
 
 
 def _check_json_bounds(data: dict[str, Any], limits: BodyLimits) -> None:
@@ -273,11 +276,11 @@ def _check_json_bounds(data: dict[str, Any], limits: BodyLimits) -> None:
 
 
 def _too_long(limits: BodyLimits) -> str:
-    return f"A field is longer than {limits.max_string_length} characters."
+    return msg("A field is longer than {limit} characters.", limit=limits.max_string_length)
 
 
 def _too_deep(limits: BodyLimits) -> str:
-    return f"The submission is nested more than {limits.max_depth} levels deep."
+    return msg("The submission is nested more than {limit} levels deep.", limit=limits.max_depth)
 
 
 def split_key(key: str) -> tuple[str, list[str]] | None:

@@ -15,6 +15,8 @@ from typing import Any
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
+from klaviyo_middleware.i18n.message import msg
+
 # Klaviyo list ids are short alphanumeric strings ("Y6nRLr"); anything else
 # would end up in a URL path, so the pattern is deliberately strict.
 _LIST_ID = re.compile(r"^[A-Za-z0-9]{1,64}$")
@@ -45,13 +47,13 @@ def blank(value: Any) -> bool:
 def text(value: Any) -> str:
     """A form value as stripped text; numbers from JSON bodies are accepted."""
     if isinstance(value, bool) or value is None:
-        raise FieldError("Enter text.")
+        raise FieldError(msg("Enter text."))
     if isinstance(value, (int, float)):
         return str(value)
     if not isinstance(value, str):
-        raise FieldError("Enter text, not a list or group of values.")
+        raise FieldError(msg("Enter text, not a list or group of values."))
     if any(ord(char) < 32 and char not in "\t\r\n" for char in value):
-        raise FieldError("Remove the control characters.")
+        raise FieldError(msg("Remove the control characters."))
     return value.strip()
 
 
@@ -61,7 +63,7 @@ def email(value: Any) -> str:
         # Syntax only: a DNS look-up would make the visitor wait on the network.
         return validate_email(raw, check_deliverability=False).normalized
     except EmailNotValidError:
-        raise FieldError("Enter a valid email address.") from None
+        raise FieldError(msg("Enter a valid email address.")) from None
 
 
 def phone_number(value: Any, region: str | None) -> str:
@@ -77,8 +79,8 @@ def phone_number(value: Any, region: str | None) -> str:
 
 def _phone_message(region: str | None) -> str:
     if region is None:
-        return "Enter a valid phone number in international format, e.g. +44 20 7946 0958."
-    return "Enter a valid phone number."
+        return msg("Enter a valid phone number in international format, e.g. +44 20 7946 0958.")
+    return msg("Enter a valid phone number.")
 
 
 def number(value: Any) -> int | float:
@@ -89,10 +91,10 @@ def number(value: Any) -> int | float:
     interpreter for many seconds.
     """
     if isinstance(value, bool):
-        raise FieldError("Enter a number.")
+        raise FieldError(msg("Enter a number."))
     if isinstance(value, (int, float)):
         if isinstance(value, float) and not math.isfinite(value):
-            raise FieldError("Enter a number.")
+            raise FieldError(msg("Enter a number."))
         if abs(value) >= MAX_NUMBER:
             raise FieldError(_too_large())
         return value
@@ -102,9 +104,9 @@ def number(value: Any) -> int | float:
     try:
         parsed = Decimal(raw)
     except InvalidOperation:
-        raise FieldError("Enter a number.") from None
+        raise FieldError(msg("Enter a number.")) from None
     if not parsed.is_finite():
-        raise FieldError("Enter a number.")
+        raise FieldError(msg("Enter a number."))
     if parsed and parsed.adjusted() >= 15:
         raise FieldError(_too_large())
     if parsed and parsed.adjusted() < -30:
@@ -114,20 +116,20 @@ def number(value: Any) -> int | float:
 
 
 def _too_large() -> str:
-    return f"Enter a number below {MAX_NUMBER:,}."
+    return msg("Enter a smaller number.")
 
 
 def currency(value: Any) -> str:
     raw = text(value)
     if not _CURRENCY.match(raw):
-        raise FieldError("Enter a three-letter currency code, e.g. USD.")
+        raise FieldError(msg("Enter a three-letter currency code, e.g. USD."))
     return raw.upper()
 
 
 def list_id(value: Any) -> str:
     raw = text(value)
     if not _LIST_ID.match(raw):
-        raise FieldError("Unknown list.")
+        raise FieldError(msg("Unknown list."))
     return raw
 
 
@@ -139,20 +141,20 @@ def boolean(value: Any) -> bool:
         return True
     if raw in _FALSE:
         return False
-    raise FieldError("Choose yes or no.")
+    raise FieldError(msg("Choose yes or no."))
 
 
 def event_name(value: Any) -> str:
     raw = "" if value is None else text(value)
     if not raw:
-        raise FieldError("Name the event.")
+        raise FieldError(msg("Name the event."))
     if len(raw) > MAX_EVENT_NAME:
-        raise FieldError(f"Use at most {MAX_EVENT_NAME} characters.")
+        raise FieldError(msg("Use at most {count} characters.", count=MAX_EVENT_NAME))
     return raw
 
 
 def url(value: Any) -> str:
     raw = text(value)
     if not re.match(r"^https?://[^\s/]+", raw, re.IGNORECASE):
-        raise FieldError("Enter a web address starting with https://.")
+        raise FieldError(msg("Enter a web address starting with https://."))
     return raw

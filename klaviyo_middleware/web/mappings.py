@@ -21,6 +21,7 @@ from typing import Any
 
 from webob import Request
 
+from klaviyo_middleware.i18n.message import msg
 from klaviyo_middleware.web.fields import blank
 
 ProfileMapping = Callable[[Request], Mapping[str, Any]]
@@ -98,7 +99,7 @@ def formdata_mapping(request: Request) -> dict[str, Any]:
     if nested is None or nested == "":
         return profile
     if not isinstance(nested, dict):
-        raise MappingError("profile", "Send profile fields as profile[NAME]=value.")
+        raise MappingError("profile", msg("Send profile fields as profile[NAME]=value."))
     for key, value in nested.items():
         name = _NESTED_ALIASES.get(key, key)
         if name == "location":
@@ -110,26 +111,27 @@ def formdata_mapping(request: Request) -> dict[str, Any]:
             if not blank(value):
                 profile[name] = value
         else:
-            raise MappingError(f"profile[{key}]", "Unknown profile field; put custom "
-                               "properties under profile[properties][NAME].")
+            raise MappingError(f"profile[{key}]", msg(
+                "Unknown profile field; put custom properties under "
+                "profile[properties][NAME]."))
     return profile
 
 
 def _merge_location(profile: dict[str, Any], location: Any) -> None:
     if not isinstance(location, dict):
-        raise MappingError("profile[location]", "Send the location as "
-                           "profile[location][city]=value and so on.")
+        raise MappingError("profile[location]", msg(
+            "Send the location as profile[location][city]=value and so on."))
     for key, value in location.items():
         if key not in LOCATION_FIELDS:
-            raise MappingError(f"profile[location][{key}]", "Unknown location field.")
+            raise MappingError(f"profile[location][{key}]", msg("Unknown location field."))
         if not blank(value):
             profile[key] = value
 
 
 def _merge_properties(profile: dict[str, Any], properties: Any) -> None:
     if not isinstance(properties, dict):
-        raise MappingError("profile[properties]", "Send custom properties as "
-                           "profile[properties][NAME]=value.")
+        raise MappingError("profile[properties]", msg(
+            "Send custom properties as profile[properties][NAME]=value."))
     extra = profile.get("extra")
     if extra is not None and not isinstance(extra, dict):
         return  # validation reports the malformed extra
@@ -155,7 +157,7 @@ def make_user_mapping(user_loader: UserLoader | None) -> ProfileMapping:
         else:
             identity = _remote_user_fields(request.environ.get("REMOTE_USER"))
         if not identity.get("email"):
-            raise MappingError("email", "Sign in to continue.")
+            raise MappingError("email", msg("Sign in to continue."))
         profile.update(identity)
         return profile
 

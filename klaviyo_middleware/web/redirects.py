@@ -27,6 +27,7 @@ import unicodedata
 from collections.abc import Iterable
 from urllib.parse import SplitResult, quote, unquote, unquote_to_bytes, urlsplit
 
+from klaviyo_middleware.i18n.message import msg
 from klaviyo_middleware.web.fields import FieldError
 from klaviyo_middleware.web.routes import route_for_path
 
@@ -54,7 +55,7 @@ def unsign_redirect(value: str, secret: str) -> str:
     # Bytes, not str: compare_digest refuses non-ASCII text with a TypeError.
     expected = _digest(url, secret).encode("ascii")
     if len(value) <= _DIGEST_LENGTH or not hmac.compare_digest(digest.encode("utf-8"), expected):
-        raise FieldError("The redirect is not signed by this site.")
+        raise FieldError(msg("The redirect is not signed by this site."))
     return url
 
 
@@ -129,7 +130,7 @@ def encode_non_ascii(value: str) -> str:
         if char.isascii():
             encoded.append(char)
         elif char in _LOOK_ALIKES or unicodedata.category(char)[0] in "ZC":
-            raise FieldError("The address contains characters that are not allowed.")
+            raise FieldError(msg("The address contains characters that are not allowed."))
         else:
             encoded.append(quote(char, safe=""))
     return "".join(encoded)
@@ -139,19 +140,19 @@ def _check_characters(value: str) -> str:
     """``value`` with non-ASCII encoded; raises :class:`FieldError` for
     characters that browsers or proxies reinterpret."""
     if len(value) > MAX_TARGET_LENGTH:
-        raise FieldError("The address is too long.")
+        raise FieldError(msg("The address is too long."))
     value = encode_non_ascii(value)
     if len(value) > MAX_TARGET_LENGTH:
-        raise FieldError("The address is too long.")
+        raise FieldError(msg("The address is too long."))
     if any(ord(char) < 0x21 for char in value):
-        raise FieldError("The address contains characters that are not allowed.")
+        raise FieldError(msg("The address contains characters that are not allowed."))
     # Decoded, the address may hold spaces and UTF-8, but never the control
     # characters and backslashes that browsers and proxies reinterpret.
     for text in _decodings(value):
         if "\\" in text or any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
-            raise FieldError("The address contains characters that are not allowed.")
+            raise FieldError(msg("The address contains characters that are not allowed."))
         if any(char in _LOOK_ALIKES for char in text):
-            raise FieldError("The address contains characters that are not allowed.")
+            raise FieldError(msg("The address contains characters that are not allowed."))
     return value
 
 
@@ -207,7 +208,7 @@ def safe_redirect(value: str, hosts: HostPolicy, root: str = "") -> str:
         and hosts.allows(parts.netloc)
     ):
         return value
-    raise FieldError("Redirects may only go to a page on this site.")
+    raise FieldError(msg("Redirects may only go to a page on this site."))
 
 
 def forward_target(value: str) -> tuple[str, str]:
@@ -218,14 +219,14 @@ def forward_target(value: str) -> tuple[str, str]:
     """
     value = _check_characters(value)
     if not _is_same_site_path(value):
-        raise FieldError("Forward to a path on this site, starting with /.")
+        raise FieldError(msg("Forward to a path on this site, starting with /."))
     path, _, query = value.partition("?")
     path = path.split("#", 1)[0]
     path_info = unquote_to_bytes(path).decode("latin-1")
     if route_for_path(path_info) is not None:
-        raise FieldError("Forward to a page of the site, not to another Klaviyo action.")
+        raise FieldError(msg("Forward to a page of the site, not to another Klaviyo action."))
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in path_info):
-        raise FieldError("The address contains characters that are not allowed.")
+        raise FieldError(msg("The address contains characters that are not allowed."))
     return path_info, query.split("#", 1)[0]
 
 

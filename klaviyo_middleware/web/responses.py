@@ -7,7 +7,6 @@ before it reaches HTML; JSON is produced by :mod:`json` only.
 from __future__ import annotations
 
 import json
-from html import escape
 from typing import Any
 
 from webob import Request, Response
@@ -15,20 +14,6 @@ from webob import Request, Response
 from klaviyo_middleware.web.body import JSON_TYPES, media_type
 
 _JSON_ACCEPT = ("application/json", "application/vnd.api+json")
-
-_PAGE = """<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
-<meta name="robots" content="noindex"><title>{title}</title></head>
-<body>
-<main>
-<h1>{title}</h1>
-{body}
-</main>
-</body>
-</html>
-"""
-
 
 def wants_json(request: Request) -> bool:
     """JSON for scripts: an Accept naming JSON, ``X-Requested-With`` or a JSON body."""
@@ -51,13 +36,14 @@ def json_response(status: int, payload: dict[str, Any], **headers: str) -> Respo
     return response
 
 
-def html_response(status: int, title: str, body_html: str, **headers: str) -> Response:
+def html_response(status: int, html: str, language: str, **headers: str) -> Response:
     response = Response(
         status=status,
-        body=_PAGE.format(title=escape(title), body=body_html).encode("utf-8"),
+        body=html.encode("utf-8"),
         content_type="text/html",
         charset="utf-8",
     )
+    response.content_language = language
     response.headers.update(list(headers.items()))
     _no_store(response)
     return response
@@ -83,24 +69,6 @@ def see_other(location: str) -> Response:
     return response
 
 
-def success_page() -> Response:
-    return html_response(200, "Thank you", "<p>Your details have been saved.</p>")
-
-
-def errors_page(status: int, errors: dict[str, list[str]], **headers: str) -> Response:
-    items = "\n".join(
-        f"<li><strong>{escape(_label(field))}</strong>: {escape(message)}</li>"
-        for field, messages in errors.items()
-        for message in messages
-    )
-    body = (
-        "<p>Please go back and correct the following:</p>\n"
-        f'<ul class="errors">\n{items}\n</ul>\n'
-        '<p><a href="javascript:history.back()">Back to the form</a></p>'
-    )
-    return html_response(status, "Please check the form", body, **headers)
-
-
 def method_not_allowed() -> Response:
     response = Response(
         status=405,
@@ -110,10 +78,6 @@ def method_not_allowed() -> Response:
     )
     response.allow = ("POST",)
     return response
-
-
-def _label(field: str) -> str:
-    return "Form" if field == "form" else field
 
 
 def _no_store(response: Response) -> None:

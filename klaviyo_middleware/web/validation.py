@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from klaviyo_middleware.i18n.message import msg
 from klaviyo_middleware.model.submission import UPDATE_PROFILE, Event, Submission
 from klaviyo_middleware.redact import get_logger
 from klaviyo_middleware.web import fields
@@ -89,17 +90,18 @@ def build_submission(
     if route.action == UPDATE_PROFILE:
         lists = _lists(form, collector)
         if len(lists) > options.max_lists:
-            collector.add("lists", f"Choose at most {options.max_lists} lists.")
+            collector.add("lists", msg("Choose at most {count} lists.", count=options.max_lists))
         confirm = _confirm_opt_in(form, collector, route.subscribes_by_default)
         event = _event(form, collector, options)
         if event is not None and len(event.properties) > options.max_properties:
-            collector.add("event[extra]", f"Send at most {options.max_properties} properties.")
+            collector.add("event[extra]", msg("Send at most {count} properties.",
+                                                 count=options.max_properties))
     subscribing = bool(lists) and confirm
     has_email = "email" in profile or "email" in collector.errors
     if not has_email and not (subscribing and profile.get("phone_number")):
         # A phone number alone may subscribe (SMS); everything else needs
         # the address that identifies the person.
-        collector.add("email", "Enter your email address.")
+        collector.add("email", msg("Enter your email address."))
     sms = subscribing and bool(profile.get("phone_number")) and (
         not has_email or options.sms_consent == "with_phone"
         or _sms_consent(form, collector))
@@ -139,7 +141,7 @@ def _profile(
                 verdict = None
             if verdict:
                 collector.add("email", verdict if isinstance(verdict, str)
-                              else "Use another email address.")
+                              else msg("Use another email address."))
 
     def optional(name: str, validator: Callable[[Any], Any], target: str) -> None:
         value = values.get(name)
@@ -172,11 +174,12 @@ def _profile(
     if extra is not None:
         if isinstance(extra, dict):
             if len(extra) > options.max_properties:
-                collector.add("extra", f"Send at most {options.max_properties} properties.")
+                collector.add("extra", msg("Send at most {count} properties.",
+                                               count=options.max_properties))
             elif extra:
                 profile["properties"] = dict(extra)
         else:
-            collector.add("extra", "Send custom properties as extra[NAME]=value.")
+            collector.add("extra", msg("Send custom properties as extra[NAME]=value."))
     return profile
 
 
@@ -220,7 +223,7 @@ def _event(form: Mapping[str, Any], collector: _Collector,
     if raw is None:
         return None
     if not isinstance(raw, dict):
-        collector.add("event", "Send the event as event[name], event[extra][...] and so on.")
+        collector.add("event", msg("Send the event as event[name], event[extra][...] and so on."))
         return None
     if not raw:
         return None
@@ -248,7 +251,7 @@ def _event(form: Mapping[str, Any], collector: _Collector,
     if isinstance(extra, dict):
         properties.update(extra)
     elif extra is not None:
-        collector.add("event[extra]", "Send event properties as event[extra][NAME]=value.")
+        collector.add("event[extra]", msg("Send event properties as event[extra][NAME]=value."))
     if name is None:
         return None
     return Event(
