@@ -316,11 +316,11 @@ class TestTemplateHelpers:
         from django.template import Context, Engine
 
         if not settings.configured:
-            settings.configure(KLAVIYO_SECRET=SECURITY_KEY,
-                               INSTALLED_APPS=["klaviyo_middleware.django"])
+            settings.configure(KLAVIYO_MIDDLEWARE={"secret": SECURITY_KEY},
+                               INSTALLED_APPS=["klaviyo_middleware.contrib.django"])
             django.setup()
         engine = Engine(libraries={
-            "klaviyo_connect": "klaviyo_middleware.django.templatetags.klaviyo_connect"})
+            "klaviyo_connect": "klaviyo_middleware.contrib.django.templatetags.klaviyo_connect"})
         page = engine.from_string(
             '{% load klaviyo_connect %}<form method="post">'
             '{% klaviyo_inputs "track" redirect="newsletter/thanks" lists="L1,L2" '

@@ -1,0 +1,144 @@
+"""The Django site under Django's own test runner (``python -m django test``),
+with requests passing through the middleware configured in settings.py."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from django.contrib.auth.models import User
+from django.core.checks import run_checks
+from django.test import TestCase, override_settings
+
+from klaviyo_middleware.contrib.django.checks import E_INVALID, check_settings
+from klaviyo_middleware.contrib.django.test import Client
+from klaviyo_middleware.testing import RunningFakeKlaviyo, serve_fake_klaviyo
+
+UPDATE = "/klaviyoConnect/api/updateProfile"
+
+
+class FakeKlaviyoTestCase(TestCase):
+    client_class = Client
+    fake: ClassVar[RunningFakeKlaviyo]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        cls._serving = serve_fake_klaviyo(lists={"Y6nRLr": "single_opt_in"})
+        cls.fake = cls._serving.__enter__()
+        from django.conf import settings
+
+        cls._settings = override_settings(KLAVIYO_MIDDLEWARE={
+            **settings.KLAVIYO_MIDDLEWARE, "api_url": cls.fake.url, "delivery": "sync"})
+        cls._settings.enable()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls._settings.disable()
+        cls._serving.__exit__(None, None, None)
+        super().tearDownClass()
+
+    def setUp(self) -> None:
+        self.fake.fake.state.reset()
+
+    def profiles(self) -> list[dict[str, Any]]:
+        return self.fake.snapshot()["profiles"]
+
+
+class SignupTests(FakeKlaviyoTestCase):
+    def test_the_form_renders_with_the_template_tag(self) -> None:
+        response = self.client.get("/")
+        self.assertTemplateUsed(response, "signup.html")
+        self.assertContains(response, '<input type="hidden" name="list" value="Y6nRLr">', html=True)
+
+    def test_signup_reaches_klaviyo_and_forwards_to_the_view(self) -> None:
+        response = self.client.post(UPDATE, {"email": "ada@example.com", "list": "Y6nRLr",
+                                             "subscribe": "1", "forward": "/signed-up/"})
+        self.assertEqual(response.status_code, 200)
+        self.assertTemplateUsed(response, "signed_up.html")
+        self.assertTrue(response.context["result"]["delivered"])
+        [profile] = self.profiles()
+        self.assertEqual(profile["email"], "ada@example.com")
+        # The before_send hook named by a dotted path in the settings ran.
+        self.assertEqual(profile["properties"]["Signed up on"], "django_site")
+
+    def test_errors_are_forwarded_to_the_view_in_the_visitors_language(self) -> None:
+        response = self.client.post(UPDATE, {"email": "nope", "forward": "/signed-up/"},
+                                    headers={"accept-language": "de"})
+        self.assertEqual(response.status_code, 400)
+        self.assertContains(response, "Geben Sie eine gültige E-Mail-Adresse ein.", status_code=400)
+        self.assertEqual(self.profiles(), [])
+
+    def test_error_page_in_the_sites_template_and_language(self) -> None:
+        response = self.client.post(UPDATE, {"email": "nope"},
+                                    headers={"accept-language": "de-DE,de;q=0.9"})
+        self.assertEqual(response.status_code, 400)
+        body = response.content.decode()
+        self.assertIn('<body class="django-site">', body)
+        self.assertIn('<html lang="de">', body)
+        self.assertIn("E-Mail-Adresse: Geben Sie eine gültige E-Mail-Adresse ein.", body)
+
+    def test_django_language_cookie_wins(self) -> None:
+        self.client.cookies["django_language"] = "de"
+        response = self.client.post(UPDATE, {"email": "nope"},
+                                    headers={"accept-language": "en"})
+        self.assertIn("Bitte prüfen Sie das Formular", response.content.decode())
+
+    def test_other_requests_are_djangos(self) -> None:
+        response = self.client.get("/no-such-page/")
+        self.assertEqual(response.status_code, 404)
+
+
+class SignedInUserTests(FakeKlaviyoTestCase):
+    def test_the_user_mapping_is_the_signed_in_user(self) -> None:
+        user = User.objects.create_user("grace", "grace@example.com", "pw",
+                                        first_name="Grace", last_name="Hopper")
+        self.client.force_login(user)
+        response = self.client.post(UPDATE, {"klaviyoProfileMapping": "user",
+                                             "email": "someone-else@example.com",
+                                             "list": "Y6nRLr"},
+                                    headers={"accept": "application/json"})
+        self.assertEqual(response.status_code, 200, response.content)
+        [profile] = self.profiles()
+        self.assertEqual((profile["email"], profile["first_name"], profile["external_id"]),
+                         ("grace@example.com", "Grace", str(user.pk)))
+
+    def test_nobody_signed_in(self) -> None:
+        response = self.client.post(UPDATE, {"klaviyoProfileMapping": "user",
+                                             "email": "someone-else@example.com"},
+                                    headers={"accept": "application/json"})
+        self.assertEqual(response.status_code, 400)
+        self.assertEqual(response.json()["errors"], {"email": ["Sign in to continue."]})
+        self.assertEqual(self.profiles(), [])
+
+
+class SettingsCheckTests(TestCase):
+    def test_the_sites_settings_pass(self) -> None:
+        self.assertEqual(check_settings(), [])
+        self.assertEqual([m for m in run_checks() if m.id.startswith("klaviyo")], [])
+
+    def test_a_bad_value_is_a_check_error(self) -> None:
+        with override_settings(KLAVIYO_MIDDLEWARE={"api_key": "pk_x" * 10, "delivery": "mail"}):
+            [error] = check_settings()
+        self.assertEqual(error.id, E_INVALID)
+        self.assertIn("delivery", error.msg)
+
+    def test_a_misspelt_name_is_named_with_a_suggestion(self) -> None:
+        with override_settings(KLAVIYO_MIDDLEWARE={"api_key": "pk_x" * 10, "alowed_hosts": []}):
+            [error] = check_settings()
+        self.assertIn("did you mean 'allowed_hosts'", error.msg)
+
+    def test_a_dotted_path_that_does_not_import(self) -> None:
+        with override_settings(KLAVIYO_MIDDLEWARE={"api_key": "pk_x" * 10,
+                                                   "before_send": ["django_site.nope.hook"]}):
+            [error] = check_settings()
+        self.assertIn("cannot import 'django_site.nope.hook'", error.msg)
+
+    def test_a_language_without_a_catalog(self) -> None:
+        with override_settings(KLAVIYO_MIDDLEWARE={"api_key": "pk_x" * 10, "languages": ["it"]}):
+            [error] = check_settings()
+        self.assertIn("no catalog for 'it'", error.msg)
+
+    def test_missing_key_is_a_warning(self) -> None:
+        with override_settings(KLAVIYO_MIDDLEWARE={}):
+            [warning] = check_settings()
+        self.assertEqual(warning.id, "klaviyo_middleware.W001")
