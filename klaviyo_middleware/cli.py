@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
+import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any, TextIO
@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="how long a bulk round holds its submissions before another "
                         "worker may take them over (default 60)")
     worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus metrics of every worker process on this port "
+                        "(needs the prometheus extra)")
 
     celery_state = commands.add_parser("celery", help="dead letters and counts of Celery delivery")
     celery_state.add_argument("action", choices=["stats", "dead", "retry", "forget"])
@@ -205,10 +208,12 @@ def _worker(args: argparse.Namespace) -> int:
     app = make_celery(args.broker, args.visibility_timeout)
     try:
         # Bad settings stop the worker now, not at its first task.
-        runtime_for(app)
+        runtime = runtime_for(app)
     except ConfigurationError as exc:
         print(f"klaviyo-middleware: {exc}", file=sys.stderr)
         return 2
+    if args.metrics_port is not None:
+        _serve_worker_metrics(args.metrics_port, runtime.state.url)
     app.worker_main([
         "worker", "-Q", QUEUE, f"--concurrency={args.concurrency}",
         f"--loglevel={args.loglevel}", "--without-gossip", "--without-mingle",
@@ -216,16 +221,29 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_worker_metrics(port: int, state_url: str) -> None:
+    """Count in every pool process and serve the sum from this one.
+
+    prometheus_client adds up processes through files in one directory,
+    which must be chosen before it is imported; the pool processes fork
+    from here and inherit both."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="klaviyo-metrics-")
+    from prometheus_client import start_http_server
+
+    from klaviyo_middleware.contrib.prometheus import CeleryCollector, instrument, registry_for
+
+    instrument()
+    start_http_server(port, registry=registry_for([CeleryCollector(state_url)]))
+
+
 def _celery_state(args: argparse.Namespace, out: TextIO) -> int:
     import redis
 
     from klaviyo_middleware.delivery.celery.pool import RedisPool
-    from klaviyo_middleware.delivery.celery.state import RedisState
+    from klaviyo_middleware.delivery.celery.state import RedisState, accounts_in
 
-    connection = redis.Redis.from_url(args.state_url)
-    # Account fingerprints only: the ledger's keys share the namespace.
-    accounts = sorted({part for key in connection.scan_iter("klaviyo_middleware:*:*")
-                       if re.fullmatch("[0-9a-f]{16}", part := key.decode().split(":")[1])})
+    accounts = accounts_in(redis.Redis.from_url(args.state_url))
     if args.action == "retry" and not args.broker:
         print("klaviyo-middleware: retry needs --broker or KLAVIYO_BROKER_URL", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from webob import Request, Response
 
+from klaviyo_middleware import metrics
 from klaviyo_middleware import settings as opts
 from klaviyo_middleware.delivery.factory import build_delivery
 from klaviyo_middleware.delivery.hooks import BeforeSend, Hooks, OnDead, OnDelivered, OnRetry
@@ -81,6 +82,9 @@ _POINTER_FIELDS = {
     "properties": "extra",
 }
 
+
+# How a refused body is counted (the README's "Metrics").
+_BODY_REASONS = {413: "too_large", 415: "unsupported_type"}
 
 # What the visitor reads when a post could not be read for a reason we did
 # not foresee; the details go to the log.
@@ -321,7 +325,7 @@ class KlaviyoMiddleware:
             # (a parser's corner case, a site's mapping with a bug) becomes a
             # clear 400 instead of a 500. The traceback is logged redacted.
             log.exception("klaviyo_middleware: could not read a post to %s", action)
-            intake = self._refuse(request, 400, {"form": [UNREADABLE]})
+            intake = self._refuse(request, 400, {"form": [UNREADABLE]}, reason="unreadable")
         if not isinstance(intake, _Accepted):
             return intake(environ, start_response)
         body, submission, forward, redirect = (
@@ -329,8 +333,13 @@ class KlaviyoMiddleware:
         outcome = self._send(request, submission)
         if outcome is not None and not outcome.accepted:
             status, failure = self._failure(outcome.error)
-            answer = self._invalid_response(request, body, forward, failure, status)
+            answer = self._invalid_response(request, body, forward, failure, status,
+                                             "unavailable" if status == 503 else "rejected")
             return answer(environ, start_response)
+        if outcome is None:
+            metrics.refused("cancelled")
+        else:
+            metrics.accepted(action)
         result = {
             "success": True,
             "action": action,
@@ -360,7 +369,8 @@ class KlaviyoMiddleware:
         try:
             body, form = parsed or self._read(request)
         except BodyError as exc:
-            return self._refuse(request, exc.status, {"form": [exc.message]})
+            return self._refuse(request, exc.status, {"form": [exc.message]},
+                                reason=_BODY_REASONS.get(exc.status, "unreadable"))
         environ[FORM_ENVIRON_KEY] = form
         refusal = self._check_form(request, form)
         if refusal is not None:
@@ -368,7 +378,7 @@ class KlaviyoMiddleware:
         submission, errors = self._validate(request, route, form)
         forward, redirect = self._targets(request, form, errors)
         if submission is None or errors:
-            return self._invalid_response(request, body, forward, errors or {}, 400)
+            return self._invalid_response(request, body, forward, errors or {}, 400, "invalid")
         return _Accepted(body, submission, forward, redirect)
 
     def _screen(self, request: Request) -> Response | None:
@@ -379,14 +389,15 @@ class KlaviyoMiddleware:
                 log.warning("klaviyo_middleware: refused a post to %s: %s",
                             request.path_info, reason)
                 return self._refuse(request, 403, {"form": [msg(
-                    "This form must be sent from this site. Reload the page and try again.")]})
+                    "This form must be sent from this site. Reload the page and try again.")]},
+                    reason="cross_site")
         if self._client_limiter is not None:
             client = client_address(request.environ, self.settings.trusted_proxies)
             wait = self._client_limiter.retry_after(client)
             if wait:
                 return self._refuse(request, 429, {"form": [msg(
                     "Too many submissions. Please wait a moment and try again.")]},
-                    retry_after=wait)
+                    retry_after=wait, reason="rate_limited")
         return None
 
     def _check_form(self, request: Request, form: dict[str, Any]) -> Response | None:
@@ -395,6 +406,7 @@ class KlaviyoMiddleware:
         if honeypot and form.get(honeypot) not in (None, ""):
             # Answer as if it worked: a bot told it failed just adapts.
             log.info("klaviyo_middleware: honeypot field filled; submission dropped")
+            metrics.refused("honeypot")
             request.environ[RESULT_KEY] = {"success": True, "cancelled": True}
             return self._success(request, None, {"success": True})
         if self._csrf_session is not None:
@@ -408,7 +420,7 @@ class KlaviyoMiddleware:
                     check_csrf_token(token, self.settings.secret, session,
                                      self.settings.csrf_max_age)):
                 return self._refuse(request, 403, {"csrf_token": [msg(
-                    "This form has expired. Reload the page and try again.")]})
+                    "This form has expired. Reload the page and try again.")]}, reason="csrf")
         return None
 
     def _read(self, request: Request) -> tuple[bytes, dict[str, Any]]:
@@ -500,7 +512,9 @@ class KlaviyoMiddleware:
         forward: tuple[str, str] | None,
         errors: Errors,
         status: int,
+        reason: str,
     ) -> WSGIApplication:
+        metrics.refused(reason)
         environ = request.environ
         # The site's own page shows these beside its fields: in the visitor's language.
         translated = self._translated(errors, self._language(request))
@@ -512,11 +526,16 @@ class KlaviyoMiddleware:
                 return self._forward(environ, body, forward, start_response)
 
             return forwarding
-        return self._refuse(request, status, errors)
+        return self._answer_refusal(request, status, errors)
 
-    def _refuse(
-        self, request: Request, status: int, errors: Errors, retry_after: int | None = None
-    ) -> Response:
+    def _refuse(self, request: Request, status: int, errors: Errors, *,
+                reason: str, retry_after: int | None = None) -> Response:
+        """Refuse a post before it could be validated (counted by ``reason``)."""
+        metrics.refused(reason)
+        return self._answer_refusal(request, status, errors, retry_after)
+
+    def _answer_refusal(self, request: Request, status: int, errors: Errors,
+                        retry_after: int | None = None) -> Response:
         if responses.wants_json(request):
             language = self._language(request)
             return responses.json_response(

@@ -147,6 +147,38 @@ class TestDelivery:
             stop(worker)
         assert fake.subscribed == {"L1": {f"c{n}@example.com" for n in range(8)}}
 
+    def test_worker_metrics_add_up_its_pool_processes(self, loopback_klaviyo, tmp_path):
+        import requests
+        from prometheus_client.parser import text_string_to_metric_families
+
+        app = web(loopback_klaviyo.url)
+        for number in range(6):
+            app.post(UPDATE, form(number))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        worker = start_worker(loopback_klaviyo.url, REDIS, "--metrics-port", str(port))
+
+        def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            try:
+                page = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            except requests.ConnectionError:
+                return {}
+            return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                    for family in text_string_to_metric_families(page) for s in family.samples}
+
+        delivered = ("klaviyo_middleware_submissions_delivered_total", ())
+        try:
+            wait_for(lambda: samples().get(delivered) == 6, timeout=90)
+            scraped = samples()
+        finally:
+            stop(worker)
+        account = account_fingerprint(loopback_klaviyo.url, API_KEY)
+        assert scraped[("klaviyo_middleware_celery_dead_letters", (("account", account),))] == 0
+        events = ("klaviyo_middleware_klaviyo_requests_total",
+                  (("endpoint", "/api/events"), ("method", "POST"), ("status", "202")))
+        assert scraped[events] == 6
+
     def test_a_worker_killed_mid_task_loses_nothing(self, loopback_klaviyo):
         fake = loopback_klaviyo.fake
         fake.latency = 0.3

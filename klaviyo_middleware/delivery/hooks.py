@@ -21,6 +21,7 @@ from typing import Any
 
 from webob import Request
 
+from klaviyo_middleware import metrics
 from klaviyo_middleware.klaviyo.client import KlaviyoError
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import get_logger
@@ -75,13 +76,17 @@ class Hooks:
                 log.exception("klaviyo_middleware: before_send hook %r failed", hook)
         return True
 
+    # Every backend reports its outcomes here, so the metrics are counted here too.
     def delivered(self, submission: Submission) -> None:
+        metrics.delivered()
         self._observe(self.delivered_hooks, submission)
 
     def retrying(self, submission: Submission, error: KlaviyoError, delay: float) -> None:
+        metrics.retried()
         self._observe(self.retry_hooks, submission, error, delay)
 
     def dead(self, submission: Submission, error: KlaviyoError) -> None:
+        metrics.dead()
         self._observe(self.dead_hooks, submission, error)
 
     @staticmethod

@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import requests
 
+from klaviyo_middleware import metrics
 from klaviyo_middleware.redact import redact
 
 # Where every process (web node, spool thread, Celery worker) finds the account.
@@ -226,20 +227,24 @@ class KlaviyoClient:
 
     def _send(self, method: str, path: str, **arguments: Any) -> Any:
         timeout = self._timeouts(path)
+        endpoint = endpoint_template(path)
         try:
             response = self.session.request(method, self.api_url + path, timeout=timeout,
                                             **arguments)
         except requests.Timeout:
+            metrics.klaviyo_call(method, endpoint, "timeout")
             raise KlaviyoError(
                 f"Klaviyo did not answer {method} {path} in time", transient=True
             ) from None
         except requests.RequestException as exc:
+            metrics.klaviyo_call(method, endpoint, "unreachable")
             # The exception text can hold the URL but never the key (it is a
             # header); keep only its class name to be safe.
             raise KlaviyoError(
                 f"Could not reach Klaviyo for {method} {path} ({type(exc).__name__})",
                 transient=True,
             ) from None
+        metrics.klaviyo_call(method, endpoint, str(response.status_code))
         if response.status_code >= 400:
             raise error_from_response(path, response, method)
         if not response.content:
@@ -248,6 +253,16 @@ class KlaviyoClient:
             return response.json()
         except ValueError:
             return None
+
+
+# An id in a path (a list, a job) becomes {id}: metric labels stay few.
+_PATH_ID = re.compile(r"^(/api/[a-z-]+/)[^/?]+")
+
+
+def endpoint_template(path: str) -> str:
+    """``/api/lists/Y6nRLr/relationships/profiles`` → ``/api/lists/{id}/relationships/profiles``."""
+    path = path.split("?", 1)[0]
+    return _PATH_ID.sub(r"\1{id}", path) if path.count("/") > 2 else path
 
 
 def _new_id(answer: Any, what: str) -> str:

@@ -11,6 +11,7 @@ prefixed with the account fingerprint, as the spool's rows are.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Any
@@ -55,8 +56,16 @@ return 0
 """
 
 
+def accounts_in(connection: redis.Redis) -> list[str]:
+    """The accounts (API key fingerprints) that have state in this Redis."""
+    # Account fingerprints only: the ledger's keys share the namespace.
+    return sorted({part for key in connection.scan_iter("klaviyo_middleware:*:*")
+                   if re.fullmatch("[0-9a-f]{16}", part := key.decode().split(":")[1])})
+
+
 class RedisState:
     def __init__(self, url: str, account: str) -> None:
+        self.url = url
         self.redis = redis.Redis.from_url(url)
         self.account = account
         self.prefix = f"klaviyo_middleware:{account}:"
