@@ -53,16 +53,21 @@ def demo(tmp_path) -> Iterator[tuple[str, object]]:
 
 
 @pytest.fixture
-def page() -> Iterator[object]:
+def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
                                              headless=True)
         try:
-            yield browser.new_page()
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page(browser) -> object:
+    return browser.new_page()  # type: ignore[attr-defined]
 
 
 def test_signup_ajax_error_and_dashboard(demo, page):
@@ -104,3 +109,56 @@ def test_signup_ajax_error_and_dashboard(demo, page):
     page.locator("#profiles button").click()
     expect(profiles).to_contain_text("SUBSCRIBED", timeout=15_000)
     expect(page.locator("#lists tbody")).to_contain_text("browser@example.com")
+
+
+SHOP_TEMPLATES = {
+    "layout.html": "<!doctype html><html lang='{{ page.language if page else 'de' }}'>"
+                   "<head><meta charset=utf-8><title>Laden</title></head>"
+                   "<body><header id=shop>Unser Laden</header>{% block body %}{% endblock %}"
+                   "</body></html>",
+    "signup.html": "{% extends 'layout.html' %}{% block body %}"
+                   "<form method=post action=/klaviyoConnect/api/updateProfile>"
+                   "<label for=email>E-Mail</label><input id=email name=email>"
+                   "<button>Anmelden</button></form>{% endblock %}",
+    "klaviyo.html": "{% extends 'layout.html' %}{% block body %}<h1>{{ page.title }}</h1>"
+                    "<ul id=problems>{% for p in page.problems %}<li><a href='{{ p.href }}'>"
+                    "{{ p.label }}</a>: {{ p.message }}</li>{% endfor %}</ul>{% endblock %}",
+}
+
+
+@pytest.fixture
+def german_shop() -> Iterator[str]:
+    flask = pytest.importorskip("flask")
+    import jinja2
+
+    from klaviyo_middleware.contrib.flask import KlaviyoConnect
+    from klaviyo_middleware.testing import serve_fake_klaviyo
+
+    with serve_fake_klaviyo() as fake:
+        app = flask.Flask(__name__)
+        app.jinja_loader = jinja2.DictLoader(SHOP_TEMPLATES)
+        app.add_url_rule("/", "signup", lambda: flask.render_template("signup.html", page=None))
+        app.config.update(KLAVIYO_API_KEY="pk_browser_test_key_00000000000",
+                          KLAVIYO_API_URL=fake.url, KLAVIYO_DELIVERY="sync",
+                          KLAVIYO_LANGUAGES="en de", KLAVIYO_PAGE_TEMPLATE="klaviyo.html")
+        KlaviyoConnect(app)
+        with BackgroundServer(app) as server:
+            yield server.url
+
+
+def test_a_german_visitor_sees_the_error_in_german_in_the_shops_layout(browser, german_shop):
+    from playwright.sync_api import expect
+
+    page = browser.new_page(locale="de-DE")  # type: ignore[attr-defined]
+    page.goto(german_shop + "/")
+    page.locator("input[name=email]").fill("keine-adresse")
+    page.locator("button").click()
+    expect(page.locator("h1")).to_have_text("Bitte prüfen Sie das Formular")
+    expect(page.locator("#problems li")).to_have_text(
+        "E-Mail-Adresse: Geben Sie eine gültige E-Mail-Adresse ein.")
+    expect(page.locator("#shop")).to_have_text("Unser Laden")
+    assert page.locator("html").get_attribute("lang") == "de"
+    # The label links back to the field on the form page.
+    page.locator("#problems a").click()
+    page.wait_for_url(german_shop + "/#email")
+    expect(page.locator("#email")).to_be_visible()
