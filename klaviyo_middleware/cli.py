@@ -29,7 +29,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     if args.command == "demo":
         from klaviyo_middleware.demo.site import serve
 
-        serve(args.host, args.port)
+        try:
+            serve(args.host, args.port)
+        except OSError as exc:
+            return _cannot_listen(args.host, args.port, exc)
         return 0
     if args.command == "fake-klaviyo":
         return _fake_klaviyo(args, out)
@@ -73,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="answer 503 to everything for the first SECONDS")
     fake.add_argument("--no-rate-limits", action="store_true",
                       help="do not enforce Klaviyo's per-endpoint rate limits")
+    fake.add_argument("--quiet", action="store_true", help="do not print a line per request")
     fake.add_argument("--job-seconds", type=float, default=1.0, metavar="SECONDS",
                       help="how long a profile import job takes to run (default 1)")
 
@@ -160,13 +164,26 @@ def _fake_klaviyo(args: argparse.Namespace, out: TextIO) -> int:
     lists = {}
     for spec in args.list:
         list_id, _, kind = spec.partition(":")
+        if not list_id or kind not in ("", "single", "double"):
+            return _usage(f"--list {spec}: write ID, ID:single or ID:double")
         lists[list_id] = "double_opt_in" if kind == "double" else "single_opt_in"
+    if not 0 <= args.error_rate <= 1:
+        return _usage(f"--error-rate {args.error_rate:g}: a share between 0 and 1 (0.05 is 5%)")
+    for name in ("latency", "outage", "job_seconds"):
+        if getattr(args, name) < 0:
+            return _usage(f"--{name.replace('_', '-')} must not be negative")
     faults = Faults(error_rate=args.error_rate, latency=args.latency)
     if args.outage:
         faults.outage(args.outage)
+    # Lists named on the command line are the account's lists: an unknown
+    # id is then a 404, as Klaviyo answers it, rather than a new list.
     fake = FakeKlaviyo(api_key=args.api_key, lists=lists, faults=faults,
-                       rate_limits=not args.no_rate_limits, job_seconds=args.job_seconds)
-    server = make(args.host, args.port, fake)
+                       auto_create_lists=not lists, rate_limits=not args.no_rate_limits,
+                       job_seconds=args.job_seconds)
+    try:
+        server = make(args.host, args.port, fake if args.quiet else _printing(fake, out))
+    except OSError as exc:
+        return _cannot_listen(args.host, args.port, exc)
     print(f"fake Klaviyo on http://{args.host}:{server.server_port}  "
           f"(state: /_state; Ctrl+C stops it)", file=out, flush=True)
     try:
@@ -176,6 +193,34 @@ def _fake_klaviyo(args: argparse.Namespace, out: TextIO) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _printing(app: Any, out: TextIO) -> Any:
+    """The fake, printing one line per request: method, path, status."""
+
+    def printed(environ: dict[str, Any], start_response: Any) -> Any:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            query = environ.get("QUERY_STRING")
+            path = environ.get("PATH_INFO", "") + (f"?{query}" if query else "")
+            print(f"{environ.get('REQUEST_METHOD')} {path} {status.split()[0]}",
+                  file=out, flush=True)
+            return start_response(status, headers, exc_info)
+
+        return app(environ, start)
+
+    return printed
+
+
+def _cannot_listen(host: str, port: int, error: OSError) -> int:
+    reason = (error.strerror or str(error)).lower()
+    print(f"klaviyo-middleware: cannot listen on {host}:{port}: {reason}"
+          f"{' (is another one running? try --port)' if port else ''}", file=sys.stderr)
+    return 2
+
+
+def _usage(message: str) -> int:
+    print(f"klaviyo-middleware: {message}", file=sys.stderr)
+    return 2
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from klaviyo_middleware.klaviyo.account import (
     REVISION,
 )
 from klaviyo_middleware.klaviyo.client import KlaviyoError
+from klaviyo_middleware.klaviyo.steps import plan
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import get_logger, set_personal_data_logging
 from klaviyo_middleware.settings import build_settings, options_doc
@@ -340,6 +342,7 @@ class KlaviyoMiddleware:
             metrics.refused("cancelled")
         else:
             metrics.accepted(action)
+            _log_accepted(submission, outcome)
         result = {
             "success": True,
             "action": action,
@@ -592,6 +595,17 @@ class KlaviyoMiddleware:
 # The declared options' lines take the place of {options}: documented once,
 # in settings.OPTIONS, and shown by help(KlaviyoMiddleware) all the same.
 KlaviyoMiddleware.__doc__ = (KlaviyoMiddleware.__doc__ or "").format(options=options_doc("    "))
+
+
+def _log_accepted(submission: Submission, outcome: Outcome) -> None:
+    """One INFO line per accepted submission; the log filter masks the person."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    person = submission.profile.get("email") or submission.profile.get("phone_number") or "-"
+    log.info("klaviyo_middleware: accepted %s: %s for %s, lists [%s], steps [%s]%s",
+             submission.id, submission.action, person, ", ".join(submission.lists),
+             ", ".join(plan(submission)),
+             " (delivered)" if outcome.delivered else " (queued)" if outcome.queued else "")
 
 
 def _retry_headers(status: int, retry_after: int | None) -> dict[str, str]:

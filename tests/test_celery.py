@@ -60,13 +60,14 @@ def site(environ, start_response):
     return [b"site"]
 
 
-def start_worker(url: str, broker: str = REDIS, *extra: str) -> subprocess.Popen[bytes]:
+def start_worker(url: str, broker: str = REDIS, *extra: str,
+                 log: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
     env = dict(os.environ, KLAVIYO_PRIVATE_API_KEY=API_KEY, KLAVIYO_API_URL=url,
                KLAVIYO_STATE_URL=REDIS)
     return subprocess.Popen(
         [sys.executable, "-m", "klaviyo_middleware.cli", "worker", "--broker", broker,
          "--concurrency", "2", "--loglevel", "WARNING", *extra],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=env, stdout=log, stderr=log, start_new_session=True,
     )
 
 
@@ -157,15 +158,20 @@ class TestDelivery:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        worker = start_worker(loopback_klaviyo.url, REDIS, "--metrics-port", str(port))
+        log_path = tmp_path / "worker.log"
+        with open(log_path, "wb") as log:
+            worker = start_worker(loopback_klaviyo.url, REDIS, "--metrics-port", str(port),
+                                  log=log)
 
         def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             try:
-                page = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+                answer = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
             except requests.ConnectionError:
                 return {}
+            assert answer.status_code == 200, log_path.read_text()
             return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                    for family in text_string_to_metric_families(page) for s in family.samples}
+                    for family in text_string_to_metric_families(answer.text)
+                    for s in family.samples}
 
         delivered = ("klaviyo_middleware_submissions_delivered_total", ())
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -276,7 +278,42 @@ def test_fake_klaviyo_command(tmp_path):
         answer = requests.get(f"{url}/api/lists/D1", headers=HEADERS, timeout=5)
         assert answer.json()["data"]["attributes"]["opt_in_process"] == "double_opt_in"
         assert requests.get(f"{url}/_state", timeout=5).json()["profiles"] == []
+        # One line per request, as a new user watching the terminal expects.
+        assert process.stdout.readline().strip() == "GET /api/lists/D1 200"  # type: ignore[union-attr]
+        assert process.stdout.readline().strip() == "GET /_state 200"  # type: ignore[union-attr]
+        # Lists named with --list are the account's lists: another id is unknown.
+        assert requests.get(f"{url}/api/lists/NOPE", headers=HEADERS, timeout=5).status_code == 404
     finally:
         process.terminate()
         process.wait(10)
         process.stdout.close()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--list", "Y6:triple"], "--list Y6:triple: write ID, ID:single or ID:double"),
+    (["--error-rate", "5"], "--error-rate 5: a share between 0 and 1"),
+    (["--latency", "-1"], "--latency must not be negative"),
+])
+def test_fake_klaviyo_command_refuses_what_it_cannot_do(arguments, message):
+    finished = subprocess.run(
+        [sys.executable, "-m", "klaviyo_middleware.cli", "fake-klaviyo", "--port", "0",
+         *arguments], capture_output=True, text=True, timeout=60)
+    assert finished.returncode == 2
+    assert finished.stderr.strip().startswith(f"klaviyo-middleware: {message}")
+    assert "Traceback" not in finished.stderr
+
+
+@pytest.mark.parametrize("command", ["fake-klaviyo", "demo"])
+def test_a_busy_port_is_one_line(command, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        finished = subprocess.run(
+            [sys.executable, "-m", "klaviyo_middleware.cli", command, "--port", str(port)],
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "KLAVIYO_SPOOL_PATH": str(tmp_path / "s.sqlite3")})
+    assert finished.returncode == 2
+    assert finished.stderr.strip() == (
+        f"klaviyo-middleware: cannot listen on 127.0.0.1:{port}: address already in use "
+        "(is another one running? try --port)")

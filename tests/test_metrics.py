@@ -182,3 +182,13 @@ def test_gunicorn_workers_add_up(loopback_klaviyo, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_source_that_cannot_be_read_never_makes_an_error_page(tmp_path, counting, caplog):
+    not_a_spool = tmp_path / "app.py"
+    not_a_spool.write_text("print('hello')\n" * 200)
+    app = TestApp(MetricsMiddleware(site, spool_path=not_a_spool))
+    samples = scrape(app.get("/metrics", status=200).text)
+    assert value(samples, "klaviyo_middleware_scrape_errors") == 1
+    assert ("klaviyo_middleware_spool_pending", ()) not in samples
+    assert "could not be read" in caplog.text

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +27,12 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from klaviyo_middleware import metrics
+from klaviyo_middleware.redact import get_logger
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+log = get_logger(__name__)
 
 PREFIX = "klaviyo_middleware"
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -154,12 +158,12 @@ def registry_for(collectors: Iterable[Collector] = ()) -> CollectorRegistry:
     """The registry to expose: every process's counters in multi-process
     mode, this process's (the default registry) otherwise, plus ``collectors``."""
     registry = CollectorRegistry()
+    sources: list[Collector] = list(collectors)
     if os.environ.get(MULTIPROCESS_ENV):
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        sources.insert(0, MultiProcessCollector(None))  # type: ignore[no-untyped-call]
     else:
-        registry.register(_Forwarding(REGISTRY))
-    for collector in collectors:
-        registry.register(collector)
+        sources.insert(0, _Forwarding(REGISTRY))
+    registry.register(_Guarded(sources))
     return registry
 
 
@@ -198,6 +202,35 @@ class MetricsMiddleware:
         if environ.get("PATH_INFO") == self.path:
             return self.metrics(environ, start_response)
         return self.app(environ, start_response)
+
+
+class _Guarded(Collector):
+    """Every source's metrics, or as many as could be read: a source that
+    fails (Redis away, a worker's file caught mid-write) is tried once
+    more, then left out and counted in ``klaviyo_middleware_scrape_errors``,
+    so a scrape is never an error page."""
+
+    def __init__(self, sources: list[Collector]) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        failed = 0
+        for source in self.sources:
+            for attempt in (1, 2):
+                try:
+                    found = list(source.collect())
+                except Exception:
+                    if attempt == 2:
+                        log.exception("klaviyo_middleware: metrics of %r could not be read",
+                                      source)
+                        failed += 1
+                        break
+                    time.sleep(0.05)
+                else:
+                    yield from found
+                    break
+        yield _gauge("scrape_errors", "Metric sources that could not be read in this scrape",
+                     failed)
 
 
 class _Forwarding(Collector):

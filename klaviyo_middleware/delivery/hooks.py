@@ -78,6 +78,9 @@ class Hooks:
 
     # Every backend reports its outcomes here, so the metrics are counted here too.
     def delivered(self, submission: Submission) -> None:
+        # The trail a new user looks for: the same id as the "accepted" line.
+        log.info("klaviyo_middleware: delivered %s (%s) to Klaviyo", submission.id,
+                 submission.action)
         metrics.delivered()
         self._observe(self.delivered_hooks, submission)
 

@@ -178,11 +178,18 @@ def build_demo(base_url: str, environ: dict[str, str] | None = None) -> WSGIAppl
 
 
 def serve(host: str, port: int) -> None:
-    app = build_demo(f"http://{host}:{port}")
-    with make(host, port, app) as server:
+    """Serve the demo until Ctrl+C. Raises ``OSError`` when the port is taken,
+    before anything else is started."""
+    with make(host, port, _not_ready) as server:
+        server.set_app(build_demo(f"http://{host}:{port}"))
         print(f"klaviyo_middleware demo on http://{host}:{port}/  (Ctrl+C stops it)")
         if not os.environ.get(ENV_API_KEY):
             print(f"No {ENV_API_KEY}: delivering to the fake Klaviyo at {FAKE_PREFIX}/; "
                   f"watch http://{host}:{port}/dashboard")
         with contextlib.suppress(KeyboardInterrupt):
             server.serve_forever()
+
+
+def _not_ready(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+    return [b"starting"]
