@@ -15,6 +15,7 @@ from klaviyo_middleware import __version__
 from klaviyo_middleware.delivery.spool.store import (
     ENV_SPOOL_PATH,
     DeadLetter,
+    NotASpool,
     SpoolAdmin,
     default_spool_path,
 )
@@ -42,7 +43,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return _celery_state(args, out)
     try:
         admin = SpoolAdmin(args.spool)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NotASpool) as exc:
         print(f"klaviyo-middleware: {exc}", file=sys.stderr)
         return 2
     try:
@@ -58,20 +59,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    # Every option says what it does, and --help shows its default.
+    commands_add = commands.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        return commands_add(name, **kwargs)
+
+    commands.add_parser = add_parser  # type: ignore[method-assign]
 
     demo = commands.add_parser("demo", help="run a demo site wrapped in the middleware")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--host", default="127.0.0.1",
+                      help="address to listen on (0.0.0.0: every interface)")
+    demo.add_argument("--port", type=int, default=8000, help="port to listen on")
 
     fake = commands.add_parser("fake-klaviyo", help="run a fake Klaviyo API for local testing")
-    fake.add_argument("--host", default="127.0.0.1")
-    fake.add_argument("--port", type=int, default=8900)
+    fake.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    fake.add_argument("--port", type=int, default=8900, help="port to listen on (0: any free)")
     fake.add_argument("--api-key", help="the only private key accepted (default: any pk_ key)")
     fake.add_argument("--list", action="append", default=[], metavar="ID[:double]",
-                      help="a list to create; ':double' makes it double opt-in")
+                      help="a list of the account (repeatable; ':double' makes it double "
+                      "opt-in); with any --list, other list ids are unknown (404), without, "
+                      "they are created on first use")
     fake.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
     fake.add_argument("--error-rate", type=float, default=0.0,
-                      help="share of calls answered 503")
+                      help="share of calls answered 503, between 0 and 1")
     fake.add_argument("--outage", type=float, default=0.0, metavar="SECONDS",
                       help="answer 503 to everything for the first SECONDS")
     fake.add_argument("--no-rate-limits", action="store_true",
@@ -83,11 +95,14 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run a Celery worker delivering to Klaviyo")
     worker.add_argument("--broker", default=os.environ.get("KLAVIYO_BROKER_URL"),
                         help="Redis or RabbitMQ URL (default $KLAVIYO_BROKER_URL)")
-    worker.add_argument("--concurrency", type=int, default=2)
+    worker.add_argument("--concurrency", type=int, default=2,
+                        help="pool processes delivering at once")
     worker.add_argument("--api-url", help="default $KLAVIYO_API_URL or Klaviyo")
     worker.add_argument("--state-url", help="Redis for delivery state "
                         "(default $KLAVIYO_STATE_URL, else the broker if it is Redis)")
-    worker.add_argument("--visibility-timeout", type=int, default=3600)
+    worker.add_argument("--visibility-timeout", type=int, default=3600,
+                        help="seconds before a task a dead worker held is given to another "
+                        "(Redis broker)")
     worker.add_argument("--bulk-threshold", type=int, metavar="N",
                         help="tasks waiting in the queue that make it a backlog, sent "
                         "through the bulk endpoints (default $KLAVIYO_BULK_THRESHOLD or 20; "
@@ -97,21 +112,26 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--lease", type=int, metavar="SECONDS",
                         help="how long a bulk round holds its submissions before another "
                         "worker may take them over (default 60)")
-    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--loglevel", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="Celery's log level")
     worker.add_argument("--metrics-port", type=int, metavar="PORT",
                         help="serve Prometheus metrics of every worker process on this port "
                         "(needs the prometheus extra)")
 
     celery_state = commands.add_parser("celery", help="dead letters and counts of Celery delivery")
-    celery_state.add_argument("action", choices=["stats", "dead", "retry", "forget"])
+    celery_state.add_argument("action", choices=["stats", "dead", "retry", "forget"],
+                              help="stats: counts per account; dead: the dead letters; "
+                              "retry: put them back on the queue; forget: erase a person")
     celery_state.add_argument("person", nargs="?", metavar="EMAIL|PHONE",
                               help="forget: the person to erase")
     celery_state.add_argument("--state-url", default=os.environ.get("KLAVIYO_STATE_URL"),
-                              required=not os.environ.get("KLAVIYO_STATE_URL"))
+                              help="the workers' Redis (default $KLAVIYO_STATE_URL, else the "
+                              "broker if it is Redis, as the workers do)")
     celery_state.add_argument("--broker", default=os.environ.get("KLAVIYO_BROKER_URL"),
                               help="for retry: where to enqueue (default $KLAVIYO_BROKER_URL)")
     celery_state.add_argument("--id", action="append", dest="ids", help="retry: only this one")
-    celery_state.add_argument("--show-personal-data", action="store_true")
+    celery_state.add_argument("--show-personal-data", action="store_true",
+                              help="show email addresses and error details in clear")
 
     spool = commands.add_parser("spool", help="inspect and repair the delivery spool")
     actions = spool.add_subparsers(dest="action", required=True)
@@ -155,6 +175,18 @@ def person(text: str) -> dict[str, str]:
         return {"phone_number": fields.phone_number(text, None)}
     except fields.FieldError as exc:
         raise ValueError(f"{redact(text)}: {exc}") from None
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default unless its help already says it, or it has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is None or default is False or default == [] \
+                or default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _fake_klaviyo(args: argparse.Namespace, out: TextIO) -> int:
@@ -288,6 +320,12 @@ def _celery_state(args: argparse.Namespace, out: TextIO) -> int:
     from klaviyo_middleware.delivery.celery.pool import RedisPool
     from klaviyo_middleware.delivery.celery.state import RedisState, accounts_in
 
+    if not args.state_url and (args.broker or "").startswith(("redis://", "rediss://")):
+        args.state_url = args.broker  # where the workers keep it too
+    if not args.state_url:
+        print("klaviyo-middleware: celery needs the workers' Redis: --state-url, "
+              "KLAVIYO_STATE_URL, or a Redis KLAVIYO_BROKER_URL", file=sys.stderr)
+        return 2
     accounts = accounts_in(redis.Redis.from_url(args.state_url))
     if args.action == "retry" and not args.broker:
         print("klaviyo-middleware: retry needs --broker or KLAVIYO_BROKER_URL", file=sys.stderr)
@@ -392,7 +430,13 @@ def _spool_command(args: argparse.Namespace, admin: SpoolAdmin, out: TextIO) -> 
             print(f"{len(letters)} dead letter(s)", file=out)
         return 0
     if args.action == "retry":
-        print(f"re-queued {admin.retry(args.ids)} submission(s)", file=out)
+        requeued = admin.retry(args.ids)
+        print(f"re-queued {requeued} submission(s)", file=out)
+        if args.ids and requeued < len(set(args.ids)):
+            # Named ones that are not dead letters (already retried, purged, a typo).
+            print(f"klaviyo-middleware: {len(set(args.ids)) - requeued} of the --id values "
+                  "named no dead letter (see `spool dead`)", file=sys.stderr)
+            return 1
         return 0
     if args.action == "resume":
         lifted = admin.resume()

@@ -348,7 +348,10 @@ def build_settings(
 
 
 def unknown_option_message(name: str) -> str:
-    close = difflib.get_close_matches(name, BY_NAME, n=1)
+    # "Allowed-Hosts", "klaviyo.api_key", "KLAVIYO_SECRET": the option under
+    # another spelling is the likeliest intent.
+    plain = name.lower().replace("-", "_").replace(".", "_").removeprefix("klaviyo_")
+    close = [plain] if plain in BY_NAME else difflib.get_close_matches(plain, BY_NAME, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(BY_NAME))}"
     return f"unknown klaviyo_middleware option {name!r}{hint}"
 

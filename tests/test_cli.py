@@ -90,6 +90,47 @@ def test_missing_spool_is_a_clear_error(tmp_path, capsys):
     assert "no spool at" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content", [b"print('not a spool')\n" * 100, b""])
+def test_a_file_that_is_not_a_spool_is_a_clear_error(tmp_path, capsys, content):
+    path = tmp_path / "app.py"
+    path.write_bytes(content)
+    assert run("spool", "stats", "--spool", str(path))[0] == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"klaviyo-middleware: {path} is ")
+    assert "not a spool file" in err and len(err.splitlines()) == 1
+    assert path.read_bytes() == content  # untouched
+
+
+def test_another_sqlite_database_is_left_alone(tmp_path, capsys):
+    import sqlite3
+
+    path = tmp_path / "site.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE users (id INTEGER)")
+    assert run("spool", "stats", "--spool", str(path))[0] == 2
+    assert "an SQLite database but not a spool file" in capsys.readouterr().err
+    with sqlite3.connect(path) as db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master")]
+    assert tables == ["users"]
+
+
+def test_retrying_an_id_that_is_no_dead_letter_fails(spool_file, capsys):
+    code, text = run("spool", "retry", "--spool", spool_file, "--id", "doesnotexist")
+    assert (code, text) == (1, "re-queued 0 submission(s)\n")
+    assert "1 of the --id values named no dead letter" in capsys.readouterr().err
+
+
+def test_workers_of_stopped_processes_are_not_counted(spool_file):
+    spool = Spool(spool_file, ACCOUNT)
+    spool.register_sender("gone")
+    with spool._transaction() as db:  # a killed process: its row stays, its pid is gone
+        db.execute("UPDATE workers SET pid = 2147483646 WHERE owner = 'gone'")
+    spool.register_sender("here")
+    spool.close()
+    stats = json.loads(run("spool", "stats", "--spool", spool_file, "--json")[1])
+    assert stats["workers"] == 1
+
+
 def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "klaviyo_middleware.cli", "--version"],
                             capture_output=True, text=True, check=True)
@@ -115,3 +156,41 @@ def test_log_records_are_redacted(caplog):
     with caplog.at_level("INFO"):
         logger.warning("failed for %s with %s", "sarah@example.com", "pk_secret_value")
     assert "sarah@example.com" not in caplog.text and "pk_secret_value" not in caplog.text
+
+
+def every_option(parser=None, prefix=""):
+    import argparse
+
+    from klaviyo_middleware.cli import _parser
+
+    parser = parser or _parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from every_option(sub, f"{prefix} {name}")
+        elif action.dest != "help":
+            yield prefix.strip(), action
+
+
+def test_every_option_says_what_it_does():
+    silent = [f"{command} {action.option_strings or action.dest}"
+              for command, action in every_option() if not action.help]
+    assert silent == []
+
+
+@pytest.mark.parametrize("command", ["demo", "fake-klaviyo", "worker"])
+def test_help_shows_defaults(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text
+    expected = {"demo": "port to listen on (default: 8000)",
+                "fake-klaviyo": "port to listen on (0: any free) (default: 8900)",
+                "worker": "pool processes delivering at once (default: 2)"}[command]
+    assert expected in text
+
+
+def test_celery_state_url_defaults_to_a_redis_broker(monkeypatch, capsys):
+    monkeypatch.delenv("KLAVIYO_STATE_URL", raising=False)
+    assert main(["celery", "stats", "--broker", "amqp://guest@localhost//"]) == 2
+    assert "celery needs the workers' Redis" in capsys.readouterr().err

@@ -54,6 +54,15 @@ def test_unknown_option_fails_at_load_time():
         load("filter_with_typo.ini")
 
 
+@pytest.mark.parametrize(("key", "suggestion"), [
+    ("allowed-hosts", "allowed_hosts"), ("KLAVIYO_SECRET", "secret"),
+    ("klaviyo.api_url", "api_url"), ("actoin_field", "action_field")])
+def test_unknown_key_suggests_the_option_meant(key, suggestion):
+    with pytest.raises(ConfigurationError, match=f"did you mean '{suggestion}'"):
+        filter_app_factory(lambda e, s: [], {}, api_key="pk_test_0123456789abcdef",
+                           **{key: "x"})
+
+
 def test_bad_boolean_fails_at_load_time():
     with pytest.raises(ConfigurationError, match="action_field must be true or false"):
         load("bad_bool.ini")

@@ -910,6 +910,7 @@ class SpoolAdmin:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         if not Path(path).exists():
             raise FileNotFoundError(f"no spool at {path}")
+        _check_is_spool(path)
         self.spool = Spool(path, account="")
 
     def stats(self, now: float | None = None) -> dict[str, Any]:
@@ -944,7 +945,7 @@ class SpoolAdmin:
             "SELECT coalesce(sum(value), 0) FROM counters WHERE name = 'delivered'"
         ).fetchone()
         (paused,) = db.execute("SELECT coalesce(max(until), 0) FROM pauses").fetchone()
-        (workers,) = db.execute("SELECT count(*) FROM workers").fetchone()
+        workers = _live_workers(db, now)
         return {
             "pending": pending,
             "due": due,
@@ -1160,6 +1161,38 @@ def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
     return DeadLetter(
         submission_id, submission, done, attempts, created_at, dead_at, json.loads(error)
     )
+
+
+class NotASpool(ValueError):
+    """An operator pointed at a file that is not a spool."""
+
+
+def _check_is_spool(path: str | os.PathLike[str]) -> None:
+    """Refuse, before touching it, a file that is not a spool: another
+    SQLite database must not get our tables, nor any file a traceback."""
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            found = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'submissions'"
+            ).fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise NotASpool(f"{path} is not a spool file ({exc})") from None
+    if found is None:
+        raise NotASpool(f"{path} is an SQLite database but not a spool file")
+
+
+# A sender re-registers every 5 s; one silent for a minute on another host is gone.
+WORKER_SILENCE = 60.0
+
+
+def _live_workers(db: sqlite3.Connection, now: float) -> int:
+    """Senders that are running: on this host, those whose process lives
+    (a killed one leaves its row until another sender's housekeeping);
+    elsewhere, those heard from within :data:`WORKER_SILENCE`."""
+    host = socket.gethostname()
+    rows = db.execute("SELECT hostname, pid, heartbeat_at FROM workers").fetchall()
+    return sum(1 for hostname, pid, heartbeat in rows
+               if (_process_alive(pid) if hostname == host else now - heartbeat < WORKER_SILENCE))
 
 
 def _process_alive(pid: int) -> bool:
