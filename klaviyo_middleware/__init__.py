@@ -6,6 +6,17 @@
 
 from __future__ import annotations
 
+import warnings
+
+with warnings.catch_warnings():
+    # WebOb 1.8 imports the standard library's cgi module at import time,
+    # which warns on Python 3.11 and 3.12 (3.13 has legacy-cgi instead). We
+    # use none of WebOb's cgi-based parsing (forms are read with multipart),
+    # so WebOb is imported here, once and quietly, before anything else can:
+    # the warning would otherwise show in every user's test run.
+    warnings.filterwarnings("ignore", message="'cgi' is deprecated", category=DeprecationWarning)
+    import webob  # noqa: F401
+
 from klaviyo_middleware.delivery.hooks import CancelSubmission
 from klaviyo_middleware.errors import ConfigurationError
 from klaviyo_middleware.klaviyo.client import KlaviyoError
