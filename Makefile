@@ -17,6 +17,14 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 
 venv: $(BIN)/.installed
 
+# The demo needs the package alone (its fake Klaviyo and server are built in),
+# not the test toolchain: a fresh `make demo` installs a handful of packages.
+$(BIN)/.demo-installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[demo]'
+	touch $@
+
 lint: venv
 	$(BIN)/ruff check .
 
@@ -60,7 +68,7 @@ messages: venv
 		-d $(LOCALE) --no-fuzzy-matching --ignore-obsolete
 	$(BIN)/pybabel compile -D klaviyo_middleware -d $(LOCALE) --statistics
 
-demo: venv
+demo: $(BIN)/.demo-installed
 	$(BIN)/klaviyo-middleware demo --host $(HOST) --port $(PORT)
 
 clean:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -111,6 +112,26 @@ def test_readme_flask_one_liner_works_as_pasted(klaviyo_env):
     assert klaviyo_env.paths()[0] == "/api/profile-import"
 
 
+def test_a_restarted_demo_starts_fake_and_spool_empty(monkeypatch):
+    """Both in memory or both fresh: never "delivered: 9" beside no profiles."""
+    monkeypatch.delenv("KLAVIYO_PRIVATE_API_KEY", raising=False)
+    monkeypatch.delenv("KLAVIYO_SPOOL_PATH", raising=False)
+    first = build_demo("http://127.0.0.1:1")
+    app = TestApp(first)
+    app.post("/klaviyoConnect/api/updateProfile", {"email": "before@example.com"})
+    first.middleware.close()
+    second = build_demo("http://127.0.0.1:1")
+    try:
+        assert second.scratch != first.scratch
+        stats = TestApp(second).get("/_demo/spool").json["stats"]
+        assert stats is None or stats["pending"] == stats["delivered"] == 0
+        assert "a restart starts both empty" in TestApp(second).get("/").text
+    finally:
+        second.middleware.close()
+        for demo in (first, second):
+            shutil.rmtree(demo.scratch, ignore_errors=True)
+
+
 def test_demo_over_a_real_socket(monkeypatch, tmp_path):
     monkeypatch.delenv("KLAVIYO_PRIVATE_API_KEY", raising=False)
     server = make("127.0.0.1", 0, lambda e, s: [])
@@ -147,3 +168,18 @@ def test_demo_over_a_real_socket(monkeypatch, tmp_path):
     assert state["consent"][texter["id"]] == {**state["consent"][texter["id"]],
                                               "sms_marketing": "PENDING"}
     assert "email_marketing" not in state["consent"][texter["id"]]
+
+
+def test_make_demo_installs_the_package_alone(tmp_path):
+    """`make demo` on a fresh machine: no test toolchain (issue: 82 packages)."""
+    import subprocess
+
+    planned = subprocess.run(["make", "-n", "demo", f"VENV={tmp_path / 'venv'}"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+    installs = [line for line in planned.splitlines() if "pip install" in line and "-e" in line]
+    assert installs == [f"{tmp_path / 'venv'}/bin/pip install --quiet -e '.[demo]'"]
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    assert config["options.extras_require"]["demo"].strip() == ""

@@ -23,6 +23,7 @@ def test_importing_the_package_warns_about_nothing():
 
     finished = subprocess.run(
         [sys.executable, "-W", "error", "-c",
-         "import klaviyo_middleware, webob.request; from klaviyo_middleware import KlaviyoMiddleware"],
+         "import klaviyo_middleware, webob.request; "
+         "from klaviyo_middleware import KlaviyoMiddleware"],
         capture_output=True, text=True, timeout=60)
     assert finished.returncode == 0, finished.stderr

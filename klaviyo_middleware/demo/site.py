@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 from html import escape
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from webob import Response
 
-from klaviyo_middleware.delivery.spool.store import ENV_SPOOL_PATH, SpoolAdmin, default_spool_path
+from klaviyo_middleware.delivery.spool.store import ENV_SPOOL_PATH, SpoolAdmin
 from klaviyo_middleware.demo.dashboard import DASHBOARD
 from klaviyo_middleware.klaviyo.client import ENV_API_KEY
 from klaviyo_middleware.middleware import KlaviyoMiddleware
@@ -110,7 +112,8 @@ class DemoSite:
             note = (
                 "No KLAVIYO_PRIVATE_API_KEY is set: submissions go to a fake Klaviyo in this "
                 f"server ({FAKE_PREFIX}/). The newsletter list uses double opt-in: confirm "
-                "the subscription from the dashboard."
+                "the subscription from the dashboard. The fake and the demo's spool live "
+                "in this process only: a restart starts both empty."
                 if self.fake is not None
                 else "Submissions go to your Klaviyo account."
             )
@@ -151,14 +154,19 @@ def build_demo(base_url: str, environ: dict[str, str] | None = None) -> WSGIAppl
     env = os.environ if environ is None else environ
     list_id = env.get(ENV_LIST_ID, "Y6nRLr")
     fake = None
+    scratch: str | None = None
     options: dict[str, Any] = {"custom_source": "klaviyo_middleware demo"}
     if not env.get(ENV_API_KEY):
         fake = FakeKlaviyo(lists={list_id: "double_opt_in"})
         options.update(api_key=DEMO_KEY, api_url=base_url + FAKE_PREFIX)
-        # A spool of its own: leftovers of an earlier demo go to this fake,
-        # never to a real account.
-        options["spool_path"] = env.get(ENV_SPOOL_PATH) or str(
-            default_spool_path().with_name("demo-spool.sqlite3"))
+        # The fake keeps its state in memory, so the spool lives as long:
+        # both start empty with each run (the page says so), and nothing a
+        # fake-backed demo accepted can ever reach a real account.
+        spool_path = env.get(ENV_SPOOL_PATH)
+        if not spool_path:
+            scratch = tempfile.mkdtemp(prefix="klaviyo-middleware-demo-")
+            spool_path = str(Path(scratch) / "spool.sqlite3")
+        options["spool_path"] = spool_path
     wrapped = KlaviyoMiddleware(DemoSite(fake, list_id, None), **options)
     site = wrapped.app
     assert isinstance(site, DemoSite)
@@ -174,6 +182,7 @@ def build_demo(base_url: str, environ: dict[str, str] | None = None) -> WSGIAppl
 
     demo.middleware = wrapped  # type: ignore[attr-defined]
     demo.fake = fake  # type: ignore[attr-defined]
+    demo.scratch = scratch  # type: ignore[attr-defined]
     return demo
 
 
@@ -181,13 +190,19 @@ def serve(host: str, port: int) -> None:
     """Serve the demo until Ctrl+C. Raises ``OSError`` when the port is taken,
     before anything else is started."""
     with make(host, port, _not_ready) as server:
-        server.set_app(build_demo(f"http://{host}:{port}"))
+        demo = build_demo(f"http://{host}:{port}")
+        server.set_app(demo)
         print(f"klaviyo_middleware demo on http://{host}:{port}/  (Ctrl+C stops it)")
         if not os.environ.get(ENV_API_KEY):
             print(f"No {ENV_API_KEY}: delivering to the fake Klaviyo at {FAKE_PREFIX}/; "
                   f"watch http://{host}:{port}/dashboard")
-        with contextlib.suppress(KeyboardInterrupt):
-            server.serve_forever()
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                server.serve_forever()
+        finally:
+            demo.middleware.close()  # type: ignore[attr-defined]
+            if demo.scratch is not None:  # type: ignore[attr-defined]
+                shutil.rmtree(demo.scratch, ignore_errors=True)  # type: ignore[attr-defined]
 
 
 def _not_ready(environ: dict[str, Any], start_response: Any) -> list[bytes]:
