@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test bench lint typecheck pytest venv browser clean messages
+.PHONY: demo test bench lint typecheck pytest venv browser clean messages docs dist
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,8 +68,19 @@ messages: venv
 		-d $(LOCALE) --no-fuzzy-matching --ignore-obsolete
 	$(BIN)/pybabel compile -D klaviyo_middleware -d $(LOCALE) --statistics
 
+# The documentation site, offline, into site/; --strict: a broken link or
+# anchor, or a page left out of mkdocs.yml's nav, is an error.
+docs: venv
+	$(BIN)/mkdocs build --strict
+
+# The release artefacts, checked as a package index would check them.
+dist: venv
+	rm -rf dist
+	$(BIN)/python -m build --sdist --wheel .
+	$(BIN)/twine check --strict dist/*
+
 demo: $(BIN)/.demo-installed
 	$(BIN)/klaviyo-middleware demo --host $(HOST) --port $(PORT)
 
 clean:
-	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache site dist build

@@ -1,4 +1,4 @@
-"""What happened, counted for whoever listens (the README's "Metrics").
+"""What happened, counted for whoever listens (docs/metrics.md).
 
 The middleware, the delivery backends and the Klaviyo client report here;
 :mod:`klaviyo_middleware.contrib.prometheus` listens. With nobody listening

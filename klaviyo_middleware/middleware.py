@@ -85,7 +85,7 @@ _POINTER_FIELDS = {
 }
 
 
-# How a refused body is counted (the README's "Metrics").
+# How a refused body is counted (docs/metrics.md).
 _BODY_REASONS = {413: "too_large", 415: "unsupported_type"}
 
 # What the visitor reads when a post could not be read for a reason we did

@@ -1,4 +1,4 @@
-"""One configuration option, declared once (the README's "Configuration").
+"""One configuration option, declared once (docs/configuration.md).
 
 An :class:`Option` says everything about a setting in one place: its name
 (the keyword argument, the PasteDeploy key, and ``klaviyo_<name>`` in a

@@ -1,4 +1,4 @@
-"""PasteDeploy entry point (the README's "Configuration").
+"""PasteDeploy entry point (docs/configuration.md).
 
 .. code-block:: ini
 

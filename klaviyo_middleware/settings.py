@@ -1,5 +1,5 @@
 """The middleware's options, declared once, and checked once, at start-up
-(the README's "Configuration").
+(docs/configuration.md).
 
 :data:`OPTIONS` is the table: every option the middleware takes as a
 keyword and PasteDeploy as an ini key, with its default, environment

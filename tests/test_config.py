@@ -1,4 +1,4 @@
-"""The README's "Configuration": bad configuration fails at start-up with a clear message."""
+"""docs/configuration.md: bad configuration fails at start-up with a clear message."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The README's "Data we keep": personal data is erased when delivered, when
+"""docs/security.md, "Data we keep": personal data is erased when delivered, when
 old, and on request, and a spool file deleted under a running process loses
 nothing accepted after it."""
 

@@ -1,4 +1,4 @@
-"""The README's "Django" section, followed for real: the test project in
+"""docs/django.md, followed for real: the test project in
 ``tests/django_site`` under Django's own test runner, and served by gunicorn
 with two workers from its one-line ``wsgi.py``."""
 

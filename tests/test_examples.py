@@ -174,7 +174,8 @@ def test_make_demo_installs_the_package_alone(tmp_path):
     """`make demo` on a fresh machine: no test toolchain (issue: 82 packages)."""
     import subprocess
 
-    planned = subprocess.run(["make", "-n", "demo", f"VENV={tmp_path / 'venv'}"], cwd=ROOT,
+    make = shutil.which("make") or "/usr/bin/make"
+    planned = subprocess.run([make, "-n", "demo", f"VENV={tmp_path / 'venv'}"], cwd=ROOT,
                              capture_output=True, text=True, check=True).stdout
     installs = [line for line in planned.splitlines() if "pip install" in line and "-e" in line]
     assert installs == [f"{tmp_path / 'venv'}/bin/pip install --quiet -e '.[demo]'"]

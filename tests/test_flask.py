@@ -1,4 +1,4 @@
-"""The README's "Flask" section: ``KlaviyoConnect`` with an app factory,
+"""docs/flask.md: ``KlaviyoConnect`` with an app factory,
 configuration from ``app.config``, Jinja globals, Flask-Login's user."""
 
 from __future__ import annotations

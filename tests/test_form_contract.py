@@ -1,4 +1,4 @@
-"""The README's "Forms": every form field, and exactly what Klaviyo receives.
+"""docs/forms.md: every form field, and exactly what Klaviyo receives.
 
 The ``klaviyo`` fixture validates each body against Klaviyo's OpenAPI
 request schema (unknown attributes rejected) and fails the test otherwise.

@@ -1,4 +1,4 @@
-"""The README's "Forms": bodies become nested data with PHP bracket semantics, within bounds."""
+"""docs/forms.md: bodies become nested data with PHP bracket semantics, within bounds."""
 
 from __future__ import annotations
 

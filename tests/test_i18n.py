@@ -1,4 +1,4 @@
-"""The README's "Pages and languages": every visitor-facing message in each
+"""docs/pages-and-languages.md: every visitor-facing message in each
 shipped language, chosen per visitor, overridable, and the catalogs in step
 with the code."""
 

@@ -1,4 +1,4 @@
-"""The README's "Mappings and hooks": profile mappings and hooks."""
+"""docs/forms.md, "Mappings and hooks": profile mappings and hooks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The README's "Metrics": counters and gauges scraped and parsed with
+"""docs/metrics.md: counters and gauges scraped and parsed with
 prometheus_client's own parser, in one process and across gunicorn workers."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The README's "Pages and languages": the middleware's own pages, default and
+"""docs/pages-and-languages.md: the middleware's own pages, default and
 in the site's layout."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The README's "Answers": forward, JSON, redirect, Referer, HTML — and the error answers."""
+"""docs/forms.md, "Answers": forward, JSON, redirect, Referer, HTML — and the error answers."""
 
 from __future__ import annotations
 

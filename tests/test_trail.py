@@ -1,4 +1,4 @@
-"""A visible trail (the README's "Data we keep"): one INFO line when a
+"""A visible trail (docs/security.md, "Data we keep"): one INFO line when a
 submission is accepted and one when it is delivered, with the same id, the
 person masked."""
 

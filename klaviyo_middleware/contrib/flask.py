@@ -1,4 +1,4 @@
-"""Flask integration (the README's "Flask"): an extension in Flask's own shape.
+"""Flask integration (docs/flask.md): an extension in Flask's own shape.
 
     from klaviyo_middleware.contrib.flask import KlaviyoConnect
 
@@ -130,7 +130,7 @@ def flask_renderer(app: Flask, template: str) -> PageRenderer:
 
 def _environ_value(key: str, default: Any) -> Any:
     """A template global reading what the middleware left in the WSGI environ
-    of a ``forward``\\ed request (the README's "Answers")."""
+    of a ``forward``\\ed request (docs/forms.md, "Answers")."""
 
     def read() -> Any:
         return request.environ.get(key, default)

@@ -1,4 +1,4 @@
-"""Prometheus metrics (the README's "Metrics"): ``pip install klaviyo_middleware[prometheus]``.
+"""Prometheus metrics (docs/metrics.md): ``pip install klaviyo_middleware[prometheus]``.
 
     from klaviyo_middleware.contrib.prometheus import MetricsMiddleware
     application = MetricsMiddleware(KlaviyoMiddleware(app, api_key=...))

@@ -1,4 +1,4 @@
-"""Hooks (the README's "Mappings and hooks"): change or cancel a submission, observe its delivery.
+"""Hooks (docs/forms.md, "Mappings and hooks"): change or cancel a submission, observe its delivery.
 
 ``before_send(submission, request)`` runs after validation and before the
 submission is queued. It may edit ``submission.profile`` (Klaviyo profile

@@ -4,7 +4,7 @@ Submissions hold names, addresses and phone numbers. Delivered ones are
 deleted at once; a dead letter (refused by Klaviyo, or failing for longer
 than ``retry_max_age``) is kept so that an operator can read why and retry
 it — but not forever. Both the spool and the Celery fleet's Redis state
-expire them after ``dead_letter_max_age`` (the README's "Data we keep").
+expire them after ``dead_letter_max_age`` (docs/security.md, "Data we keep").
 """
 
 from __future__ import annotations

@@ -1,3 +1,2 @@
 """What a visitor reads, in their language: messages marked for translation
-and the gettext catalogs that translate them (the README's "Pages and
-languages")."""
+and the gettext catalogs that translate them (docs/pages-and-languages.md)."""

@@ -1,7 +1,7 @@
 """Which language a visitor reads, and the gettext catalogs that translate into it.
 
 Catalogs are standard GNU gettext ``.mo`` files in the domain
-``klaviyo_middleware`` (the README's "Pages and languages" shows Babel's
+``klaviyo_middleware`` (docs/pages-and-languages.md shows Babel's
 workflow for adding one). The package ships English, German, French,
 Spanish and Dutch in ``klaviyo_middleware/locale``; a site's own
 ``locale_dir`` is searched first, so it can add languages or reword ours,
@@ -75,7 +75,7 @@ class Languages:
                 raise ConfigurationError(
                     f"languages: no catalog for {missing[0]!r}; shipped: "
                     f"{', '.join(shipped_languages())} (add one in locale_dir, see the "
-                    f"README's \"Pages and languages\")")
+                    f"docs/pages-and-languages.md)")
             if not self.offered:
                 raise ConfigurationError("languages must name at least one language")
         self._catalogs = {tag: _catalog(tag, directories) for tag in self.offered}

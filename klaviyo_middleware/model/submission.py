@@ -66,7 +66,7 @@ class Submission:
     confirm_opt_in: bool = True
     event: Event | None = None
     custom_source: str | None = None
-    # Subscribe the phone number to SMS marketing too (see the README's "SMS").
+    # Subscribe the phone number to SMS marketing too (docs/forms.md, "SMS" under "Forms").
     sms_consent: bool = False
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     submitted_at: str = field(

@@ -1,4 +1,4 @@
-"""Reading a submission body into nested data (the README's "Forms").
+"""Reading a submission body into nested data (docs/forms.md).
 
 Forms name their fields with PHP's bracket syntax (``extra[color]``,
 ``lists[]``, ``event[extra][items][0][sku]``) because the Craft plugin did;

@@ -1,7 +1,7 @@
-"""Profile mappings (the README's "Mappings and hooks"): who a submission is about.
+"""Profile mappings (docs/forms.md, "Mappings and hooks"): who a submission is about.
 
 A mapping is a function ``(request) -> dict`` that returns profile fields in
-the form vocabulary of the README's "Forms" (``email``, ``first_name``, ``city``,
+the form vocabulary of docs/forms.md (``email``, ``first_name``, ``city``,
 ``extra`` …). Its result is validated like form input, so a custom mapping
 cannot send Klaviyo anything a form could not. The parsed body is available
 to it as ``request.environ["klaviyo.form"]``.
@@ -31,7 +31,7 @@ ENTRY_POINT_GROUP = "klaviyo_middleware.mappings"
 DEFAULT_MAPPING = "formdata"
 FORM_ENVIRON_KEY = "klaviyo.form"
 
-# Top-level form fields that describe the person (the README's "Forms").
+# Top-level form fields that describe the person (docs/forms.md).
 PROFILE_FIELDS = (
     "email",
     "id",

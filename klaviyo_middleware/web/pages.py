@@ -1,5 +1,5 @@
 """The pages the middleware answers a browser with itself, in the site's look
-and the visitor's language (the README's "Pages and languages").
+and the visitor's language (docs/pages-and-languages.md).
 
 A :class:`Page` holds everything a template needs, already translated; a
 site renders it with its own layout through ``page_renderer`` (helpers for

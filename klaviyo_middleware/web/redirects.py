@@ -1,4 +1,4 @@
-"""Where a visitor may be sent next: redirect and forward targets (the README's "Answers").
+"""Where a visitor may be sent next: redirect and forward targets (docs/forms.md, "Answers").
 
 A public form that redirects to whatever it is told is an open redirect, so
 targets are refused unless they are plainly same-site paths or absolute URLs

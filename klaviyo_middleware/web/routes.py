@@ -1,4 +1,4 @@
-"""Which request paths are Klaviyo Connect actions (see the README's "Forms").
+"""Which request paths are Klaviyo Connect actions (see docs/forms.md).
 
 Matching is one dictionary lookup on ``PATH_INFO`` so that pass-through
 traffic pays almost nothing: every spelling the Craft plugin has used —

@@ -4,7 +4,7 @@ A form that updates Klaviyo profiles and triggers opt-in emails is worth
 abusing: another site can make its visitors post to it (CSRF, subscribing
 them or, with the ``user`` mapping, changing the signed-in person's
 profile), and a script can post thousands of strangers' addresses (opt-in
-spam). See the README's "Security" section for the whole threat model.
+spam). See docs/security.md for the whole threat model.
 """
 
 from __future__ import annotations

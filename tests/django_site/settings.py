@@ -1,4 +1,4 @@
-"""The README's "Django" settings for a site with a signup form."""
+"""docs/django.md settings for a site with a signup form."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Django integration (the README's "Django").
+"""Django integration (docs/django.md).
 
 1. ``INSTALLED_APPS += ["klaviyo_middleware.contrib.django"]``: the
    ``{% load klaviyo_connect %}`` template tags and a start-up check of the

@@ -29,5 +29,5 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 hint=f"set {SETTING}['api_key'] or $KLAVIYO_PRIVATE_API_KEY; the site "
                      "will not start without it")]
         return [Error(str(exc), id=E_INVALID,
-                      hint=f"see the README's \"Configuration\" for {SETTING}")]
+                      hint=f"see docs/configuration.md for {SETTING}")]
     return []

@@ -1,7 +1,7 @@
 """``settings.KLAVIYO_MIDDLEWARE``: the middleware's keywords, read the Django way.
 
 Keys are the keyword arguments of :class:`~klaviyo_middleware.KlaviyoMiddleware`
-(the README's "Configuration"), plus ``page_template``: a Django template
+(docs/configuration.md), plus ``page_template``: a Django template
 name for the middleware's own pages. Keys that take a Python callable
 accept a dotted path as well (``"shop.klaviyo.before_send"``), as Django's
 own settings do. Unset keys fall back to the environment, then the defaults;
