@@ -546,6 +546,13 @@ class KlaviyoMiddleware:
                 **_retry_headers(status, retry_after), **{"Content-Language": language})
         return self._page(request, status, errors, retry_after)
 
+    def page(self, environ: WSGIEnvironment, status: int = 200,
+             errors: Errors | None = None) -> Response:
+        """The page the middleware would answer with itself (the thank-you
+        page for 200), in the visitor's language and the site's layout: for
+        an integration that must answer for it (docs/django.md, ``forward``)."""
+        return self._page(Request(environ), status, errors)
+
     def _page(self, request: Request, status: int, errors: Errors | None = None,
               retry_after: int | None = None) -> Response:
         """One of the middleware's own HTML pages, in the visitor's language

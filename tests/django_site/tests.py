@@ -142,3 +142,37 @@ class SettingsCheckTests(TestCase):
         with override_settings(KLAVIYO_MIDDLEWARE={}):
             [warning] = check_settings()
         self.assertEqual(warning.id, "klaviyo_middleware.W001")
+
+
+class ForwardWithoutCsrfTokenTests(FakeKlaviyoTestCase):
+    """A form that forwards to a view but forgot {% csrf_token %}."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.client = Client(enforce_csrf_checks=True)
+
+    def post_signup(self) -> Any:
+        return self.client.post(UPDATE, {"email": "lin@example.com", "forward": "/signed-up/"},
+                                headers={"accept-language": "de"})
+
+    def test_djangos_own_page_without_the_view(self) -> None:
+        response = self.post_signup()
+        self.assertEqual(response.status_code, 403)
+        # The data was sent all the same: this is what the view exists for.
+        self.assertEqual([p["email"] for p in self.profiles()], ["lin@example.com"])
+
+    def test_the_visitor_sees_thanks_for_data_that_was_sent(self) -> None:
+        with override_settings(CSRF_FAILURE_VIEW="klaviyo_middleware.contrib.django.views."
+                                                 "csrf_failure"), \
+                self.assertLogs("klaviyo_middleware.contrib.django.views", "WARNING") as logs:
+            response = self.post_signup()
+        self.assertEqual(response.status_code, 200)
+        self.assertContains(response, "Ihre Angaben wurden gespeichert.")
+        self.assertIn("add {% csrf_token %} to the form", logs.output[0])
+        self.assertEqual([p["email"] for p in self.profiles()], ["lin@example.com"])
+
+    def test_other_csrf_failures_keep_djangos_answer(self) -> None:
+        with override_settings(CSRF_FAILURE_VIEW="klaviyo_middleware.contrib.django.views."
+                                                 "csrf_failure"):
+            response = self.client.post("/login/", {"username": "x", "password": "y"})
+        self.assertEqual(response.status_code, 403)

@@ -34,6 +34,7 @@ from django.test.client import ClientHandler
 
 from klaviyo_middleware import KlaviyoMiddleware
 from klaviyo_middleware.contrib.django.conf import middleware_options
+from klaviyo_middleware.contrib.django.wsgi import remember
 
 _current = threading.local()
 # One middleware per configuration: a test client is made for every test,
@@ -60,6 +61,7 @@ def _middleware() -> KlaviyoMiddleware:
         middleware = _middlewares.get(key)
         if middleware is None:
             middleware = _middlewares[key] = KlaviyoMiddleware(_django, **options)
+        remember(middleware)
         return middleware
 
 

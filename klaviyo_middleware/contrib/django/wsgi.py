@@ -26,8 +26,22 @@ def get_wsgi_application() -> KlaviyoMiddleware:
     return wrap(django_wsgi_application())
 
 
+_current: list[KlaviyoMiddleware] = []
+
+
 def wrap(application: WSGIApplication) -> KlaviyoMiddleware:
     """Wrap an existing WSGI application (WhiteNoise's, say) with the
     middleware configured from the settings."""
     django.setup(set_prefix=False)
-    return KlaviyoMiddleware(application, **middleware_options())
+    middleware = KlaviyoMiddleware(application, **middleware_options())
+    remember(middleware)
+    return middleware
+
+
+def remember(middleware: KlaviyoMiddleware) -> None:
+    """The process's middleware, for views that answer as it would."""
+    _current[:] = [middleware]
+
+
+def current() -> KlaviyoMiddleware | None:
+    return _current[0] if _current else None
