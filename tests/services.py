@@ -24,3 +24,10 @@ def require_redis() -> None:
     if os.environ.get("CI"):
         raise RuntimeError("Redis is not running on 127.0.0.1:6379 (.ci/run should start it)")
     pytest.skip("needs Redis on 127.0.0.1:6379", allow_module_level=True)
+
+
+def free_port() -> int:
+    """A port nothing listens on now (for a server a test starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -31,7 +31,7 @@ from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.model.submission import Submission
 
 from klaviyo_fake import API_KEY
-from services import RABBIT, REDIS, require_redis
+from services import RABBIT, REDIS, free_port, require_redis
 from services import listening as _listening
 from waiting import wait_for
 
@@ -155,9 +155,7 @@ class TestDelivery:
         app = web(loopback_klaviyo.url)
         for number in range(6):
             app.post(UPDATE, form(number))
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         log_path = tmp_path / "worker.log"
         with open(log_path, "wb") as log:
             worker = start_worker(loopback_klaviyo.url, REDIS, "--metrics-port", str(port),

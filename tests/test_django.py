@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import requests
 
 from klaviyo_middleware.testing import RunningFakeKlaviyo, serve_fake_klaviyo
 
+from services import free_port
 from waiting import wait_for
 
 pytest.importorskip("django")
@@ -51,12 +51,6 @@ def test_manage_py_check_reports_a_bad_setting(tmp_path):
     assert finished.returncode != 0
     assert "klaviyo_middleware.E001" in finished.stderr
     assert "delivery" in finished.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

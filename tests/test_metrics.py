@@ -4,7 +4,6 @@ prometheus_client's own parser, in one process and across gunicorn workers."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from klaviyo_middleware import KlaviyoMiddleware, metrics  # noqa: E402
 from klaviyo_middleware.contrib.prometheus import RECORDER, MetricsMiddleware  # noqa: E402
 
 from klaviyo_fake import API_KEY  # noqa: E402
+from services import free_port  # noqa: E402
 from waiting import wait_for  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
@@ -131,12 +131,6 @@ def test_a_failing_recorder_costs_nobody_anything(make_app, klaviyo, caplog):
         metrics.remove_recorder(broken)  # type: ignore[arg-type]
     assert answer.json["delivered"] is True
     assert "a metrics recorder failed" in caplog.text
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_gunicorn_workers_add_up(loopback_klaviyo, tmp_path):
