@@ -31,6 +31,7 @@ import requests
 
 from klaviyo_middleware.testing import RunningFakeKlaviyo, serve_fake_klaviyo
 
+from services import free_port
 from waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,3 +190,37 @@ def test_the_command_works_as_printed(block, venv, wheel, fake, source_tree, tmp
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
     assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def test_make_demo_serves_from_a_fresh_checkout(source_tree, tmp_path):
+    """The README's first command, as printed, on a checkout with no virtualenv."""
+    make = shutil.which("make") or "/usr/bin/make"
+    port = free_port()
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith(("VIRTUAL_ENV", "KLAVIYO_", "PIP_"))}
+    env["HOME"] = str(tmp_path)
+    log = tmp_path / "demo.log"
+    with open(log, "wb") as output:
+        demo = subprocess.Popen([make, "demo", f"PORT={port}", f"VENV={tmp_path / 'venv'}"],
+                                cwd=source_tree, env=env, stdout=output,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+    def answers() -> bool:
+        assert demo.poll() is None, log.read_text()
+        try:
+            return "klaviyo_middleware demo" in requests.get(
+                f"http://127.0.0.1:{port}/", timeout=2).text
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_for(answers, timeout=300)
+    finally:
+        os.killpg(demo.pid, signal.SIGTERM)
+        demo.wait(timeout=30)
+    installed = subprocess.run([str(tmp_path / "venv" / "bin" / "pip"), "list",
+                                "--format=freeze"], capture_output=True, text=True,
+                               check=True).stdout.splitlines()
+    # The package and its own dependencies: no test toolchain.
+    assert not any(line.lower().startswith(("pytest", "mypy", "ruff", "celery", "playwright"))
+                   for line in installed)
