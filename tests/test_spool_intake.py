@@ -282,3 +282,31 @@ def test_an_intake_that_cannot_be_created_is_a_clear_503_not_a_500(tmp_path, kla
         assert "try again" in response.json["errors"]["form"][0]
     finally:
         middleware.close()
+
+
+def test_a_backlog_moves_in_batches(tmp_path, monkeypatch):
+    """A sender held up while visitors kept coming: the intake's backlog goes
+    into the shared file a batch per transaction, every row exactly once."""
+    from klaviyo_middleware.delivery.spool import store
+
+    monkeypatch.setattr(store, "MOVE_BATCH", 7)
+    spool = store.Spool(tmp_path / "s.sqlite3", "acct")
+    ids = []
+    for number in range(30):
+        submission = Submission(action="identify", profile={"email": f"b{number}@example.com"})
+        spool.enqueue(submission)
+        ids.append(submission.id)
+    commits = []
+    real = spool._transaction
+
+    def counted(*args, **kwargs):
+        commits.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(spool, "_transaction", counted)
+    assert spool.move_intake() == 30
+    assert len(commits) == 5  # 7 + 7 + 7 + 7 + 2
+    claimed = spool.claim("w", 100, lease=60)
+    assert sorted(item.submission.id for item in claimed) == sorted(ids)
+    assert spool.move_intake() == 0
+    spool.close()

@@ -254,15 +254,18 @@ class Intake:
 
     # -- the mover ------------------------------------------------------------
 
-    def rows_after(self, seq: int) -> tuple[list[Row], int]:
-        """The rows not moved yet, in order: those after ``seq`` (the
-        shared spool's watermark for this intake); and the seq up to which
-        the answer is complete (a row ``spool forget`` erased is not in it)."""
+    def rows_after(self, seq: int, limit: int) -> tuple[list[Row], int]:
+        """Up to ``limit`` rows not moved yet, in order: those after ``seq``
+        (the shared spool's watermark for this intake); and the seq up to
+        which the answer is complete (a row ``spool forget`` erased is not
+        in it). A full batch is complete only through its last row."""
         upto = self.last_seq  # committed before the read starts: all visible to it
         with self._move_guard:
             rows = self._mover.execute(
                 "SELECT seq, id, account, payload, created_at FROM intake WHERE seq > ? "
-                "ORDER BY seq", (seq,)).fetchall()
+                "ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
+        if len(rows) == limit:
+            return rows, rows[-1][0]
         return rows, max(upto, rows[-1][0] if rows else 0)
 
     def moved(self, upto: int) -> None:

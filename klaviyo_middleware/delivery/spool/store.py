@@ -68,6 +68,9 @@ ENV_SPOOL_PATH = "KLAVIYO_SPOOL_PATH"
 # older submission about the same person arriving from there within this
 # time still gives way to what a newer one sent.
 MARK_GRACE = 600.0
+# Rows moved from an intake per transaction on the shared file: a backlog
+# (a sender held up) moves in steps, never all in memory or under one lock.
+MOVE_BATCH = 1000
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 
 _SCHEMA = """
@@ -412,10 +415,9 @@ class Spool:
         with self._intake_lock:
             if self._intake is intake:
                 self._intake = None
+        self._move_all(intake)
         with self._transaction() as db:
-            _, upto = self._move(db, intake)
             db.execute("DELETE FROM intakes WHERE name = ?", (intake.name,))
-        intake.moved(upto)
         # Not remove(): whatever is at its path now is not its file.
         with self._fork_guard:
             intake.release()
@@ -440,19 +442,30 @@ class Spool:
         intake = self._intake
         if intake is None or not intake.owned_here or not intake.has_unmoved:
             return 0
-        with self._transaction() as db:
-            rows, upto = self._move(db, intake)
-            self._shared_used = _used_bytes(db)
-        intake.moved(upto)
-        return len(rows)
+        return self._move_all(intake)[0]
+
+    def _move_all(self, intake: Intake) -> tuple[int, int]:
+        """Move everything ``intake`` holds, a batch per transaction, so that
+        neither this process's memory nor the shared file's write lock grows
+        with a backlog. The number moved, and the seq moved through."""
+        moved = upto = 0
+        while True:
+            with self._transaction() as db:
+                rows, upto = self._move(db, intake)
+                self._shared_used = _used_bytes(db)
+            intake.moved(upto)
+            moved += len(rows)
+            if len(rows) < MOVE_BATCH:
+                return moved, upto
 
     def _move(self, db: sqlite3.Connection, intake: Intake) -> tuple[list[Row], int]:
-        """Inside a write transaction on the shared file: copy the intake's
-        rows not moved yet, and advance its watermark in the same commit.
-        The rows, and the seq through which the intake is now moved."""
+        """Inside a write transaction on the shared file: copy up to
+        :data:`MOVE_BATCH` of the intake's rows not moved yet, and advance
+        its watermark in the same commit. The rows, and the seq through which
+        the intake is now moved."""
         found = db.execute("SELECT moved_through FROM intakes WHERE name = ?",
                            (intake.name,)).fetchone()
-        rows, upto = intake.rows_after(found[0] if found else 0)
+        rows, upto = intake.rows_after(found[0] if found else 0, MOVE_BATCH)
         if not rows:
             return rows, upto
         db.executemany(
@@ -488,11 +501,11 @@ class Spool:
                 continue
             if intake is None:
                 continue  # its process is alive
-            rows, _ = self._move_and_remove(intake)
-            if rows:
+            taken, _ = self._move_and_remove(intake)
+            if taken:
                 log.warning("klaviyo_middleware: took over %d submissions a stopped process "
-                            "had accepted", len(rows))
-            moved += len(rows)
+                            "had accepted", taken)
+            moved += taken
         return moved
 
     def _retire_intake(self) -> None:
@@ -510,13 +523,12 @@ class Spool:
             log.error("klaviyo_middleware: could not move this process's intake into the "
                       "spool (%s); another process will", type(exc).__name__)
 
-    def _move_and_remove(self, intake: Intake) -> tuple[list[Row], bool]:
+    def _move_and_remove(self, intake: Intake) -> tuple[int, bool]:
         """Move everything ``intake`` holds into the shared file and remove
         it, unless a row was committed to it meanwhile (then it is only
-        released, for adoption). The rows moved, and whether it is gone."""
+        released, for adoption). The number moved, and whether it is gone."""
         try:
-            with self._transaction() as db:
-                rows, upto = self._move(db, intake)
+            moved, upto = self._move_all(intake)
             with self._fork_guard:
                 removed = intake.remove(upto)
                 if not removed:
@@ -530,7 +542,7 @@ class Spool:
                 # After the file is gone, never before: the watermark is what
                 # keeps its moved rows from being moved twice.
                 db.execute("DELETE FROM intakes WHERE name = ?", (intake.name,))
-        return rows, removed
+        return moved, removed
 
     # -- the sender side ----------------------------------------------------
 
