@@ -176,3 +176,14 @@ class ForwardWithoutCsrfTokenTests(FakeKlaviyoTestCase):
                                                  "csrf_failure"):
             response = self.client.post("/login/", {"username": "x", "password": "y"})
         self.assertEqual(response.status_code, 403)
+
+
+class OneMiddlewarePerConfigurationTests(FakeKlaviyoTestCase):
+    def test_requests_share_the_middleware(self) -> None:
+        from klaviyo_middleware.contrib.django import test as client_module
+
+        self.client.post(UPDATE, {"email": "nope"})
+        before = dict(client_module._middlewares)
+        for _ in range(3):
+            Client().post(UPDATE, {"email": "nope"})
+        self.assertEqual(client_module._middlewares, before)

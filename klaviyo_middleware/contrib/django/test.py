@@ -27,13 +27,14 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from django.conf import settings
 from django.core.handlers.wsgi import WSGIRequest
 from django.http import HttpResponse, HttpResponseBase
 from django.test import Client as DjangoClient
 from django.test.client import ClientHandler
 
 from klaviyo_middleware import KlaviyoMiddleware
-from klaviyo_middleware.contrib.django.conf import middleware_options
+from klaviyo_middleware.contrib.django.conf import configured, middleware_options
 from klaviyo_middleware.contrib.django.wsgi import remember
 
 _current = threading.local()
@@ -55,12 +56,14 @@ def _django(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
 
 
 def _middleware() -> KlaviyoMiddleware:
-    options = middleware_options()
-    key = repr(sorted(options.items(), key=lambda item: item[0]))
+    # Keyed by the settings it is built from (not by the built options, whose
+    # page renderer is a new function each time): one per configuration.
+    key = repr((sorted(configured().items()), settings.USE_I18N, settings.LANGUAGE_CODE,
+                list(settings.LANGUAGES)))
     with _lock:
         middleware = _middlewares.get(key)
         if middleware is None:
-            middleware = _middlewares[key] = KlaviyoMiddleware(_django, **options)
+            middleware = _middlewares[key] = KlaviyoMiddleware(_django, **middleware_options())
         remember(middleware)
         return middleware
 
