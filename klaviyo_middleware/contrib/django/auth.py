@@ -11,6 +11,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.db import close_old_connections
 from django.http import HttpRequest, parse_cookie
@@ -19,7 +20,7 @@ from django.http import HttpRequest, parse_cookie
 def session_user_loader(environ: dict[str, Any]) -> Any:
     """The authenticated user of the request's session, or ``None``."""
     key = parse_cookie(environ.get("HTTP_COOKIE", "")).get(settings.SESSION_COOKIE_NAME)
-    if not key or "django.contrib.auth" not in settings.INSTALLED_APPS:
+    if not key or not apps.is_installed("django.contrib.auth"):
         return None
     from django.contrib.auth import get_user
 
