@@ -164,3 +164,23 @@ def test_set_up_once_per_app(fake):
     extension = KlaviyoConnect(app)
     with pytest.raises(ConfigurationError, match="already"):
         extension.init_app(app)
+
+
+def test_pages_follow_flask_babels_locale(fake):
+    flask_babel = pytest.importorskip("flask_babel")
+    app = flask.Flask(__name__)
+    app.config.update(KLAVIYO_API_KEY="pk_flask_test_key_000000000000", KLAVIYO_API_URL=fake.url,
+                      KLAVIYO_DELIVERY="sync")
+    KlaviyoConnect(app)  # before Flask-Babel: the loader looks it up when asked
+    # The site picks the language from its own ?lang=, not from the browser.
+    flask_babel.Babel(app, locale_selector=lambda: flask.request.args.get("lang", "en"))
+    answer = app.test_client().post(UPDATE + "?lang=nl", data={"email": "nope"},
+                                    headers={"Accept-Language": "de"})
+    assert answer.status_code == 400
+    assert "Vul een geldig e-mailadres in." in answer.text
+    plain = flask.Flask(__name__)
+    plain.config.update(app.config)
+    KlaviyoConnect(plain)
+    answer = plain.test_client().post(UPDATE, data={"email": "nope"},
+                                      headers={"Accept-Language": "de"})
+    assert "Geben Sie eine gültige E-Mail-Adresse ein." in answer.text

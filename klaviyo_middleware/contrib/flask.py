@@ -16,7 +16,8 @@ Every option of :class:`~klaviyo_middleware.KlaviyoMiddleware` is read from
 taking precedence; ``KLAVIYO_PAGE_TEMPLATE`` names a Jinja template for the
 middleware's own pages. Templates get ``klaviyo_inputs(...)``,
 ``klaviyo_errors()`` and ``klaviyo_result()`` as globals. With Flask-Login
-set up on the app, the ``user`` mapping is its ``current_user``.
+set up on the app, the ``user`` mapping is its ``current_user``; with
+Flask-Babel, the middleware's pages follow the locale it selects.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class KlaviyoConnect:
             raise ConfigurationError("KlaviyoConnect is already set up on this app")
         given = {**config_options(app.config), **self.options, **options}
         given.setdefault("user_loader", flask_login_user_loader(app))
+        given.setdefault("language_loader", flask_babel_language_loader(app))
         template = app.config.get(PAGE_TEMPLATE)
         if template and "page_renderer" not in given:
             given["page_renderer"] = flask_renderer(app, template)
@@ -114,6 +116,23 @@ def flask_login_user_loader(app: Flask) -> Any:
             return fields
 
     return load_flask_login_user
+
+
+def flask_babel_language_loader(app: Flask) -> Any:
+    """A ``language_loader`` asking Flask-Babel which locale the app chose
+    for the request (its locale selector); ``None`` (so ``Accept-Language``)
+    while the app has no Flask-Babel, which may be set up after this."""
+
+    def load_flask_babel_language(environ: WSGIEnvironment) -> str | None:
+        if "babel" not in app.extensions:
+            return None
+        from flask_babel import get_locale
+
+        with app.request_context(dict(environ)):
+            locale = get_locale()
+            return str(locale) if locale is not None else None
+
+    return load_flask_babel_language
 
 
 def flask_renderer(app: Flask, template: str) -> PageRenderer:
