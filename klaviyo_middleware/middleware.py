@@ -519,8 +519,9 @@ class KlaviyoMiddleware:
     ) -> WSGIApplication:
         metrics.refused(reason)
         environ = request.environ
+        language = self._language(request)
         # The site's own page shows these beside its fields: in the visitor's language.
-        translated = self._translated(errors, self._language(request))
+        translated = self._translated(errors, language)
         environ[ERRORS_KEY] = translated
         environ[RESULT_KEY] = {"success": False, "errors": translated}
         if forward is not None:
@@ -529,22 +530,24 @@ class KlaviyoMiddleware:
                 return self._forward(environ, body, forward, start_response)
 
             return forwarding
-        return self._answer_refusal(request, status, errors)
+        return self._answer_refusal(request, status, errors, language)
 
     def _refuse(self, request: Request, status: int, errors: Errors, *,
                 reason: str, retry_after: int | None = None) -> Response:
         """Refuse a post before it could be validated (counted by ``reason``)."""
         metrics.refused(reason)
-        return self._answer_refusal(request, status, errors, retry_after)
+        return self._answer_refusal(request, status, errors, self._language(request),
+                                    retry_after)
 
-    def _answer_refusal(self, request: Request, status: int, errors: Errors,
+    def _answer_refusal(self, request: Request, status: int, errors: Errors, language: str,
                         retry_after: int | None = None) -> Response:
+        """The refusal as JSON or as a page, in ``language`` (chosen once per
+        request: a site's ``language_loader`` may be costly)."""
         if responses.wants_json(request):
-            language = self._language(request)
             return responses.json_response(
                 status, {"success": False, "errors": self._translated(errors, language)},
                 **_retry_headers(status, retry_after), **{"Content-Language": language})
-        return self._page(request, status, errors, retry_after)
+        return self._page(request, status, errors, retry_after, language)
 
     def page(self, environ: WSGIEnvironment, status: int = 200,
              errors: Errors | None = None) -> Response:
@@ -554,10 +557,10 @@ class KlaviyoMiddleware:
         return self._page(Request(environ), status, errors)
 
     def _page(self, request: Request, status: int, errors: Errors | None = None,
-              retry_after: int | None = None) -> Response:
+              retry_after: int | None = None, language: str | None = None) -> Response:
         """One of the middleware's own HTML pages, in the visitor's language
         and, with ``page_renderer``, the site's layout."""
-        language = self._language(request)
+        language = language or self._language(request)
         page = pages.build_page(request, status, self.languages, language, errors, retry_after)
         html = pages.render(page, self._page_renderer, self.languages)
         return responses.html_response(status, html, language,

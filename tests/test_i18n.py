@@ -215,3 +215,16 @@ class TestThroughTheMiddleware:
         response = app.post(UPDATE, {"email": "nope"}, status=400,
                             headers={"Accept": "application/json"})
         assert response.json["errors"]["email"] == ["That email looks off."]
+
+
+def test_the_language_is_chosen_once_per_refusal(make_app, klaviyo):
+    asked = []
+
+    def loader(environ):
+        asked.append(environ["PATH_INFO"])
+        return "de"
+
+    app = make_app(language_loader=loader)
+    app.post(UPDATE, {"email": "nope"}, status=400, headers={"Accept": "application/json"})
+    app.post(UPDATE, {"email": "nope"}, status=400)
+    assert asked == [UPDATE, UPDATE]

@@ -118,8 +118,9 @@ def build_page(
             field=name,
             label=_label(name, tr),
             message=tr(message),
-            href=f"{_without_fragment(back)}#{_anchor(name)}" if back and name not in _WHOLE_FORM
-            else None,
+            # The usual convention: a field's id is its name.
+            href=f"{_without_fragment(back)}#{_plain_name(name)}"
+            if back and name not in _WHOLE_FORM else None,
         )
         for name, messages in (errors or {}).items()
         for message in messages
@@ -188,11 +189,6 @@ def _plain_name(name: str) -> str:
     if name.startswith("profile[") and name.endswith("]"):
         return name[:-1].rsplit("[", 1)[-1]
     return name
-
-
-def _anchor(name: str) -> str:
-    # The usual convention: a field's id is its name.
-    return _plain_name(name)
 
 
 def _without_fragment(url: str) -> str:
