@@ -44,8 +44,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     try:
         admin = SpoolAdmin(args.spool)
     except (FileNotFoundError, NotASpool) as exc:
-        print(f"klaviyo-middleware: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     try:
         return _spool_command(args, admin, out)
     finally:
@@ -197,13 +196,13 @@ def _fake_klaviyo(args: argparse.Namespace, out: TextIO) -> int:
     for spec in args.list:
         list_id, _, kind = spec.partition(":")
         if not list_id or kind not in ("", "single", "double"):
-            return _usage(f"--list {spec}: write ID, ID:single or ID:double")
+            return _fail(f"--list {spec}: write ID, ID:single or ID:double")
         lists[list_id] = "double_opt_in" if kind == "double" else "single_opt_in"
     if not 0 <= args.error_rate <= 1:
-        return _usage(f"--error-rate {args.error_rate:g}: a share between 0 and 1 (0.05 is 5%)")
+        return _fail(f"--error-rate {args.error_rate:g}: a share between 0 and 1 (0.05 is 5%)")
     for name in ("latency", "outage", "job_seconds"):
         if getattr(args, name) < 0:
-            return _usage(f"--{name.replace('_', '-')} must not be negative")
+            return _fail(f"--{name.replace('_', '-')} must not be negative")
     faults = Faults(error_rate=args.error_rate, latency=args.latency)
     if args.outage:
         faults.outage(args.outage)
@@ -245,14 +244,14 @@ def _printing(app: Any, out: TextIO) -> Any:
 
 def _cannot_listen(host: str, port: int, error: OSError) -> int:
     reason = (error.strerror or str(error)).lower()
-    print(f"klaviyo-middleware: cannot listen on {host}:{port}: {reason}"
-          f"{' (is another one running? try --port)' if port else ''}", file=sys.stderr)
-    return 2
+    return _fail(f"cannot listen on {host}:{port}: {reason}"
+                 f"{' (is another one running? try --port)' if port else ''}")
 
 
-def _usage(message: str) -> int:
+def _fail(message: str, code: int = 2) -> int:
+    """A mistake the user can fix: one line on stderr, no traceback; the exit code."""
     print(f"klaviyo-middleware: {message}", file=sys.stderr)
-    return 2
+    return code
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -265,13 +264,11 @@ def _worker(args: argparse.Namespace) -> int:
     from klaviyo_middleware.delivery.celery.tasks import QUEUE, make_celery, runtime_for
 
     if not args.broker:
-        print("klaviyo-middleware: --broker or KLAVIYO_BROKER_URL is required", file=sys.stderr)
-        return 2
+        return _fail("--broker or KLAVIYO_BROKER_URL is required")
     if not os.environ.get("KLAVIYO_PRIVATE_API_KEY"):
         # The key is read from the environment only, never from a flag that
         # would show it in the process list.
-        print("klaviyo-middleware: set KLAVIYO_PRIVATE_API_KEY", file=sys.stderr)
-        return 2
+        return _fail("set KLAVIYO_PRIVATE_API_KEY")
     if args.api_url:
         os.environ["KLAVIYO_API_URL"] = args.api_url
     if args.state_url:
@@ -287,8 +284,7 @@ def _worker(args: argparse.Namespace) -> int:
         # Bad settings stop the worker now, not at its first task.
         runtime = runtime_for(app)
     except ConfigurationError as exc:
-        print(f"klaviyo-middleware: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     if args.metrics_port is not None:
         _serve_worker_metrics(args.metrics_port, runtime.state.url)
     app.worker_main([
@@ -323,13 +319,11 @@ def _celery_state(args: argparse.Namespace, out: TextIO) -> int:
     if not args.state_url and (args.broker or "").startswith(("redis://", "rediss://")):
         args.state_url = args.broker  # where the workers keep it too
     if not args.state_url:
-        print("klaviyo-middleware: celery needs the workers' Redis: --state-url, "
-              "KLAVIYO_STATE_URL, or a Redis KLAVIYO_BROKER_URL", file=sys.stderr)
-        return 2
+        return _fail("celery needs the workers' Redis: --state-url, "
+                     "KLAVIYO_STATE_URL, or a Redis KLAVIYO_BROKER_URL")
     accounts = accounts_in(redis.Redis.from_url(args.state_url))
     if args.action == "retry" and not args.broker:
-        print("klaviyo-middleware: retry needs --broker or KLAVIYO_BROKER_URL", file=sys.stderr)
-        return 2
+        return _fail("retry needs --broker or KLAVIYO_BROKER_URL")
     if args.action == "forget":
         return _celery_forget(args, accounts, out)
     for account in accounts:
@@ -360,9 +354,7 @@ def _celery_forget(args: argparse.Namespace, accounts: list[str], out: TextIO) -
     try:
         who = person(args.person or "")
     except ValueError as exc:
-        print(f"klaviyo-middleware: forget needs an email address or phone number: {exc}",
-              file=sys.stderr)
-        return 2
+        return _fail(f"forget needs an email address or phone number: {exc}")
     email, phone = who.get("email"), who.get("phone_number")
     dead = pooled = 0
     for account in accounts:
@@ -434,9 +426,8 @@ def _spool_command(args: argparse.Namespace, admin: SpoolAdmin, out: TextIO) -> 
         print(f"re-queued {requeued} submission(s)", file=out)
         if args.ids and requeued < len(set(args.ids)):
             # Named ones that are not dead letters (already retried, purged, a typo).
-            print(f"klaviyo-middleware: {len(set(args.ids)) - requeued} of the --id values "
-                  "named no dead letter (see `spool dead`)", file=sys.stderr)
-            return 1
+            return _fail(f"{len(set(args.ids)) - requeued} of the --id values named no "
+                         "dead letter (see `spool dead`)", code=1)
         return 0
     if args.action == "resume":
         lifted = admin.resume()
@@ -447,15 +438,13 @@ def _spool_command(args: argparse.Namespace, admin: SpoolAdmin, out: TextIO) -> 
         try:
             who = person(args.person)
         except ValueError as exc:
-            print(f"klaviyo-middleware: {exc}", file=sys.stderr)
-            return 2
+            return _fail(str(exc))
         removed = admin.forget(**who)
         print(f"erased {removed['queued']} queued submission(s) and {removed['dead']} dead "
               f"letter(s) about {redact(args.person)} from {admin.spool.path}", file=out)
         return 0
     if args.ids is None and args.older_than is None and not args.all:
-        print("klaviyo-middleware: purge needs --id, --older-than or --all", file=sys.stderr)
-        return 2
+        return _fail("purge needs --id, --older-than or --all")
     print(f"purged {admin.purge(args.ids, args.older_than)} dead letter(s)", file=out)
     return 0
 
