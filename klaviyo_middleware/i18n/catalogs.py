@@ -31,15 +31,24 @@ Overrides = Mapping[str, Mapping[str, str]]
 
 def shipped_languages() -> tuple[str, ...]:
     """The languages this package has catalogs for, English first."""
-    return _languages_in([SHIPPED_LOCALE_DIR])
+    return available_languages()
 
 
-def _languages_in(directories: Iterable[Path]) -> tuple[str, ...]:
-    found = {SOURCE_LANGUAGE}
-    for directory in directories:
+def available_languages(locale_dir: str | None = None,
+                        overrides: Overrides | None = None) -> tuple[str, ...]:
+    """Every language the middleware can speak, English first: the shipped
+    catalogs, a site's own in ``locale_dir``, and the languages of
+    ``overrides`` (``messages=``)."""
+    found = {SOURCE_LANGUAGE, *(_tag(language) for language in overrides or {})}
+    for directory in _directories(locale_dir):
         found.update(path.parent.parent.name
                      for path in directory.glob(f"*/LC_MESSAGES/{DOMAIN}.mo"))
     return (SOURCE_LANGUAGE, *sorted(found - {SOURCE_LANGUAGE}))
+
+
+def _directories(locale_dir: str | None) -> list[Path]:
+    """Where catalogs are searched, the site's first."""
+    return [*([Path(locale_dir)] if locale_dir else []), SHIPPED_LOCALE_DIR]
 
 
 class Languages:
@@ -60,14 +69,11 @@ class Languages:
         locale_dir: str | None = None,
         overrides: Overrides | None = None,
     ) -> None:
-        directories = [Path(locale_dir)] if locale_dir else []
-        directories.append(SHIPPED_LOCALE_DIR)
         self.overrides = {_tag(language): dict(texts)
                           for language, texts in (overrides or {}).items()}
-        available = set(_languages_in(directories)) | set(self.overrides)
+        available = available_languages(locale_dir, overrides)
         if offered is None:
-            self.offered: tuple[str, ...] = tuple(sorted(
-                available, key=lambda tag: (tag != SOURCE_LANGUAGE, tag)))
+            self.offered: tuple[str, ...] = available
         else:
             self.offered = tuple(_tag(language) for language in offered)
             missing = [tag for tag in self.offered if tag not in available]
@@ -78,7 +84,7 @@ class Languages:
                     f"docs/pages-and-languages.md)")
             if not self.offered:
                 raise ConfigurationError("languages must name at least one language")
-        self._catalogs = {tag: _catalog(tag, directories) for tag in self.offered}
+        self._catalogs = {tag: _catalog(tag, _directories(locale_dir)) for tag in self.offered}
 
     @property
     def default(self) -> str:

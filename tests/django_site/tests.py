@@ -187,3 +187,15 @@ class OneMiddlewarePerConfigurationTests(FakeKlaviyoTestCase):
         for _ in range(3):
             Client().post(UPDATE, {"email": "nope"})
         self.assertEqual(client_module._middlewares, before)
+
+
+class SiteLanguagesTests(TestCase):
+    def test_languages_the_site_added_itself_are_offered(self) -> None:
+        from klaviyo_middleware.contrib.django.conf import site_languages
+
+        with override_settings(LANGUAGES=[("en", "English"), ("it", "Italiano"),
+                                          ("de", "Deutsch")], LANGUAGE_CODE="en"):
+            self.assertEqual(site_languages(), ("en", "de"))
+            # Italian through the site's own words (a catalog in locale_dir works alike).
+            self.assertEqual(site_languages(None, {"it": {"Thank you": "Grazie"}}),
+                             ("en", "it", "de"))

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from klaviyo_middleware import ConfigurationError, KlaviyoMiddleware
+from klaviyo_middleware.i18n.catalogs import Overrides, available_languages
 from klaviyo_middleware.settings import BY_NAME, unknown_option_message
 
 SETTING = "KLAVIYO_MIDDLEWARE"
@@ -60,18 +61,18 @@ def middleware_options() -> dict[str, Any]:
                 f"settings.{SETTING}: give page_template or page_renderer, not both")
         options["page_renderer"] = django_renderer(template)
     if "languages" not in given:
-        options["languages"] = site_languages()
+        options["languages"] = site_languages(options.get("locale_dir"), options.get("messages"))
     return options
 
 
-def site_languages() -> tuple[str, ...] | None:
-    """The site's ``LANGUAGES`` that have catalogs, ``LANGUAGE_CODE`` first;
-    ``None`` (every shipped language) when the site uses no translation."""
-    from klaviyo_middleware.i18n.catalogs import Languages
-
+def site_languages(locale_dir: str | None = None,
+                   overrides: Overrides | None = None) -> tuple[str, ...] | None:
+    """The site's ``LANGUAGES`` the middleware can speak (shipped catalogs,
+    the site's ``locale_dir``, ``messages``), ``LANGUAGE_CODE`` first;
+    ``None`` (every language it can speak) when the site uses no translation."""
     if not settings.USE_I18N:
         return None
-    available = set(Languages().offered)
+    available = set(available_languages(locale_dir, overrides))
     primary = settings.LANGUAGE_CODE.split("-")[0].lower()
     tags = [code.lower() for code, _ in settings.LANGUAGES]
     tags = [primary, *tags] if primary not in tags else sorted(tags, key=lambda t: t != primary)
