@@ -23,7 +23,7 @@ from klaviyo_middleware.klaviyo.client import KlaviyoError
 from klaviyo_middleware.middleware import KlaviyoMiddleware
 from klaviyo_middleware.model.submission import Event, Submission
 from klaviyo_middleware.web.form_inputs import hidden_inputs
-from klaviyo_middleware.web.mappings import MappingError, register_mapping
+from klaviyo_middleware.web.mappings import MappingError, formdata_mapping, register_mapping
 from klaviyo_middleware.web.redirects import sign_redirect
 from klaviyo_middleware.web.security import csrf_token
 
@@ -38,6 +38,7 @@ __all__ = [
     "MappingError",
     "Submission",
     "csrf_token",
+    "formdata_mapping",
     "hidden_inputs",
     "register_mapping",
     "sign_redirect",

@@ -33,9 +33,10 @@ from klaviyo_middleware.klaviyo.steps import plan
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import get_logger, set_personal_data_logging
 from klaviyo_middleware.settings import build_settings, options_doc
-from klaviyo_middleware.web import fields, pages, redirects, responses
+from klaviyo_middleware.web import action_trace, fields, pages, redirects, responses
 from klaviyo_middleware.web.body import (
     FORM_URLENCODED,
+    JSON_TYPES,
     MULTIPART,
     BodyError,
     media_type,
@@ -74,7 +75,10 @@ log = get_logger(__name__)
 RESULT_KEY = "klaviyo.result"
 ERRORS_KEY = "klaviyo.errors"
 
-_FORM_TYPES = (FORM_URLENCODED, MULTIPART)
+# Bodies a hidden ``action`` field can arrive in (Craft reads it from all three).
+_ACTION_FIELD_TYPES = (FORM_URLENCODED, MULTIPART, *JSON_TYPES)
+# Characters a path keeps when it is written into a Location header.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 # How long a visitor is told to wait when Klaviyo cannot take a submission.
 _RETRY_AFTER_SECONDS = "60"
 # Klaviyo error pointers (/data/attributes/...) back to the form field names.
@@ -155,11 +159,11 @@ class KlaviyoMiddleware:
         delivery: str = opts.DELIVERY.default,
         allowed_hosts: str | Iterable[str] = opts.ALLOWED_HOSTS.default,
         secret: str | None = opts.SECRET.default,
-        action_field: bool = opts.ACTION_FIELD.default,
+        action_field: bool | None = opts.ACTION_FIELD.keyword_default,
         phone_region: str | None = opts.PHONE_REGION.default,
         custom_source: str | None = opts.CUSTOM_SOURCE.default,
         event_prefix: str | None = opts.EVENT_PREFIX.default,
-        sms_consent: str = opts.SMS_CONSENT.default,
+        sms_consent: str | None = opts.SMS_CONSENT.keyword_default,
         timeout: float | tuple[float, float] = opts.TIMEOUT.default,
         sync_retry_budget: float = opts.SYNC_RETRY_BUDGET.default,
         max_body_size: int = opts.MAX_BODY_SIZE.default,
@@ -184,6 +188,7 @@ class KlaviyoMiddleware:
         locale_dir: str | None = opts.LOCALE_DIR.default,
         broker_url: str | None = opts.BROKER_URL.keyword_default,
         dead_letter_max_age: float = DEAD_LETTER_MAX_AGE.default,
+        craft_compat: bool | None = opts.CRAFT_COMPAT.keyword_default,
         # Keywords that take Python objects, which no ini file can hold.
         user_loader: UserLoader | None = None,
         mappings: Mapping[str, ProfileMapping] | None = None,
@@ -232,12 +237,14 @@ class KlaviyoMiddleware:
             max_lists=self.settings.max_lists,
             max_properties=self.settings.max_properties,
             refuse_email=refuse_email,
+            drop_invalid_phone=self.settings.craft_compat,
         )
         self.languages = Languages(self.settings.languages, self.settings.locale_dir, messages)
         self._page_renderer = page_renderer
         self._language_loader = language_loader
         self.delivery: Delivery = build_delivery(self.settings, self.hooks, celery_app)
         self._action_field = self.settings.action_field
+        self._craft_compat = self.settings.craft_compat
         self._limits = self.settings.limits
 
     def __repr__(self) -> str:
@@ -268,19 +275,27 @@ class KlaviyoMiddleware:
         # that is not a Klaviyo action.
         route = ACTION_PATHS.get(environ.get("PATH_INFO", ""))
         if route is None:
-            if self._action_field and environ.get("REQUEST_METHOD") == "POST":
-                return self._maybe_action_field(environ, start_response)
+            if environ.get("REQUEST_METHOD") == "POST":
+                return self._other_post(environ, start_response)
             return self.app(environ, start_response)
         if environ.get("REQUEST_METHOD") != "POST":
             return responses.method_not_allowed()(environ, start_response)
         return self._handle(environ, start_response, route, None)
 
-    def _maybe_action_field(
+    def _other_post(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
-        """Craft-style posts to any page with a hidden ``action`` field."""
-        if media_type(environ.get("CONTENT_TYPE")) not in _FORM_TYPES:
+        """A post to any other page: Craft-style, it may carry a hidden ``action``.
+
+        With ``action_field`` the body is read and a Klaviyo Connect action
+        is handled; otherwise (or when the body is not ours to read) the app
+        gets the post as it came, and an action in it is reported as the app
+        reads it, so that no such post is ever dropped without a trace.
+        """
+        if media_type(environ.get("CONTENT_TYPE")) not in _ACTION_FIELD_TYPES:
             return self.app(environ, start_response)
+        if not self._action_field:
+            return self._watched(environ, start_response, action_trace.OFF)
         limits = self._limits
         try:
             declared = int(environ.get("CONTENT_LENGTH") or -1)
@@ -290,7 +305,7 @@ class KlaviyoMiddleware:
             # Not readable within our limits (no declared length, e.g. a
             # chunked upload, or too large), so not ours to judge: the app
             # gets the untouched stream.
-            return self.app(environ, start_response)
+            return self._watched(environ, start_response, action_trace.UNREAD)
         body: bytes | None = None
         try:
             body = read_body(environ, limits)
@@ -303,13 +318,35 @@ class KlaviyoMiddleware:
                             "passing it to the app", type(exc).__name__)
             if body is not None:
                 environ["wsgi.input"] = io.BytesIO(body)
+                kind = action_trace.body_kind(media_type(environ.get("CONTENT_TYPE")))
+                self._trace(environ, action_trace.action_in(body, kind),
+                            action_trace.MALFORMED)
             return self.app(environ, start_response)
         raw_action = form.get("action")
         route = route_for_field(raw_action) if isinstance(raw_action, str) else None
         if route is None:
+            if isinstance(raw_action, str) and action_trace.names_klaviyo_connect(raw_action):
+                self._trace(environ, raw_action.strip(), action_trace.UNKNOWN)
             environ["wsgi.input"] = io.BytesIO(body)
             return self.app(environ, start_response)
         return self._handle(environ, start_response, route, (body, form))
+
+    def _watched(self, environ: WSGIEnvironment, start_response: StartResponse,
+                 reason: str) -> Iterable[bytes]:
+        """The app, reading a body in which a Klaviyo Connect action is reported."""
+        try:
+            length: int | None = int(environ.get("CONTENT_LENGTH") or "")
+        except ValueError:
+            length = None
+        environ["wsgi.input"] = action_trace.ActionWatch(
+            environ["wsgi.input"], log, environ.get("PATH_INFO", ""), reason,
+            action_trace.body_kind(media_type(environ.get("CONTENT_TYPE"))), length)
+        return self.app(environ, start_response)
+
+    @staticmethod
+    def _trace(environ: WSGIEnvironment, action: str | None, reason: str) -> None:
+        if action is not None:
+            action_trace.report(log, environ.get("PATH_INFO", ""), action, reason)
 
     def _handle(
         self,
@@ -345,7 +382,8 @@ class KlaviyoMiddleware:
             _log_accepted(submission, outcome)
         result = {
             "success": True,
-            "action": action,
+            # As posted (track, updateProfile …), not our internal name.
+            "action": route.name,
             "submission_id": submission.id,
             "cancelled": outcome is None,
             "delivered": bool(outcome and outcome.delivered),
@@ -458,7 +496,10 @@ class KlaviyoMiddleware:
             except FieldError as exc:
                 errors.setdefault("forward", []).append(str(exc))
         raw_redirect = form.get("redirect")
-        if raw_redirect not in (None, ""):
+        # With forward, redirect belongs to the forwarded action (Commerce's
+        # checkout posts its own, often an absolute siteUrl()): passed on in
+        # the body untouched, never judged here.
+        if raw_redirect not in (None, "") and raw_forward in (None, ""):
             try:
                 target = fields.text(raw_redirect)
                 if self.settings.secret is not None:
@@ -500,9 +541,15 @@ class KlaviyoMiddleware:
 
     def _success(self, request: Request, redirect: str | None, result: dict[str, Any]) -> Response:
         if responses.wants_json(request):
-            return responses.json_response(200, result)
+            # craft_compat: the plugin's bare "success", which Foster
+            # Commerce's components test with response === 'success'.
+            return responses.json_response(200, "success" if self._craft_compat else result)
         if redirect is not None:
             return responses.see_other(redirect)
+        if self._craft_compat and ACTION_PATHS.get(request.path_info) is None:
+            # Craft's redirectToPostedUrl(): back to the page the form was
+            # posted to (its path, as Craft does), not a thank-you page.
+            return responses.see_other(_posted_page(request.environ))
         referer = redirects.same_origin_referer(request.referer, request.host_url)
         if referer is not None:
             return responses.see_other(referer)
@@ -544,8 +591,14 @@ class KlaviyoMiddleware:
         """The refusal as JSON or as a page, in ``language`` (chosen once per
         request: a site's ``language_loader`` may be costly)."""
         if responses.wants_json(request):
+            translated = self._translated(errors, language)
+            payload: dict[str, Any] = {"success": False, "errors": translated}
+            if self._craft_compat:
+                # Craft's own failure answer (a controller's asFailure()): a
+                # message beside the errors; never the string "success".
+                payload = {"message": _first_message(translated), "errors": translated}
             return responses.json_response(
-                status, {"success": False, "errors": self._translated(errors, language)},
+                status, payload,
                 **_retry_headers(status, retry_after), **{"Content-Language": language})
         return self._page(request, status, errors, retry_after, language)
 
@@ -625,6 +678,18 @@ def _retry_headers(status: int, retry_after: int | None) -> dict[str, str]:
     if status == 503:
         return {"Retry-After": _RETRY_AFTER_SECONDS}
     return {}
+
+
+def _posted_page(environ: WSGIEnvironment) -> str:
+    """The path of the page a form was posted to, for a ``Location`` header;
+    never protocol-relative, whatever ``PATH_INFO`` holds."""
+    path = environ.get("PATH_INFO", "")
+    page = _root(environ) + quote(path.encode("latin-1", "replace"), safe=_PATH_SAFE)
+    return "/" + page.lstrip("/")
+
+
+def _first_message(errors: Errors) -> str:
+    return next((message for messages in errors.values() for message in messages), "")
 
 
 def _root(environ: WSGIEnvironment) -> str:

@@ -85,6 +85,9 @@ class Option(Generic[T]):
     :param from_text: ``from_text(name, text)`` for ini files and the
         environment; the check runs after it.
     :param help: one sentence (or a few) for the documentation.
+    :param craft: the value ``craft_compat=True`` gives the option when
+        neither the caller nor the environment set it (the Craft plugin's
+        behaviour where our default is deliberately safer).
     """
 
     name: str
@@ -93,25 +96,32 @@ class Option(Generic[T]):
     from_text: FromText = as_text
     env: str | None = None
     help: str = ""
+    craft: T | None = None
 
     @property
     def keyword_default(self) -> T | None:
-        """The keyword argument's default: ``None`` when ``env`` may fill it."""
-        return None if self.env else self.default
+        """The keyword argument's default: ``None`` when ``env`` or
+        ``craft_compat`` may fill it."""
+        return None if self.env or self.craft is not None else self.default
 
-    def lookup(self, given: object, environ: Mapping[str, str]) -> Any:
+    def lookup(self, given: object, environ: Mapping[str, str],
+               craft_compat: bool = False) -> Any:
         """What was asked for, unchecked: ``given``, else ``$env``, else the
-        default. ``None`` and ``""`` count as not given."""
+        default (the Craft one under ``craft_compat``). ``None`` and ``""``
+        count as not given."""
         if _given(given):
             return given
         if self.env:
             text = environ.get(self.env, "")
             if text.strip():
                 return self.from_text(self.env, text)
+        if craft_compat and self.craft is not None:
+            return self.craft
         return self.default
 
-    def resolve(self, given: object, environ: Mapping[str, str]) -> Any:
-        return self.check(self.name, self.lookup(given, environ))
+    def resolve(self, given: object, environ: Mapping[str, str],
+                craft_compat: bool = False) -> Any:
+        return self.check(self.name, self.lookup(given, environ, craft_compat))
 
     def read(self, given: object, environ: Mapping[str, str]) -> Any:
         """Like :meth:`resolve`, where ``given`` may be text (a Celery app's
@@ -123,6 +133,8 @@ class Option(Generic[T]):
     def doc(self) -> str:
         """The ``:param:`` line of a docstring."""
         text = self.help
+        if self.craft is not None:
+            text += f" ``{self.craft!r}`` with ``craft_compat``."
         if self.env:
             text += f" Default ``${self.env}``"
             text += f" or ``{self.default!r}``." if self.default is not None else "."

@@ -150,8 +150,9 @@ SECRET: Option[str | None] = Option(
          ":func:`klaviyo_middleware.sign_redirect` (16 characters or more).")
 ACTION_FIELD: Option[bool] = Option(
     "action_field", False, option.boolean, option.as_bool,
-    help="also honour a hidden ``action`` field posted to any path (Craft's way "
-         "of posting forms to the current page).")
+    help="also honour a hidden ``action`` field posted to any path, in an "
+         "urlencoded, multipart or JSON body (Craft's way of posting forms to the "
+         "current page).", craft=True)
 PHONE_REGION: Option[str | None] = Option(
     "phone_region", None, _phone_region,
     help='region for phone numbers written without ``+`` (e.g. ``"US"``); '
@@ -167,7 +168,7 @@ SMS_CONSENT: Option[str] = Option(
     help='``"form"`` subscribes a phone number to SMS when it subscribes alone or '
          'the form posts a true ``sms_consent``; ``"with_phone"`` whenever a '
          "subscribing form carries a phone number, as today's Craft plugin does. "
-         "SMS consent carries legal duties: choose it knowingly.")
+         "SMS consent carries legal duties: choose it knowingly.", craft="with_phone")
 TIMEOUT: Option[float | tuple[float, float]] = Option(
     "timeout", DEFAULT_TIMEOUT, _timeout, _timeout_text,
     help="seconds for Klaviyo calls, or a ``(connect, read)`` pair "
@@ -249,6 +250,15 @@ LOCALE_DIR: Option[str | None] = Option(
     help="a directory of the site's own gettext catalogs "
          "(``<dir>/<lang>/LC_MESSAGES/klaviyo_middleware.mo``), searched before "
          "the shipped ones.")
+CRAFT_COMPAT: Option[bool] = Option(
+    # Off: our defaults are deliberately safer where they differ (SMS consent
+    # needs a choice, a bad phone number is shown to the visitor, AJAX
+    # answers are objects). docs/migrating-from-craft.md lists each.
+    "craft_compat", False, option.boolean, option.as_bool, env="KLAVIYO_CRAFT_COMPAT",
+    help="the Craft plugin's exact behaviour for a site moving from Craft: read "
+         "hidden ``action`` fields, answer AJAX with the string ``\"success\"``, send "
+         "the browser back to the posted page, give SMS consent with a phone "
+         "number, leave out an invalid optional phone number.")
 BROKER_URL: Option[str | None] = Option(
     "broker_url", None, option.optional_text, env=ENV_BROKER_URL,
     help='with ``delivery="celery"``, the Redis or RabbitMQ broker.')
@@ -260,7 +270,7 @@ OPTIONS: tuple[Option[Any], ...] = (
     WORKER_THREADS, RETRY_MAX_AGE, RATE_LIMIT_SHARE, ALLOW_CROSS_SITE, CSRF_MAX_AGE,
     HONEYPOT, CLIENT_RATE_LIMIT, TRUSTED_PROXIES, MAX_LISTS, MAX_PROPERTIES,
     MAX_STRING_LENGTH, LOG_PERSONAL_DATA, LANGUAGES, LOCALE_DIR, BROKER_URL,
-    DEAD_LETTER_MAX_AGE,
+    DEAD_LETTER_MAX_AGE, CRAFT_COMPAT,
 )
 BY_NAME: dict[str, Option[Any]] = {declared.name: declared for declared in OPTIONS}
 
@@ -304,6 +314,7 @@ class Settings:
     locale_dir: str | None
     broker_url: str | None
     dead_letter_max_age: float
+    craft_compat: bool
 
     def __repr__(self) -> str:
         return f"<Settings api_url={self.api_url!r} delivery={self.delivery!r}>"
@@ -336,8 +347,9 @@ def build_settings(
     if unknown:
         raise ConfigurationError(unknown_option_message(sorted(unknown)[0]))
     env = os.environ if environ is None else environ
+    craft_compat = CRAFT_COMPAT.resolve(given.get(CRAFT_COMPAT.name), env)
     values = {
-        declared.name: declared.resolve(given.get(declared.name), env)
+        declared.name: declared.resolve(given.get(declared.name), env, craft_compat)
         for declared in OPTIONS if declared is not API_KEY
     }
     raw_key = API_KEY.lookup(given.get("api_key"), env)

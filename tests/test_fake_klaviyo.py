@@ -86,7 +86,7 @@ class TestThroughTheMiddleware:
     def test_add_to_list_changes_no_consent(self, fake_klaviyo):
         app = TestApp(KlaviyoMiddleware(site, api_key=API_KEY, api_url=fake_klaviyo.url,
                                         delivery="sync"))
-        app.post(UPDATE, {"email": "c@example.com", "list": "VIP", "confirmOptIn": "0"})
+        app.post(UPDATE, {"email": "c@example.com", "list": "VIP", "subscribe": "0"})
         state = fake_klaviyo.snapshot()
         [person] = state["profiles"]
         assert state["consent"] == {}

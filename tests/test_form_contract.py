@@ -10,6 +10,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from klaviyo_middleware.web import notices
+
 UPDATE = "/klaviyoConnect/api/updateProfile"
 IDENTIFY = "/klaviyoConnect/api/identify"
 JSON = {"Accept": "application/json"}
@@ -152,15 +154,21 @@ class TestLists:
         assert klaviyo.calls == []
 
 
-class TestConfirmOptIn:
-    @pytest.mark.parametrize("form", [{}, {"confirmOptIn": "1"}, {"subscribe": "true"}])
-    def test_true_subscribes_with_consent(self, app, klaviyo, form):
+class TestSubscribing:
+    # The first era's confirmOptIn subscribed either way (0 only skipped the
+    # confirmation email); plugin 4.x's useSubscribeEndpoint=1 subscribed.
+    @pytest.mark.parametrize("form", [
+        {}, {"confirmOptIn": "1"}, {"confirmOptIn": "0"}, {"confirmOptIn": ""},
+        {"subscribe": "true"}, {"useSubscribeEndpoint": "1"},
+        {"subscribe": "1", "confirmOptIn": "0"}])
+    def test_subscribes_with_consent(self, app, klaviyo, form):
         post(app, {"email": "a@example.com", "list": "L1", **form})
         assert klaviyo.paths() == ["/api/profile-import",
                                    "/api/profile-subscription-bulk-create-jobs"]
 
-    @pytest.mark.parametrize("form", [{"confirmOptIn": "0"}, {"subscribe": "false"},
-                                      {"confirmOptIn": ""}])
+    @pytest.mark.parametrize("form", [
+        {"subscribe": "false"}, {"subscribe": "0", "confirmOptIn": "1"},
+        {"useSubscribeEndpoint": "0"}])
     def test_false_adds_to_list_by_profile_id(self, app, klaviyo, form):
         post(app, {"email": "a@example.com", "lists[]": ["L1", "L2"], **form})
         assert klaviyo.paths() == ["/api/profile-import",
@@ -170,9 +178,18 @@ class TestConfirmOptIn:
         assert profile_id == [{"data": [{"type": "profile", "id": profile_id[0]["data"][0]["id"]}]}]
         assert profile_id[0]["data"][0]["id"].startswith("01")
 
+    def test_confirm_opt_in_0_is_explained_once_in_the_log(self, app, klaviyo, caplog):
+        notices.forget_all()
+        for address in ("a@example.com", "b@example.com"):
+            post(app, {"email": address, "list": "L1", "confirmOptIn": "0"})
+        explained = [record.getMessage() for record in caplog.records
+                     if "confirmOptIn=0" in record.getMessage()]
+        assert len(explained) == 1
+        assert "list's own opt-in setting decides" in explained[0]
+
     def test_invalid_value(self, app, klaviyo):
-        response = post(app, {"email": "a@example.com", "confirmOptIn": "maybe"}, status=400)
-        assert response.json["errors"] == {"confirmOptIn": ["Choose yes or no."]}
+        response = post(app, {"email": "a@example.com", "subscribe": "maybe"}, status=400)
+        assert response.json["errors"] == {"subscribe": ["Choose yes or no."]}
 
 
 class TestEvent:
@@ -213,21 +230,30 @@ class TestEvent:
         assert response.json["errors"] == {"event[name]": ["Name the event."]}
         assert klaviyo.calls == []
 
-    @pytest.mark.parametrize(
-        ("field", "value", "message"),
-        [("event[value]", "ten", "Enter a number."),
-         ("event[value]", "NaN", "Enter a number."),
-         ("event[value]", "Infinity", "Enter a number."),
-         ("event[value_currency]", "dollars", "Enter a three-letter currency code, e.g. USD."),
-         ("event[name]", "x" * 200, "Use at most 127 characters.")],
-    )
-    def test_invalid_event_fields(self, app, klaviyo, field, value, message):
-        form = {"email": "a@example.com", "event[name]": "X", field: value}
+    def test_a_name_too_long_is_refused(self, app, klaviyo):
+        form = {"email": "a@example.com", "event[name]": "x" * 200}
         response = post(app, form, status=400)
-        assert response.json["errors"] == {field: [message]}
+        assert response.json["errors"] == {"event[name]": ["Use at most 127 characters."]}
+
+    @pytest.mark.parametrize(("field", "value"), [
+        ("event[value]", "ten"), ("event[value]", "Foobar"), ("event[value]", "NaN"),
+        ("event[value]", "Infinity"), ("event[value_currency]", "dollars")])
+    def test_unusable_value_or_currency_is_left_out_with_a_warning(
+            self, app, klaviyo, caplog, field, value):
+        # Hidden fields the visitor cannot correct (the first era's own
+        # example posts event[value]=Foobar): the event goes without them.
+        post(app, {"email": "a@example.com", "event[name]": "X", "event[value]": "5",
+                   "event[value_currency]": "EUR", field: value})
+        (body,) = klaviyo.bodies("/api/events")
+        attributes = body["data"]["attributes"]
+        kept = {"value": 5, "value_currency": "EUR"}
+        kept.pop(field[len("event["):-1])
+        assert {key: attributes[key] for key in ("value", "value_currency")
+                if key in attributes} == kept
+        assert any(f"{field} is not usable" in record.getMessage() for record in caplog.records)
 
     def test_event_comes_after_lists(self, app, klaviyo):
-        post(app, {"email": "a@example.com", "list": "L1", "confirmOptIn": "0",
+        post(app, {"email": "a@example.com", "list": "L1", "subscribe": "0",
                    "event[name]": "Joined"})
         assert klaviyo.paths() == ["/api/profile-import",
                                    "/api/lists/L1/relationships/profiles", "/api/events"]
@@ -239,9 +265,9 @@ class TestEvent:
 
 def test_all_errors_reported_at_once(app, klaviyo):
     response = post(app, {"email": "nope", "phone_number": "12", "list": "bad list",
-                          "event[value]": "x"}, status=400)
+                          "event[value]": "5"}, status=400)
     assert set(response.json["errors"]) == {"email", "phone_number", "lists",
-                                            "event[name]", "event[value]"}
+                                            "event[name]"}
     assert klaviyo.calls == []
 
 

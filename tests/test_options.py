@@ -137,10 +137,12 @@ def test_an_unknown_key_suggests_the_declared_one():
 
 @pytest.mark.parametrize("option", [o for o in OPTIONS if o.env], ids=lambda o: o.name)
 def test_options_with_an_environment_variable_read_it(option: Option[Any], tmp_path):
-    samples = {"api_key": API_KEY, "api_url": "http://127.0.0.1:9",
-               "revision": "2026-10-15", "spool_path": str(tmp_path / "s.sqlite3"),
-               "broker_url": "redis://127.0.0.1:6379/3"}
-    environ = {API_KEY_OPTION.env or "": API_KEY, option.env or "": samples[option.name]}
+    samples: dict[str, Any] = {
+        "api_key": API_KEY, "api_url": "http://127.0.0.1:9",
+        "revision": "2026-10-15", "spool_path": str(tmp_path / "s.sqlite3"),
+        "broker_url": "redis://127.0.0.1:6379/3", "craft_compat": True}
+    environ = {API_KEY_OPTION.env or "": API_KEY,
+               option.env or "": ini_text(samples[option.name])}
     settings = build_settings({}, environ)
     assert getattr(settings, option.name) == samples[option.name]
     # A keyword wins over the environment.

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-HANDLES = ["klaviyoConnect", "klaviyoconnect", "klaviyo-connect"]
+# The plugin's handle in each era, and its renamed successor's.
+HANDLES = ["klaviyoConnect", "klaviyoconnect", "klaviyo-connect", "klaviyo-connect-plus"]
 
 
-def spellings(*names: str) -> list[str]:
+def spellings(*names: str, controller: str = "api") -> list[str]:
     """Every handle and name, with and without /actions and a trailing slash."""
-    return [f"{prefix}{handle}/api/{name}{slash}"
+    return [f"{prefix}{handle}/{controller}/{name}{slash}"
             for handle in HANDLES for name in names
             for prefix in ("/", "/actions/") for slash in ("", "/")]
 
 
 IDENTIFY_PATHS = spellings("identify")
 # The first era's names: a form without confirmOptIn subscribes.
-UPDATE_PATHS = spellings("updateProfile", "update-profile")
+UPDATE_PATHS = (spellings("updateProfile", "update-profile")
+                # The first README's list sign-up, before updateProfile existed.
+                + spellings("addToLists", controller="lists"))
 # Today's name: a form without subscribe only adds to the list.
 TRACK_PATHS = spellings("track")
 
@@ -25,7 +28,7 @@ def test_every_spelling_is_one_lookup():
     from klaviyo_middleware.web.routes import ACTION_PATHS
 
     assert set(ACTION_PATHS) == set(IDENTIFY_PATHS + UPDATE_PATHS + TRACK_PATHS)
-    assert len(ACTION_PATHS) == 3 * 4 * 2 * 2
+    assert len(ACTION_PATHS) == 4 * 5 * 2 * 2
 
 
 @pytest.mark.parametrize("path", IDENTIFY_PATHS)
@@ -42,7 +45,8 @@ def test_identify_paths(app, klaviyo, inner, path):
 def test_update_profile_paths(app, klaviyo, path):
     response = app.post(path, {"email": "a@example.com", "lists[]": "ListA"},
                         headers={"Accept": "application/json"})
-    assert response.json["action"] == "updateProfile"
+    # The answer names the action as the form posted it.
+    assert response.json["action"] == path.strip("/").rsplit("/", 1)[-1]
     assert klaviyo.paths() == [
         "/api/profile-import", "/api/profile-subscription-bulk-create-jobs"
     ]
@@ -52,7 +56,7 @@ def test_update_profile_paths(app, klaviyo, path):
 def test_track_paths_add_to_the_list_unless_asked_to_subscribe(app, klaviyo, path):
     response = app.post(path, {"email": "a@example.com", "list": "ListA"},
                         headers={"Accept": "application/json"})
-    assert response.json["action"] == "updateProfile"
+    assert response.json["action"] == "track"
     assert klaviyo.paths() == ["/api/profile-import", "/api/lists/ListA/relationships/profiles"]
     app.post(path, {"email": "b@example.com", "list": "ListA", "subscribe": "1"})
     assert klaviyo.paths()[-1] == "/api/profile-subscription-bulk-create-jobs"
@@ -107,7 +111,7 @@ class TestActionField:
                                             "email": "a@example.com", "list": "ListA",
                                             "subscribe": "1"},
                             headers={"Accept": "application/json"})
-        assert response.json["action"] == "updateProfile"
+        assert response.json["action"] == "track"
         assert klaviyo.paths() == ["/api/profile-import",
                                    "/api/profile-subscription-bulk-create-jobs"]
         assert inner.calls == []
@@ -119,11 +123,23 @@ class TestActionField:
         assert response.body == b"inner:/contact:action=contact%2Fsend&message=hi"
         assert klaviyo.calls == []
 
-    def test_json_bodies_are_not_inspected(self, make_app, klaviyo, inner):
+    def test_json_bodies_are_read_as_craft_reads_them(self, make_app, klaviyo, inner):
+        # A Nuxt block posting JSON to the page, action and all.
         app = make_app(action_field=True)
-        app.post_json("/api/thing", {"action": "klaviyoConnect/api/identify",
-                                     "email": "a@example.com"})
-        assert klaviyo.calls == [] and len(inner.calls) == 1
+        response = app.post_json("/api/thing", {"action": "klaviyoconnect/api/track",
+                                                "email": "a@example.com", "list": "ListA",
+                                                "subscribe": 1})
+        assert response.json["action"] == "track"
+        assert klaviyo.paths() == ["/api/profile-import",
+                                   "/api/profile-subscription-bulk-create-jobs"]
+        assert inner.calls == []
+
+    def test_json_without_a_klaviyo_action_reaches_the_app_whole(self, make_app, klaviyo,
+                                                                inner):
+        app = make_app(action_field=True)
+        response = app.post_json("/api/thing", {"action": "cart/add", "qty": 2})
+        assert response.body == b'inner:/api/thing:{"action": "cart/add", "qty": 2}'
+        assert klaviyo.calls == []
 
     def test_oversized_bodies_pass_through_unread(self, make_app, klaviyo, inner):
         app = make_app(action_field=True, max_body_size=100)

@@ -51,7 +51,7 @@ class TestForward:
 
     @pytest.mark.parametrize(
         "target",
-        ["//evil.example/x", "https://evil.example/", "/\\evil.example", "thanks",
+        ["//evil.example/x", "https://evil.example/", "/\\evil.example", "https:thanks",
          "/klaviyoConnect/api/identify", "/actions/klaviyo-connect/api/track/",
          "/klaviyoConnect%2Fapi%2Fidentify", "/a\r\nSet-Cookie: x=1", "/%0d%0aX: y",
          "javascript:alert(1)"],

@@ -57,7 +57,7 @@ form{{border:1px solid #ccc;padding:1rem;margin:1rem 0}}label{{display:block;mar
 <form id="contact" method="post" action="/klaviyo-connect/api/track">
   <h2>Contact us</h2>
   <input type="hidden" name="event[name]" value="Contact form">
-  <input type="hidden" name="confirmOptIn" value="0">
+  <input type="hidden" name="subscribe" value="0">
   <input type="hidden" name="redirect" value="/thanks">
   <label>Email <input type="email" name="email" required></label>
   <label>Message <textarea name="event[extra][message]"></textarea></label>

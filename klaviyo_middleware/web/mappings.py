@@ -90,8 +90,10 @@ def formdata_mapping(request: Request) -> dict[str, Any]:
     Both eras of the plugin's forms read the same: ``city`` or
     ``profile[location][city]``, ``extra[Colour]`` or
     ``profile[properties][Colour]`` (merged, the nested one winning per
-    key), ``email`` or ``profile[email]``. An unknown key under
-    ``profile[...]`` is an error rather than silently dropped.
+    key), ``email`` or ``profile[email]``. Any other key directly under
+    ``profile[...]`` (``profile[LastLogin]``, documented by the plugin since
+    2019) is a custom property, as today's plugin sends it; a key under
+    ``profile[properties]`` wins over one of the same name.
     """
     form = form_of(request)
     profile = {key: form[key] for key in PROFILE_FIELDS if key in form}
@@ -100,6 +102,7 @@ def formdata_mapping(request: Request) -> dict[str, Any]:
         return profile
     if not isinstance(nested, dict):
         raise MappingError("profile", msg("Send profile fields as profile[NAME]=value."))
+    custom: dict[str, Any] = {}
     for key, value in nested.items():
         name = _NESTED_ALIASES.get(key, key)
         if name == "location":
@@ -110,11 +113,17 @@ def formdata_mapping(request: Request) -> dict[str, Any]:
             # Flat location keys (profile[city]) work too, as at the top.
             if not blank(value):
                 profile[name] = value
-        else:
-            raise MappingError(f"profile[{key}]", msg(
-                "Unknown profile field; put custom properties under "
-                "profile[properties][NAME]."))
+        elif not blank(value):
+            custom[key] = value
+    if custom:
+        # Under the explicit profile[properties], which wins a clash.
+        _merge_properties(profile, {**custom, **_properties_of(profile)})
     return profile
+
+
+def _properties_of(profile: dict[str, Any]) -> dict[str, Any]:
+    extra = profile.get("extra")
+    return extra if isinstance(extra, dict) else {}
 
 
 def _merge_location(profile: dict[str, Any], location: Any) -> None:

@@ -216,8 +216,13 @@ def forward_target(value: str) -> tuple[str, str]:
 
     The path is percent-decoded the way a server decodes a request line, and
     it must not name a Klaviyo action: forwarding into one would submit twice.
+    Craft writes action routes without a leading slash
+    (``commerce/cart/update-cart``): such a route is the application's own
+    path, relative to its root, as ``PATH_INFO`` is.
     """
     value = _check_characters(value)
+    if not value.startswith("/") and _plainly_relative(value):
+        value = "/" + value
     if not _is_same_site_path(value):
         raise FieldError(msg("Forward to a path on this site, starting with /."))
     path, _, query = value.partition("?")

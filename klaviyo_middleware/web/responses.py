@@ -25,7 +25,7 @@ def wants_json(request: Request) -> bool:
     )
 
 
-def json_response(status: int, payload: dict[str, Any], **headers: str) -> Response:
+def json_response(status: int, payload: Any, **headers: str) -> Response:
     response = Response(
         status=status,
         body=json.dumps(payload).encode("utf-8"),

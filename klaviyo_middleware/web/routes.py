@@ -2,16 +2,20 @@
 
 Matching is one dictionary lookup on ``PATH_INFO`` so that pass-through
 traffic pays almost nothing: every spelling the Craft plugin has used —
-three handles (``klaviyoConnect``, ``klaviyoconnect``, ``klaviyo-connect``)
-times four action names, with or without ``/actions`` in front, with or without a
-trailing slash — is expanded once, at import time, into one table.
+four handles (``klaviyoConnect``, ``klaviyoconnect``, ``klaviyo-connect``
+and the renamed successor's ``klaviyo-connect-plus``) times five actions
+(``api/identify``, ``api/updateProfile``, ``api/update-profile``,
+``api/track`` and the first README's ``lists/addToLists``), with or
+without ``/actions`` in front, with or without a trailing slash — is
+expanded once, at import time, into one table.
 
-Each entry is a :class:`Route`: the action, and what an omitted
-``subscribe``/``confirmOptIn`` field means. The route's name tells which era
-of the plugin a form was written for: ``track`` is today's name, and today's
-plugin only *adds* a person to a list unless the form posts ``subscribe=1``;
-the first era's ``updateProfile`` subscribed unless told ``confirmOptIn=0``.
-Both kinds of form keep meaning what they meant (docs/migrating-from-craft.md).
+Each entry is a :class:`Route`: the action, the name the form posted, and
+what a form that posts neither ``subscribe`` nor ``useSubscribeEndpoint``
+nor ``confirmOptIn`` means. The route's name tells which era of the plugin
+a form was written for: ``track`` is today's name, and today's plugin only
+*adds* a person to a list unless the form posts ``subscribe=1``; the first
+era's ``updateProfile`` subscribed. Both kinds of form keep meaning what
+they meant (docs/migrating-from-craft.md).
 """
 
 from __future__ import annotations
@@ -27,16 +31,24 @@ class Route(NamedTuple):
     action: Action
     # What a form that posts neither ``subscribe`` nor ``confirmOptIn`` means.
     subscribes_by_default: bool
+    # The action's name as the form posted it (``track``, ``updateProfile``),
+    # which is what the JSON answer reports back.
+    name: str
 
 
-_HANDLES: Final = ("klaviyoConnect", "klaviyoconnect", "klaviyo-connect")
+# The plugin's handle in each era, and its renamed successor's (Foster
+# Commerce's own checkout posts to klaviyo-connect-plus/api/track).
+_HANDLES: Final = ("klaviyoConnect", "klaviyoconnect", "klaviyo-connect", "klaviyo-connect-plus")
 _ACTIONS: Final[dict[str, Route]] = {
-    "identify": Route(IDENTIFY, subscribes_by_default=False),
+    "api/identify": Route(IDENTIFY, subscribes_by_default=False, name="identify"),
     # The first era: subscribing was the default.
-    "updateProfile": Route(UPDATE_PROFILE, subscribes_by_default=True),
-    "update-profile": Route(UPDATE_PROFILE, subscribes_by_default=True),
+    "api/updateProfile": Route(UPDATE_PROFILE, subscribes_by_default=True, name="updateProfile"),
+    "api/update-profile": Route(UPDATE_PROFILE, subscribes_by_default=True,
+                                name="update-profile"),
+    # The first README's list sign-up (early 2018), before updateProfile.
+    "lists/addToLists": Route(UPDATE_PROFILE, subscribes_by_default=True, name="addToLists"),
     # Today's plugin: list membership only, unless the form posts subscribe=1.
-    "track": Route(UPDATE_PROFILE, subscribes_by_default=False),
+    "api/track": Route(UPDATE_PROFILE, subscribes_by_default=False, name="track"),
 }
 
 
@@ -45,7 +57,7 @@ def _expand() -> dict[str, Route]:
     for handle in _HANDLES:
         for name, route in _ACTIONS.items():
             for prefix in ("/", "/actions/"):
-                path = f"{prefix}{handle}/api/{name}"
+                path = f"{prefix}{handle}/{name}"
                 table[path] = route
                 table[path + "/"] = route
     return table

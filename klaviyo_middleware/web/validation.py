@@ -22,6 +22,7 @@ from klaviyo_middleware.redact import get_logger
 from klaviyo_middleware.web import fields
 from klaviyo_middleware.web.fields import FieldError
 from klaviyo_middleware.web.mappings import LOCATION_FIELDS
+from klaviyo_middleware.web.notices import warn_once
 from klaviyo_middleware.web.routes import Route
 
 log = get_logger(__name__)
@@ -56,6 +57,10 @@ class ValidationOptions:
     # form posts a true sms_consent; "with_phone": whenever a subscribing
     # form carries a phone number (today's plugin).
     sms_consent: str = "form"
+    # craft_compat: an invalid optional phone number is left out (with a
+    # warning) and the email still goes, as plugin 7.3.1 does; by default it
+    # is an error the visitor can fix.
+    drop_invalid_phone: bool = False
 
 
 class _Collector:
@@ -91,20 +96,23 @@ def build_submission(
         lists = _lists(form, collector)
         if len(lists) > options.max_lists:
             collector.add("lists", msg("Choose at most {count} lists.", count=options.max_lists))
-        confirm = _confirm_opt_in(form, collector, route.subscribes_by_default)
+        confirm = _subscribes(form, collector, route.subscribes_by_default)
         event = _event(form, collector, options)
         if event is not None and len(event.properties) > options.max_properties:
             collector.add("event[extra]", msg("Send at most {count} properties.",
                                                  count=options.max_properties))
     subscribing = bool(lists) and confirm
     has_email = "email" in profile or "email" in collector.errors
-    if not has_email and not (subscribing and profile.get("phone_number")):
+    answer = _sms_consent(form, collector)
+    # An explicit "no" (sms_consent=0) always wins; otherwise a phone number
+    # subscribes when it is alone, when the form said yes, or when the site
+    # chose "with_phone".
+    sms = (subscribing and bool(profile.get("phone_number")) and answer is not False
+           and (not has_email or options.sms_consent == "with_phone" or bool(answer)))
+    if not has_email and not sms:
         # A phone number alone may subscribe (SMS); everything else needs
         # the address that identifies the person.
         collector.add("email", msg("Enter your email address."))
-    sms = subscribing and bool(profile.get("phone_number")) and (
-        not has_email or options.sms_consent == "with_phone"
-        or _sms_consent(form, collector))
     if collector.errors:
         return None, collector.errors
     submission = Submission(
@@ -155,11 +163,7 @@ def _profile(
     for name in _PLAIN_ATTRIBUTES:
         optional(name, fields.text, name)
     optional("image", fields.url, "image")
-    optional(
-        "phone_number",
-        lambda value: fields.phone_number(value, options.phone_region),
-        "phone_number",
-    )
+    _phone(values.get("phone_number"), profile, collector, options)
     location: dict[str, Any] = {}
     for name in LOCATION_FIELDS:
         value = values.get(name)
@@ -183,6 +187,20 @@ def _profile(
     return profile
 
 
+def _phone(value: Any, profile: dict[str, Any], collector: _Collector,
+           options: ValidationOptions) -> None:
+    if fields.blank(value):
+        return
+    try:
+        profile["phone_number"] = fields.phone_number(value, options.phone_region)
+    except FieldError as exc:
+        if options.drop_invalid_phone and "email" in profile:
+            log.warning("klaviyo_middleware: a phone number that is not valid was left out "
+                        "(craft_compat); the email is sent without it")
+        else:
+            collector.add("phone_number", str(exc))
+
+
 def _lists(form: Mapping[str, Any], collector: _Collector) -> list[str]:
     candidates: list[Any] = []
     for name in ("list", "lists"):
@@ -203,18 +221,43 @@ def _lists(form: Mapping[str, Any], collector: _Collector) -> list[str]:
     return lists
 
 
-def _confirm_opt_in(form: Mapping[str, Any], collector: _Collector, default: bool) -> bool:
-    for name in ("confirmOptIn", "subscribe"):
+def _subscribes(form: Mapping[str, Any], collector: _Collector, default: bool) -> bool:
+    """Whether the lists are subscribed to (consent) or only joined.
+
+    Each era's field keeps its era's meaning (docs/migrating-from-craft.md):
+    ``subscribe`` (today) says it outright; ``useSubscribeEndpoint`` (plugin
+    4.0.5-6.x) chose Klaviyo's subscribe call, which honours the list's
+    opt-in setting, over plain membership; the first era's ``confirmOptIn``
+    subscribed either way -- ``0`` only skipped the confirmation email.
+    """
+    for name in ("subscribe", "useSubscribeEndpoint"):
         if name in form:
             value = collector.check(name, fields.boolean, form[name])
             return bool(value) if value is not None else default
+    if "confirmOptIn" in form:
+        if _falsy(form["confirmOptIn"]):
+            warn_once(log, ("confirmOptIn",),
+                      "klaviyo_middleware: confirmOptIn=0 subscribes the person, as it did in "
+                      "the Craft plugin's first era, where it only skipped Klaviyo's "
+                      "confirmation email; Klaviyo's current API has no such switch: the "
+                      "list's own opt-in setting decides whether a confirmation is sent")
+        return True
     return default
 
 
-def _sms_consent(form: Mapping[str, Any], collector: _Collector) -> bool:
-    if form.get("sms_consent") in (None, ""):
+def _falsy(value: Any) -> bool:
+    try:
+        return not fields.boolean(value)
+    except FieldError:
         return False
-    return bool(collector.check("sms_consent", fields.boolean, form["sms_consent"]))
+
+
+def _sms_consent(form: Mapping[str, Any], collector: _Collector) -> bool | None:
+    """The form's answer to SMS consent: ``None`` when it asked nothing."""
+    if form.get("sms_consent") in (None, ""):
+        return None
+    value = collector.check("sms_consent", fields.boolean, form["sms_consent"])
+    return None if value is None else bool(value)
 
 
 def _event(form: Mapping[str, Any], collector: _Collector,
@@ -237,12 +280,12 @@ def _event(form: Mapping[str, Any], collector: _Collector,
         if not fields.blank(event_id):
             unique_id = collector.check(f"event[{key}]", fields.text, event_id) or ""
             break
-    value = None
-    if raw.get("value") not in (None, ""):
-        value = collector.check("event[value]", fields.number, raw["value"])
-    currency = None
-    if raw.get("value_currency") not in (None, ""):
-        currency = collector.check("event[value_currency]", fields.currency, raw["value_currency"])
+    # Value and currency are hidden fields the visitor cannot correct: one
+    # that is not usable is left out with a warning (as the plugin drops it),
+    # never a reason to lose the whole submission.
+    value = _optional_or_dropped(raw.get("value"), fields.number, "event[value]")
+    currency = _optional_or_dropped(raw.get("value_currency"), fields.currency,
+                                    "event[value_currency]")
     # Today's plugin: any other key under event[...] is a property;
     # event[extra][...] (the first era's) wins over a key of the same name.
     properties: dict[str, Any] = {
@@ -262,6 +305,16 @@ def _event(form: Mapping[str, Any], collector: _Collector,
         value_currency=currency,
         time=_event_time(raw.get("timestamp")),
     )
+
+
+def _optional_or_dropped(value: Any, validator: Callable[[Any], Any], name: str) -> Any:
+    if value in (None, ""):
+        return None
+    try:
+        return validator(value)
+    except FieldError:
+        log.warning("klaviyo_middleware: %s is not usable and was left out of the event", name)
+        return None
 
 
 def _event_time(value: Any) -> str | None:

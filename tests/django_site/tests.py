@@ -61,6 +61,23 @@ class SignupTests(FakeKlaviyoTestCase):
         # The before_send hook named by a dotted path in the settings ran.
         self.assertEqual(profile["properties"]["Signed up on"], "django_site")
 
+    def test_a_form_posting_to_its_own_page_with_the_tags_action(self) -> None:
+        # {% klaviyo_inputs "track" %} writes a hidden action and the form
+        # posts to its page: the integration reads that field by default.
+        response = self.client.post("/", {"action": "klaviyoconnect/api/track",
+                                          "email": "ada@example.com", "list": "Y6nRLr",
+                                          "subscribe": "1"})
+        self.assertIn(response.status_code, (200, 303))
+        [profile] = self.profiles()
+        self.assertEqual(profile["email"], "ada@example.com")
+
+    def test_klaviyo_craft_compat_as_a_setting_of_its_own(self) -> None:
+        with override_settings(KLAVIYO_CRAFT_COMPAT=True):
+            response = self.client.post("/", {"action": "klaviyoconnect/api/track",
+                                              "email": "ada@example.com", "list": "Y6nRLr"},
+                                        headers={"X-Requested-With": "XMLHttpRequest"})
+        self.assertEqual(response.json(), "success")
+
     def test_errors_are_forwarded_to_the_view_in_the_visitors_language(self) -> None:
         response = self.client.post(UPDATE, {"email": "nope", "forward": "/signed-up/"},
                                     headers={"accept-language": "de"})

@@ -2,7 +2,9 @@
 
 Keys are the keyword arguments of :class:`~klaviyo_middleware.KlaviyoMiddleware`
 (docs/configuration.md), plus ``page_template``: a Django template
-name for the middleware's own pages. Keys that take a Python callable
+name for the middleware's own pages. ``action_field`` defaults to on (the
+template tag writes a hidden ``action``); ``settings.KLAVIYO_CRAFT_COMPAT``
+is read as ``craft_compat`` too. Keys that take a Python callable
 accept a dotted path as well (``"shop.klaviyo.before_send"``), as Django's
 own settings do. Unset keys fall back to the environment, then the defaults;
 ``user_loader`` and ``language_loader`` default to Django's session and
@@ -24,6 +26,8 @@ from klaviyo_middleware.settings import BY_NAME, unknown_option_message
 
 SETTING = "KLAVIYO_MIDDLEWARE"
 PAGE_TEMPLATE = "page_template"
+# The one switch for a site moving from Craft, also as a setting of its own.
+CRAFT_COMPAT_SETTING = "KLAVIYO_CRAFT_COMPAT"
 # Keywords that take Python objects (the declared options take text, numbers, lists).
 CALLABLE_KEYS = frozenset(
     name for name in inspect.signature(KlaviyoMiddleware.__init__).parameters
@@ -52,6 +56,11 @@ def middleware_options() -> dict[str, Any]:
             raise ConfigurationError(f"settings.{SETTING}: " + unknown_option_message(name))
     options = {name: _imported(name, value) if name in CALLABLE_KEYS else value
                for name, value in given.items() if name != PAGE_TEMPLATE}
+    # {% klaviyo_inputs %} writes a hidden action field and the form posts
+    # to its own page: without action_field nothing would reach Klaviyo.
+    options.setdefault("action_field", True)
+    if "craft_compat" not in given and getattr(settings, CRAFT_COMPAT_SETTING, None) is not None:
+        options["craft_compat"] = getattr(settings, CRAFT_COMPAT_SETTING)
     options.setdefault("user_loader", session_user_loader)
     options.setdefault("language_loader", django_language)
     template = given.get(PAGE_TEMPLATE)

@@ -34,7 +34,11 @@ from django.test import Client as DjangoClient
 from django.test.client import ClientHandler
 
 from klaviyo_middleware import KlaviyoMiddleware
-from klaviyo_middleware.contrib.django.conf import configured, middleware_options
+from klaviyo_middleware.contrib.django.conf import (
+    CRAFT_COMPAT_SETTING,
+    configured,
+    middleware_options,
+)
 from klaviyo_middleware.contrib.django.wsgi import remember
 
 _current = threading.local()
@@ -59,7 +63,7 @@ def _middleware() -> KlaviyoMiddleware:
     # Keyed by the settings it is built from (not by the built options, whose
     # page renderer is a new function each time): one per configuration.
     key = repr((sorted(configured().items()), settings.USE_I18N, settings.LANGUAGE_CODE,
-                list(settings.LANGUAGES)))
+                list(settings.LANGUAGES), getattr(settings, CRAFT_COMPAT_SETTING, None)))
     with _lock:
         middleware = _middlewares.get(key)
         if middleware is None:

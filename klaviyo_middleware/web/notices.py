@@ -1,0 +1,35 @@
+"""Warnings a site needs once, not on every post.
+
+A form with a leftover field (``confirmOptIn=0``) or a hidden ``action``
+the middleware does not act on is posted by every visitor; the operator
+needs to read about it once per form, not once per visitor. Keys are
+remembered per process, and only up to a bound, so that posts naming ever
+new paths cannot grow memory: past the bound a warning is simply repeated.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+# Far more forms than any site has; a few hundred KiB at most.
+MAX_KEYS = 1024
+
+_said: set[tuple[str, ...]] = set()
+_lock = threading.Lock()
+
+
+def warn_once(log: logging.Logger, key: tuple[str, ...], message: str, *args: object) -> None:
+    """Log ``message % args`` as a warning on ``log`` the first time ``key`` is seen."""
+    with _lock:
+        if key in _said:
+            return
+        if len(_said) < MAX_KEYS:
+            _said.add(key)
+    log.warning(message, *args)
+
+
+def forget_all() -> None:
+    """Start afresh (tests; a long-lived process after fixing its forms)."""
+    with _lock:
+        _said.clear()
