@@ -292,10 +292,11 @@ class KlaviyoMiddleware:
         gets the post as it came, and an action in it is reported as the app
         reads it, so that no such post is ever dropped without a trace.
         """
-        if media_type(environ.get("CONTENT_TYPE")) not in _ACTION_FIELD_TYPES:
+        kind = media_type(environ.get("CONTENT_TYPE"))
+        if kind not in _ACTION_FIELD_TYPES:
             return self.app(environ, start_response)
         if not self._action_field:
-            return self._watched(environ, start_response, action_trace.OFF)
+            return self._watched(environ, start_response, kind, action_trace.OFF)
         limits = self._limits
         try:
             declared = int(environ.get("CONTENT_LENGTH") or -1)
@@ -305,10 +306,14 @@ class KlaviyoMiddleware:
             # Not readable within our limits (no declared length, e.g. a
             # chunked upload, or too large), so not ours to judge: the app
             # gets the untouched stream.
-            return self._watched(environ, start_response, action_trace.UNREAD)
+            return self._watched(environ, start_response, kind, action_trace.UNREAD)
         body: bytes | None = None
         try:
             body = read_body(environ, limits)
+            if not action_trace.may_name_an_action(body):
+                # Most posts to a site's pages are its own forms: no need
+                # to parse what cannot name a Klaviyo Connect action.
+                return self.app(environ, start_response)
             form = parse_body(Request(environ), body, limits)
         except Exception as exc:
             # Not a form we can read, so not ours to judge: the app gets the
@@ -318,8 +323,7 @@ class KlaviyoMiddleware:
                             "passing it to the app", type(exc).__name__)
             if body is not None:
                 environ["wsgi.input"] = io.BytesIO(body)
-                kind = action_trace.body_kind(media_type(environ.get("CONTENT_TYPE")))
-                self._trace(environ, action_trace.action_in(body, kind),
+                self._trace(environ, action_trace.action_in(body, action_trace.body_kind(kind)),
                             action_trace.MALFORMED)
             return self.app(environ, start_response)
         raw_action = form.get("action")
@@ -332,7 +336,7 @@ class KlaviyoMiddleware:
         return self._handle(environ, start_response, route, (body, form))
 
     def _watched(self, environ: WSGIEnvironment, start_response: StartResponse,
-                 reason: str) -> Iterable[bytes]:
+                 kind: str, reason: str) -> Iterable[bytes]:
         """The app, reading a body in which a Klaviyo Connect action is reported."""
         try:
             length: int | None = int(environ.get("CONTENT_LENGTH") or "")
@@ -340,7 +344,7 @@ class KlaviyoMiddleware:
             length = None
         environ["wsgi.input"] = action_trace.ActionWatch(
             environ["wsgi.input"], log, environ.get("PATH_INFO", ""), reason,
-            action_trace.body_kind(media_type(environ.get("CONTENT_TYPE"))), length)
+            action_trace.body_kind(kind), length)
         return self.app(environ, start_response)
 
     @staticmethod

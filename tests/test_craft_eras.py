@@ -446,3 +446,29 @@ class TestTheOrderEventRecipe:
         browse(recipe_site, [("action", "klaviyoconnect/api/identify"),
                              ("email", "jane@example.com"), ("profile[first_name]", "Jane")])
         assert imported(klaviyo) == [{"email": "jane@example.com", "first_name": "Jane"}]
+
+
+class TestBackToThePostedPage:
+    """craft_compat without redirect or forward: Craft's redirectToPostedUrl()."""
+
+    FIELDS: ClassVar[dict[str, str]] = {"action": "klaviyoconnect/api/identify",
+                                        "email": "jane@example.com"}
+
+    def test_under_a_script_name(self, make_app, klaviyo):
+        app = make_app(craft_compat=True)
+        answer = app.post("/news/signup", self.FIELDS, extra_environ={"SCRIPT_NAME": "/shop"})
+        assert answer.headers["Location"] == "/shop/news/signup"
+
+    @pytest.mark.parametrize(("path", "location"), [
+        ("//evil.example/x", "/evil.example/x"), ("/%C3%BCber", "/%C3%BCber"),
+        ("/a%20b", "/a%20b")])
+    def test_never_another_host(self, make_app, klaviyo, path, location):
+        app = make_app(craft_compat=True)
+        answer = app.post(path, self.FIELDS)
+        assert answer.headers["Location"] == location
+
+    def test_posted_to_the_action_route_goes_back_to_the_referer(self, make_app, klaviyo):
+        app = make_app(craft_compat=True)
+        answer = app.post("/actions/klaviyoconnect/api/identify", self.FIELDS,
+                          headers={"Referer": "http://localhost/newsletter"})
+        assert answer.headers["Location"] == "http://localhost/newsletter"

@@ -184,3 +184,20 @@ def test_pages_follow_flask_babels_locale(fake):
     answer = plain.test_client().post(UPDATE, data={"email": "nope"},
                                       headers={"Accept-Language": "de"})
     assert "Geben Sie eine gültige E-Mail-Adresse ein." in answer.text
+
+
+def test_craft_compat_from_app_config(fake):
+    app = create_app(KLAVIYO_API_KEY="pk_flask_test_key_000000000000", KLAVIYO_API_URL=fake.url,
+                     KLAVIYO_DELIVERY="sync", KLAVIYO_CRAFT_COMPAT=True)
+    try:
+        middleware = app.extensions["klaviyo_middleware"]
+        assert middleware.settings.action_field is True
+        assert middleware.settings.sms_consent == "with_phone"
+        answer = app.test_client().post(
+            "/join", data={"action": "klaviyoconnect/api/track", "list": LIST,
+                           "email": "ada@example.com"},
+            headers={"X-Requested-With": "XMLHttpRequest"})
+        assert answer.json == "success"
+        assert [p["email"] for p in fake.snapshot()["profiles"]] == ["ada@example.com"]
+    finally:
+        app.extensions["klaviyo_middleware"].close()

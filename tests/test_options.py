@@ -188,3 +188,31 @@ class TestCeleryWorkers:
         assert API_KEY not in repr(config)
         assert [f.name for f in dataclasses.fields(WorkerConfig)] == [
             o.name for o in WORKER_OPTIONS]
+
+
+class TestCraftCompat:
+    """One switch sets the Craft plugin's behaviour; what a site sets itself wins."""
+
+    def test_it_fills_what_was_not_set(self):
+        settings = build_settings({"api_key": API_KEY, "craft_compat": True}, {})
+        assert (settings.action_field, settings.sms_consent) == (True, "with_phone")
+        plain = build_settings({"api_key": API_KEY}, {})
+        assert (plain.craft_compat, plain.action_field, plain.sms_consent) == (
+            False, False, "form")
+
+    def test_explicit_settings_win(self):
+        settings = build_settings({"api_key": API_KEY, "craft_compat": True,
+                                   "action_field": False, "sms_consent": "form"}, {})
+        assert (settings.action_field, settings.sms_consent) == (False, "form")
+
+    def test_from_the_environment_and_an_ini_file(self, tmp_path):
+        settings = build_settings({"api_key": API_KEY}, {"KLAVIYO_CRAFT_COMPAT": "true"})
+        assert settings.craft_compat and settings.action_field
+        middleware = filter_app_factory(lambda e, s: [], {}, api_key=API_KEY,
+                                        craft_compat="true", sms_consent="form",
+                                        spool_path=str(tmp_path / "s.sqlite3"))
+        try:
+            assert (middleware.settings.craft_compat, middleware.settings.sms_consent) == (
+                True, "form")
+        finally:
+            middleware.close()

@@ -44,6 +44,9 @@ _PATTERNS = {kind: (re.compile(start + _ROUTE_VALUE + rb'(?=[&"\r\n])', re.IGNOR
              for kind, start in _STARTS.items()}
 # The same routes, in an ``action`` value already read.
 _ROUTE = re.compile(r"^/?(?:actions/)?klaviyo-?connect(?:-plus)?/", re.IGNORECASE)
+# Every route above holds "klaviyo" in some case; searching for these first
+# (a plain substring search) keeps the regular expressions off ordinary bodies.
+_HINTS = (b"laviyo", b"LAVIYO")
 # Enough of the previous chunk to find a match that straddles two reads.
 _OVERLAP = 1024
 
@@ -75,9 +78,16 @@ def body_kind(media_type: str) -> str:
     return "json"
 
 
+def may_name_an_action(chunk: bytes) -> bool:
+    """Cheap first look: can ``chunk`` hold a Klaviyo Connect route at all?"""
+    return any(hint in chunk for hint in _HINTS)
+
+
 def action_in(chunk: bytes, kind: str, complete: bool = True) -> str | None:
     """The Klaviyo Connect route an ``action`` field in ``chunk`` names,
     decoded; ``complete`` when ``chunk`` runs to the end of the body."""
+    if not may_name_an_action(chunk):
+        return None
     match = _PATTERNS[kind][complete].search(chunk)
     if match is None:
         return None
