@@ -9,12 +9,13 @@ a status.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from typing import Protocol
 
-log = logging.getLogger(__name__)
+from klaviyo_middleware.redact import get_logger
+
+log = get_logger(__name__)
 
 
 class Recorder(Protocol):

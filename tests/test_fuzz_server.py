@@ -167,3 +167,67 @@ def test_no_post_gets_a_5xx_or_holds_the_server(served, path, body, extra):
         assert answer.getheader("Retry-After")
     else:
         assert answer.status < 500, (answer.status, payload[:200])
+
+
+# Every header the middleware or WebOb may read, at every length up to what
+# waitress accepts (256 KB of headers in all): each answer must stay cheap.
+HEADER_NAMES = ["Accept-Language", "Accept", "Referer", "Origin", "Sec-Fetch-Site",
+                "X-Forwarded-For", "X-Requested-With", "Cookie", "Content-Type", "User-Agent"]
+HEADER_UNITS = ["de-DE;q=0.9, ", "aa-", "a", ",", ";q=", "http://x/", "[::1]", "1.2.3.4, ",
+                "%zz", "é", "multipart/form-data; boundary=", "*/*;q=0.1,"]
+long_headers = st.builds(lambda unit, count: unit * count, st.sampled_from(HEADER_UNITS),
+                         st.sampled_from([0, 1, 10, 1_000, 10_000, 100_000, 200_000]))
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(ACTIONS), name=st.sampled_from(HEADER_NAMES), value=long_headers,
+       body=st.sampled_from([b"email=nope", b"email=a%40example.com&list=Y6nRLr"]))
+def test_headers_of_every_length_cost_little(served, path, name, value, body):
+    port, _ = served
+    value = value[:250_000].encode("utf-8")[:250_000].decode("latin-1")
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=ANSWER_BOUND)
+    try:
+        connection.putrequest("POST", path)
+        if name != "Content-Type":
+            connection.putheader("Content-Type", "application/x-www-form-urlencoded")
+        connection.putheader("Content-Length", str(len(body)))
+        connection.putheader(name, value)
+        connection.endheaders(body)
+        answer = connection.getresponse()
+        answer.read()
+    finally:
+        connection.close()
+    assert answer.status < 500 or (answer.status == 503 and answer.getheader("Retry-After"))
+
+
+def test_a_200_kb_accept_language_does_not_hold_an_ordinary_visitor(served):
+    """Four posts with huge Accept-Language headers at once, then a plain GET:
+    the GET is answered while they run (it once waited 85 s)."""
+    port, _ = served
+    # One long hyphenated "tag": WebOb's parser backtracks over it in time
+    # that grows with the square of its length (11 s for 180 KB).
+    header = "aa-" * 66_000 + "a"
+
+    def post() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=ANSWER_BOUND)
+        try:
+            connection.request("POST", "/klaviyoConnect/api/identify", body=b"email=nope",
+                               headers={"Content-Type": "application/x-www-form-urlencoded",
+                                        "Accept-Language": header})
+            connection.getresponse().read()
+        finally:
+            connection.close()
+
+    posts = [threading.Thread(target=post) for _ in range(4)]
+    for thread in posts:
+        thread.start()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=ANSWER_BOUND)
+    try:
+        connection.request("GET", "/")
+        assert connection.getresponse().read() == b"the site"
+    finally:
+        connection.close()
+    for thread in posts:
+        thread.join(ANSWER_BOUND)
+        assert not thread.is_alive()

@@ -228,3 +228,23 @@ def test_the_language_is_chosen_once_per_refusal(make_app, klaviyo):
     app.post(UPDATE, {"email": "nope"}, status=400, headers={"Accept": "application/json"})
     app.post(UPDATE, {"email": "nope"}, status=400)
     assert asked == [UPDATE, UPDATE]
+
+
+def test_only_a_browsers_worth_of_accept_language_is_negotiated(monkeypatch):
+    """WebOb's parser is quadratic in the header's length: it never sees more
+    than a few hundred characters, however long the header."""
+    from klaviyo_middleware.i18n import catalogs
+
+    seen: list[str] = []
+    real = catalogs.create_accept_language_header
+
+    def recording(header: str) -> object:
+        seen.append(header)
+        return real(header)
+
+    monkeypatch.setattr(catalogs, "create_accept_language_header", recording)
+    languages = catalogs.Languages(None, None, None)
+    assert languages.negotiate("fr-CH, fr;q=0.9, " + "x-a;q=0.1, " * 100_000) == "fr"
+    assert languages.negotiate(" " * 300 + "de") == "en"
+    assert max(len(header) for header in seen) <= catalogs.MAX_ACCEPT_LANGUAGE
+    assert max(header.count(",") for header in seen) < catalogs.MAX_LANGUAGE_TAGS

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
+from typing import Any
 
 import jinja2
 import pytest
@@ -155,3 +157,42 @@ class TestSiteLayout:
         assert response.text == "<p>site</p>"
         assert response.headers["Cache-Control"] == "no-store"
         assert response.headers["Content-Language"] == "en"
+
+
+def test_a_failing_site_template_never_logs_the_form_in_clear(make_app, klaviyo, caplog):
+    """A site template that trips over a form value: the traceback names the
+    value, and the log still shows it masked (pages.py logs through the
+    redacting logger, as every module of the package does)."""
+
+    def renderer(page: Any) -> str:
+        raise KeyError("sarah.connor@example.com")
+
+    app = make_app(page_renderer=renderer)
+    app.post("/klaviyoConnect/api/identify", {"email": "sarah.connor@example"}, status=400)
+    assert "page_renderer failed" in caplog.text
+    assert "sarah.connor@example.com" not in caplog.text
+    assert "s***@example.com" in caplog.text
+
+
+def test_every_logger_of_the_package_redacts():
+    import importlib
+    import logging
+    import pkgutil
+
+    import klaviyo_middleware
+    from klaviyo_middleware.redact import RedactingFilter
+
+    unfiltered = []
+    for module_info in pkgutil.walk_packages(klaviyo_middleware.__path__, "klaviyo_middleware."):
+        if ".contrib." in module_info.name or module_info.name.endswith(("celery_tasks",
+                                                                         "celery_worker")):
+            continue  # optional dependencies; their source is checked below
+        module = importlib.import_module(module_info.name)
+        for value in vars(module).values():
+            if isinstance(value, logging.Logger) and not any(
+                    isinstance(item, RedactingFilter) for item in value.filters):
+                unfiltered.append(module_info.name)
+    assert unfiltered == []
+    sources = Path(klaviyo_middleware.__file__).parent.rglob("*.py")
+    assert [path.name for path in sources
+            if "logging.getLogger(" in path.read_text() and path.name != "redact.py"] == []

@@ -23,7 +23,6 @@ Flask-Babel, the middleware's pages follow the locale it selects.
 from __future__ import annotations
 
 import difflib
-import logging
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ from flask import Flask, render_template, request
 
 from klaviyo_middleware import KlaviyoMiddleware
 from klaviyo_middleware.errors import ConfigurationError
+from klaviyo_middleware.redact import get_logger
 from klaviyo_middleware.settings import BY_NAME
 from klaviyo_middleware.web.form_inputs import hidden_inputs
 from klaviyo_middleware.web.pages import Page, PageRenderer
@@ -38,7 +38,7 @@ from klaviyo_middleware.web.pages import Page, PageRenderer
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 PREFIX = "KLAVIYO_"
 PAGE_TEMPLATE = "KLAVIYO_PAGE_TEMPLATE"

@@ -25,6 +25,9 @@ DOMAIN = "klaviyo_middleware"
 SHIPPED_LOCALE_DIR = Path(__file__).resolve().parent.parent / "locale"
 # The language the messages are written in: no catalog needed.
 SOURCE_LANGUAGE = "en"
+# What of an Accept-Language header is negotiated (bounded_accept_language).
+MAX_ACCEPT_LANGUAGE = 256
+MAX_LANGUAGE_TAGS = 16
 
 Overrides = Mapping[str, Mapping[str, str]]
 
@@ -95,14 +98,15 @@ class Languages:
         ``de-AT`` finds ``de``), else the first offered."""
         if len(self.offered) == 1 or not accept_language:
             return self.default
-        header = create_accept_language_header(accept_language)
+        header = create_accept_language_header(bounded_accept_language(accept_language))
         chosen = header.lookup(language_tags=self.offered, default=self.default)
         return str(chosen)
 
     def offered_tag(self, language: str) -> str | None:
         """The offered tag for a language a site chose (``de_AT`` → ``de``),
         or ``None`` when it is not offered."""
-        chosen = create_accept_language_header(language.replace("_", "-")).lookup(
+        chosen = create_accept_language_header(
+            bounded_accept_language(language.replace("_", "-"))).lookup(
             language_tags=self.offered, default="")
         return str(chosen) or None
 
@@ -124,6 +128,18 @@ class Languages:
             # A site's override with a wrong placeholder: the English text
             # rather than an error page about an error page.
             return str(text)
+
+
+def bounded_accept_language(header: str) -> str:
+    """The first :data:`MAX_LANGUAGE_TAGS` tags of an ``Accept-Language``,
+    within :data:`MAX_ACCEPT_LANGUAGE` characters.
+
+    Browsers send a handful of tags in well under 200 characters. WebOb's
+    parser takes time that grows with the square of the header's length (a
+    200 KB header held a process for seconds), so only a browser's worth
+    is ever negotiated; a cut-off last tag is just another tag.
+    """
+    return ",".join(header[:MAX_ACCEPT_LANGUAGE].split(",", MAX_LANGUAGE_TAGS)[:MAX_LANGUAGE_TAGS])
 
 
 def _tag(language: str) -> str:

@@ -11,7 +11,6 @@ readable page: system font, the problems in a list with each field's label,
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from html import escape
@@ -21,9 +20,10 @@ from webob import Request
 
 from klaviyo_middleware.i18n.catalogs import Languages
 from klaviyo_middleware.i18n.message import Message, msg
+from klaviyo_middleware.redact import get_logger
 from klaviyo_middleware.web.redirects import same_origin_referer
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # The label a visitor reads for a field's problem; fields not named here are
 # shown by their form name, and problems with the whole form have no label.
