@@ -116,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--metrics-port", type=int, metavar="PORT",
                         help="serve Prometheus metrics of every worker process on this port "
                         "(needs the prometheus extra)")
+    worker.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDRESS",
+                        help="the address the metrics listen on; 0.0.0.0 for every "
+                        "interface, only behind a firewall (default 127.0.0.1)")
 
     celery_state = commands.add_parser("celery", help="dead letters and counts of Celery delivery")
     celery_state.add_argument("action", choices=["stats", "dead", "retry", "forget"],
@@ -286,7 +289,7 @@ def _worker(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         return _fail(str(exc))
     if args.metrics_port is not None:
-        _serve_worker_metrics(args.metrics_port, runtime.state.url)
+        _serve_worker_metrics(args.metrics_host, args.metrics_port, runtime.state.url)
     app.worker_main([
         "worker", "-Q", QUEUE, f"--concurrency={args.concurrency}",
         f"--loglevel={args.loglevel}", "--without-gossip", "--without-mingle",
@@ -294,7 +297,7 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_worker_metrics(port: int, state_url: str) -> None:
+def _serve_worker_metrics(host: str, port: int, state_url: str) -> None:
     """Count in every pool process and serve the sum from this one.
 
     prometheus_client adds up processes through files in one directory,
@@ -307,7 +310,9 @@ def _serve_worker_metrics(port: int, state_url: str) -> None:
     from klaviyo_middleware.contrib.prometheus import CeleryCollector, instrument, registry_for
 
     instrument()
-    start_http_server(port, registry=registry_for([CeleryCollector(state_url)]))
+    # Loopback unless asked: the counts say how a site's sign-ups go, and a
+    # scraper on the same host (or a sidecar) is the usual reader.
+    start_http_server(port, addr=host, registry=registry_for([CeleryCollector(state_url)]))
 
 
 def _celery_state(args: argparse.Namespace, out: TextIO) -> int:

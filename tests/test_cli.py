@@ -194,3 +194,25 @@ def test_celery_state_url_defaults_to_a_redis_broker(monkeypatch, capsys):
     monkeypatch.delenv("KLAVIYO_STATE_URL", raising=False)
     assert main(["celery", "stats", "--broker", "amqp://guest@localhost//"]) == 2
     assert "celery needs the workers' Redis" in capsys.readouterr().err
+
+
+def test_worker_metrics_listen_on_loopback_unless_asked(monkeypatch, tmp_path):
+    """The counts tell how a site's sign-ups go: not for every interface."""
+    pytest.importorskip("prometheus_client")
+    import prometheus_client
+
+    from klaviyo_middleware import cli
+
+    served: list[dict[str, object]] = []
+    monkeypatch.setattr(prometheus_client, "start_http_server",
+                        lambda port, addr="0.0.0.0", **kwargs: served.append(  # noqa: S104
+                            {"port": port, "addr": addr}))
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    parser = cli._parser()
+    everywhere = "0.0.0.0"  # noqa: S104 - what the test asks for
+    for argv, address in ((["worker", "--metrics-port", "9464"], "127.0.0.1"),
+                          (["worker", "--metrics-port", "9464", "--metrics-host", everywhere],
+                           everywhere)):
+        args = parser.parse_args(argv)
+        cli._serve_worker_metrics(args.metrics_host, args.metrics_port, "redis://127.0.0.1:9/0")
+        assert served[-1] == {"port": 9464, "addr": address}

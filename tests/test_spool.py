@@ -197,3 +197,43 @@ def test_housekeeping_turns_go_to_one_process_at_a_time(tmp_path):
     assert not first.take_turn("truncate_wal", 60.0, now=1059.0)
     assert second.take_turn("truncate_wal", 60.0, now=1061.0)
     assert second.take_turn("prune", 60.0, now=1061.0), "each task has its own turn"
+
+
+class TestPrivateFiles:
+    """Spool, WAL, SHM and intake files hold addresses: owner-only, always."""
+
+    def test_an_existing_world_readable_spool_is_made_private(self, tmp_path, caplog):
+        import os
+        import stat
+
+        path = tmp_path / "spool.sqlite3"
+        Spool(path, ACCOUNT).close()
+        for name in ("spool.sqlite3", "spool.sqlite3-wal", "spool.sqlite3-shm"):
+            target = tmp_path / name
+            target.touch()
+            os.chmod(target, 0o644)
+        spool = Spool(path, ACCOUNT)
+        try:
+            spool.enqueue(make_submission())
+            files = [p for p in tmp_path.rglob("*") if p.is_file()]
+            assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files), \
+                {p.name: oct(p.stat().st_mode) for p in files}
+            assert "readable by other users" in caplog.text
+        finally:
+            spool.close()
+
+    def test_one_clear_line_when_it_cannot_be_changed(self, tmp_path, monkeypatch):
+        import os
+
+        from klaviyo_middleware import ConfigurationError
+
+        path = tmp_path / "spool.sqlite3"
+        path.touch()
+        os.chmod(path, 0o644)
+
+        def refused(*args: object, **kwargs: object) -> None:
+            raise PermissionError("not the owner")
+
+        monkeypatch.setattr(os, "chmod", refused)
+        with pytest.raises(ConfigurationError, match=r"readable by other users.*chmod 600"):
+            Spool(path, ACCOUNT)

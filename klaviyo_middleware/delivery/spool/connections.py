@@ -7,12 +7,20 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from klaviyo_middleware.errors import ConfigurationError
+from klaviyo_middleware.redact import get_logger
+
+log = get_logger(__name__)
+
 _jitter = random.Random()  # noqa: S311 - retry spacing, not security
+# The files SQLite keeps beside a database in WAL mode.
+_COMPANIONS = ("-wal", "-shm")
 
 
 def open_wal(path: Path, durability: str, patience: float) -> sqlite3.Connection:
@@ -26,6 +34,8 @@ def open_wal(path: Path, durability: str, patience: float) -> sqlite3.Connection
         # Submissions hold personal data: owner only. SQLite gives the
         # -wal and -shm files the same permissions.
         path.touch(mode=0o600)
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in _COMPANIONS)):
+        make_private(file)
     db = sqlite3.connect(path, timeout=patience, isolation_level=None,
                          check_same_thread=False)
     # Processes starting together on a fresh file race to set it up.
@@ -35,6 +45,26 @@ def open_wal(path: Path, durability: str, patience: float) -> sqlite3.Connection
     # with zeros, not left readable in free pages.
     db.execute("PRAGMA secure_delete=ON")
     return db
+
+
+def make_private(path: Path) -> None:
+    """Make an existing file owner-only (it holds addresses); a file that
+    others may read and that we may not change stops the start with one line."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    if not mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return
+    try:
+        os.chmod(path, 0o600)
+    except OSError:
+        raise ConfigurationError(
+            f"{path} is readable by other users (mode {stat.filemode(mode)}) and this "
+            "process may not change that; it holds personal data: chmod 600 it, or run as "
+            "its owner") from None
+    log.warning("klaviyo_middleware: %s was readable by other users (mode %s); made it "
+                "owner-only, as it holds personal data", path, stat.filemode(mode))
 
 
 def file_identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
