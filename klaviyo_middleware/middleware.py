@@ -52,13 +52,16 @@ from klaviyo_middleware.web.mappings import (
     ProfileMapping,
     UserLoader,
 )
+from klaviyo_middleware.web.notices import warn_once
 from klaviyo_middleware.web.pages import PageRenderer
 from klaviyo_middleware.web.routes import ACTION_PATHS, Route, route_for_field
 from klaviyo_middleware.web.security import (
     ClientRateLimiter,
     check_csrf_token,
     client_address,
+    client_key,
     cross_site_reason,
+    is_public,
 )
 from klaviyo_middleware.web.validation import (
     EmailFilter,
@@ -179,6 +182,7 @@ class KlaviyoMiddleware:
         csrf_max_age: float = opts.CSRF_MAX_AGE.default,
         honeypot: str | None = opts.HONEYPOT.default,
         client_rate_limit: str | None = opts.CLIENT_RATE_LIMIT.default,
+        client_ipv6_prefix: int = opts.CLIENT_IPV6_PREFIX.default,
         trusted_proxies: int = opts.TRUSTED_PROXIES.default,
         max_lists: int = opts.MAX_LISTS.default,
         max_properties: int = opts.MAX_PROPERTIES.default,
@@ -215,8 +219,8 @@ class KlaviyoMiddleware:
             raise ConfigurationError("csrf_session needs a secret to sign tokens with")
         self._csrf_session = csrf_session
         set_personal_data_logging(self.settings.log_personal_data)
-        rate = self.settings.client_rate_limit
-        self._client_limiter = ClientRateLimiter(*rate) if rate else None
+        rate = self._client_rate = self.settings.client_rate_limit
+        self._client_limiter = ClientRateLimiter(rate.limit, rate.period) if rate else None
         self.hooks = Hooks(before_send, on_delivered, on_retry, on_dead)
         if self.settings.delivery == "celery" and (
             self.hooks.delivered_hooks or self.hooks.retry_hooks or self.hooks.dead_hooks
@@ -436,10 +440,19 @@ class KlaviyoMiddleware:
                 return self._refuse(request, 403, {"form": [msg(
                     "This form must be sent from this site. Reload the page and try again.")]},
                     reason="cross_site")
-        if self._client_limiter is not None:
-            client = client_address(request.environ, self.settings.trusted_proxies)
-            wait = self._client_limiter.retry_after(client)
+        if self._client_limiter is not None and self._client_rate is not None:
+            address = client_address(request.environ, self.settings.trusted_proxies)
+            if self._client_rate.public_only and not is_public(address):
+                return None
+            wait = self._client_limiter.retry_after(
+                client_key(address, self.settings.client_ipv6_prefix))
             if wait:
+                if self._client_rate.public_only:
+                    warn_once(log, ("default client_rate_limit",),
+                              "klaviyo_middleware: the default client_rate_limit (120 a minute "
+                              "per client and process) refused a post; if visitors reach the "
+                              "site through a proxy or CDN, set trusted_proxies, or set "
+                              "client_rate_limit yourself ('off' to turn it off)")
                 return self._refuse(request, 429, {"form": [msg(
                     "Too many submissions. Please wait a moment and try again.")]},
                     retry_after=wait, reason="rate_limited")

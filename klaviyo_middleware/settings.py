@@ -40,7 +40,12 @@ from klaviyo_middleware.klaviyo.account import (
 from klaviyo_middleware.klaviyo.client import DEFAULT_TIMEOUT
 from klaviyo_middleware.option import Option, split_list
 from klaviyo_middleware.web.body import BodyLimits
-from klaviyo_middleware.web.security import parse_rate
+from klaviyo_middleware.web.security import (
+    DEFAULT_CLIENT_RATE,
+    DEFAULT_IPV6_PREFIX,
+    ClientRate,
+    parse_rate,
+)
 from klaviyo_middleware.web.validation import SMS_CONSENT_MODES
 
 DELIVERIES = ("spool", "sync", "celery")
@@ -104,13 +109,21 @@ def _timeout_text(name: str, value: str) -> float | tuple[float, float]:
     return option.as_float(name, value)
 
 
-def _client_rate(name: str, value: object) -> tuple[int, float] | None:
+def _client_rate(name: str, value: object) -> ClientRate | None:
     if value is None or value == "":
+        return DEFAULT_CLIENT_RATE
+    if isinstance(value, str) and value.strip().lower() in ("off", "none", "false", "0"):
         return None
     try:
-        return parse_rate(str(value))
+        return ClientRate(*parse_rate(str(value)))
     except ValueError as exc:
-        raise ConfigurationError(f"{name}: {exc}") from None
+        raise ConfigurationError(f"{name}: {exc}; or 'off'") from None
+
+
+def _ipv6_prefix(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 128:
+        raise ConfigurationError(f"{name} must be a prefix length from 1 to 128, got {value!r}")
+    return value
 
 
 def _languages(name: str, value: object) -> tuple[str, ...] | None:
@@ -219,10 +232,19 @@ HONEYPOT: Option[str | None] = Option(
     help="name of a hidden field humans leave empty; a submission that fills it "
          "gets the usual success answer and is not sent.")
 CLIENT_RATE_LIMIT: Option[str | None] = Option(
-    # Off unless asked for: no legitimate site should be throttled by surprise.
+    # On by default, but only for clients with a public address: a site
+    # behind a proxy it has not told us about (trusted_proxies) sees every
+    # visitor at the proxy's private address, and must never be throttled
+    # as one client by surprise.
     "client_rate_limit", None, _client_rate,
-    help='e.g. ``"10/minute"``: submissions per client IP and process; more get '
-         "429 with ``Retry-After``. Off by default.")
+    help='e.g. ``"10/minute"``: submissions per client (an IPv4 address, an IPv6 '
+         "network) and process, for every address; more get 429 with ``Retry-After``. "
+         "Unset: 120 a minute for clients with a public address only. ``\"off\"`` turns "
+         "it off.")
+CLIENT_IPV6_PREFIX: Option[int] = Option(
+    "client_ipv6_prefix", DEFAULT_IPV6_PREFIX, _ipv6_prefix, option.as_int,
+    help="IPv6 clients are counted by network of this prefix length (one "
+         "subscriber usually holds a whole /64).")
 TRUSTED_PROXIES: Option[int] = Option(
     "trusted_proxies", 0, option.count, option.as_int,
     help="how many proxies in front of the site append to ``X-Forwarded-For`` "
@@ -268,7 +290,7 @@ OPTIONS: tuple[Option[Any], ...] = (
     PHONE_REGION, CUSTOM_SOURCE, EVENT_PREFIX, SMS_CONSENT, TIMEOUT, SYNC_RETRY_BUDGET,
     MAX_BODY_SIZE, MAX_FIELDS, MAX_DEPTH, SPOOL_PATH, SPOOL_DURABILITY, SPOOL_MAX_SIZE,
     WORKER_THREADS, RETRY_MAX_AGE, RATE_LIMIT_SHARE, ALLOW_CROSS_SITE, CSRF_MAX_AGE,
-    HONEYPOT, CLIENT_RATE_LIMIT, TRUSTED_PROXIES, MAX_LISTS, MAX_PROPERTIES,
+    HONEYPOT, CLIENT_RATE_LIMIT, CLIENT_IPV6_PREFIX, TRUSTED_PROXIES, MAX_LISTS, MAX_PROPERTIES,
     MAX_STRING_LENGTH, LOG_PERSONAL_DATA, LANGUAGES, LOCALE_DIR, BROKER_URL,
     DEAD_LETTER_MAX_AGE, CRAFT_COMPAT,
 )
@@ -304,7 +326,8 @@ class Settings:
     allow_cross_site: bool
     csrf_max_age: float
     honeypot: str | None
-    client_rate_limit: tuple[int, float] | None
+    client_rate_limit: ClientRate | None
+    client_ipv6_prefix: int
     trusted_proxies: int
     max_lists: int
     max_properties: int

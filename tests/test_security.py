@@ -9,7 +9,12 @@ from requests import ConnectionError as RequestsConnectionError
 from requests import ReadTimeout
 
 from klaviyo_middleware import ConfigurationError, csrf_token
-from klaviyo_middleware.web.security import ClientRateLimiter, client_address, parse_rate
+from klaviyo_middleware.web.security import (
+    ClientRateLimiter,
+    client_address,
+    client_key,
+    parse_rate,
+)
 
 from klaviyo_fake import API_KEY
 
@@ -108,9 +113,46 @@ class TestAbuseControls:
         app.post(UPDATE, VALID, headers=JSON, extra_environ={"REMOTE_ADDR": "203.0.113.10"})
         assert klaviyo.paths().count("/api/profile-import") == 4
 
-    def test_off_by_default(self, app, klaviyo):
-        for _ in range(30):
-            app.post(UPDATE, VALID, headers=JSON)
+    def test_the_default_budget_limits_public_addresses_only(self, app, klaviyo, caplog):
+        # A proxy's private address, or none at all, is every visitor at
+        # once: never limited by default.
+        for address in ("127.0.0.1", "10.0.0.2", "fd00::1", None):
+            env = {"REMOTE_ADDR": address} if address else {}
+            for _ in range(130):
+                app.post(UPDATE, VALID, headers=JSON, extra_environ=env)
+        # A client on the internet is: 120 a minute.
+        env = {"REMOTE_ADDR": "93.184.216.34"}
+        for _ in range(120):
+            app.post(UPDATE, VALID, headers=JSON, extra_environ=env)
+        app.post(UPDATE, VALID, headers=JSON, extra_environ=env, status=429)
+        assert "set trusted_proxies" in caplog.text
+
+    def test_off(self, make_app, klaviyo):
+        app = make_app(client_rate_limit="off")
+        for _ in range(130):
+            app.post(UPDATE, VALID, headers=JSON, extra_environ={"REMOTE_ADDR": "93.184.216.34"})
+
+    @pytest.mark.parametrize(("first", "second"), [
+        # One /64 is one subscriber, whichever address it uses.
+        ("2a00:1450:4001:81b::200e", "2a00:1450:4001:81b:ffff:1:2:3"),
+        ("[2a00:1450:4001:81b::1]:443", "2a00:1450:4001:81b::2%eth0"),
+        # A mapped IPv4 address is that IPv4 address.
+        ("::ffff:93.184.216.34", "93.184.216.34"),
+        ("93.184.216.34:5678", "93.184.216.34"),
+    ])
+    def test_one_client_however_its_address_is_written(self, make_app, klaviyo, first, second):
+        app = make_app(client_rate_limit="2/minute")
+        app.post(UPDATE, VALID, headers=JSON, extra_environ={"REMOTE_ADDR": first})
+        app.post(UPDATE, VALID, headers=JSON, extra_environ={"REMOTE_ADDR": second})
+        app.post(UPDATE, VALID, headers=JSON, extra_environ={"REMOTE_ADDR": first}, status=429)
+
+    def test_the_ipv6_prefix_is_configurable(self, make_app, klaviyo):
+        app = make_app(client_rate_limit="1/minute", client_ipv6_prefix=128)
+        for address in ("2a00:1450:4001:81b::1", "2a00:1450:4001:81b::2"):
+            app.post(UPDATE, VALID, headers=JSON, extra_environ={"REMOTE_ADDR": address})
+        assert client_key("2a00:1450:4001:81b::1", 56) == "2a00:1450:4001:800::/56"
+        with pytest.raises(ConfigurationError, match="client_ipv6_prefix"):
+            make_app(client_ipv6_prefix=129)
 
     def test_trusted_proxies(self):
         environ = {"REMOTE_ADDR": "10.0.0.2",

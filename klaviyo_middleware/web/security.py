@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import math
 import re
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from klaviyo_middleware.web.redirects import HostPolicy, split_host, split_url
 
@@ -99,6 +101,26 @@ def _csrf_digest(secret: str, session: str, issued: str) -> str:
 # -- per-client rate limit ------------------------------------------------------
 
 
+class ClientRate(NamedTuple):
+    """Submissions per client and process: ``limit`` per ``period`` seconds."""
+
+    limit: int
+    period: float
+    # The default budget limits only clients whose address names them (a
+    # public one): behind a local proxy or load balancer every visitor
+    # arrives from its private address, and limiting that would limit the
+    # whole site. A configured limit applies to every address.
+    public_only: bool = False
+
+
+# On unless a site turns it off: far above what a person posts, far below
+# what a script filling the spool with junk would like.
+DEFAULT_CLIENT_RATE = ClientRate(120, 60.0, public_only=True)
+# IPv6 clients are counted by network: one subscriber line usually holds a
+# whole /64 and may use any address in it.
+DEFAULT_IPV6_PREFIX = 64
+
+
 def parse_rate(value: str) -> tuple[int, float]:
     """``"10/minute"`` → ``(10, 60.0)``; raises ``ValueError``."""
     match = _RATE.match(value)
@@ -119,6 +141,45 @@ def client_address(environ: Mapping[str, object], trusted_proxies: int) -> str:
     if len(forwarded) >= trusted_proxies:
         return forwarded[-trusted_proxies]
     return forwarded[0] if forwarded else remote
+
+
+def client_key(address: str, ipv6_prefix: int = DEFAULT_IPV6_PREFIX) -> str:
+    """Who a rate limit counts: an IPv4 address as it is (written as
+    ``::ffff:10.0.0.1`` too), an IPv6 address by its ``/ipv6_prefix``
+    network; anything else (a name, a malformed header) as written."""
+    ip = parse_ip(address)
+    if ip is None:
+        return address.strip()[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, ipv6_prefix), strict=False))
+    return str(ip)
+
+
+def parse_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``REMOTE_ADDR`` or an ``X-Forwarded-For`` entry as an address: bare,
+    ``[v6]``, ``[v6]:port``, ``v4:port``, with a zone id; ``None`` otherwise."""
+    text = address.strip()
+    if len(text) > 64:
+        return None
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        return ipaddress.ip_address(text.partition("%")[0])
+    except ValueError:
+        return None
+
+
+def is_public(address: str) -> bool:
+    """Whether an address names one client on the internet (not a proxy's
+    private, loopback or link-local address)."""
+    ip = parse_ip(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip is not None and ip.is_global
 
 
 class ClientRateLimiter:
