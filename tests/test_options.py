@@ -100,8 +100,8 @@ def test_settings_hold_one_field_per_option():
 def test_the_docs_document_every_keyword():
     text = CONFIGURATION.read_text()
     table = text[:text.index("## PasteDeploy")]
-    documented = set(re.findall(r"^\| `([a-z_]+)`(?:, `([a-z_]+)`)?(?:, `([a-z_]+)`)?", table,
-                                re.MULTILINE))
+    name = r"`([a-z0-9_]+)`"
+    documented = set(re.findall(rf"^\| {name}(?:, {name})?(?:, {name})?", table, re.MULTILINE))
     names = {name for row in documented for name in row if name}
     assert set(keywords()) <= names, set(keywords()) - names
 
