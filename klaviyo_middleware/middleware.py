@@ -161,6 +161,7 @@ class KlaviyoMiddleware:
         revision: str | None = REVISION.keyword_default,
         delivery: str = opts.DELIVERY.default,
         allowed_hosts: str | Iterable[str] = opts.ALLOWED_HOSTS.default,
+        forward_prefixes: str | Iterable[str] = opts.FORWARD_PREFIXES.default,
         secret: str | None = opts.SECRET.default,
         action_field: bool | None = opts.ACTION_FIELD.keyword_default,
         phone_region: str | None = opts.PHONE_REGION.default,
@@ -509,7 +510,8 @@ class KlaviyoMiddleware:
         raw_forward = form.get("forward")
         if raw_forward not in (None, ""):
             try:
-                forward = redirects.forward_target(fields.text(raw_forward))
+                forward = redirects.forward_target(fields.text(raw_forward),
+                                                   self.settings.forward_prefixes)
             except FieldError as exc:
                 errors.setdefault("forward", []).append(str(exc))
         raw_redirect = form.get("redirect")

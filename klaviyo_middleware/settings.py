@@ -60,6 +60,15 @@ def _hosts(name: str, value: object) -> tuple[str, ...]:
         raise ConfigurationError(f"{name} must be host names, got {value!r}") from None
 
 
+def _prefixes(name: str, value: object) -> tuple[str, ...]:
+    prefixes = _hosts(name, value)
+    for prefix in prefixes:
+        if not prefix.startswith("/") or prefix.startswith("//"):
+            raise ConfigurationError(f"{name} are paths of the app such as '/commerce/', "
+                                     f"got {prefix!r}")
+    return prefixes
+
+
 def _secret(name: str, value: object) -> str | None:
     if value is None or value == "":
         return None
@@ -157,6 +166,10 @@ ALLOWED_HOSTS: Option[str | Iterable[str]] = Option(
     "allowed_hosts", (), _hosts, option.as_list,
     help='hosts that absolute ``redirect`` targets may use (``"shop.example.com"``, '
          '``".example.com"`` for subdomains too).')
+FORWARD_PREFIXES: Option[str | Iterable[str]] = Option(
+    "forward_prefixes", (), _prefixes, option.as_list,
+    help='app paths that ``forward`` targets must lie under (``"/commerce/ '
+         '/signup"``); empty: any path of the app that is not a Klaviyo action.')
 SECRET: Option[str | None] = Option(
     "secret", None, _secret,
     help="when set, ``redirect`` values must be signed with "
@@ -286,7 +299,7 @@ BROKER_URL: Option[str | None] = Option(
     help='with ``delivery="celery"``, the Redis or RabbitMQ broker.')
 
 OPTIONS: tuple[Option[Any], ...] = (
-    API_KEY, API_URL, REVISION, DELIVERY, ALLOWED_HOSTS, SECRET, ACTION_FIELD,
+    API_KEY, API_URL, REVISION, DELIVERY, ALLOWED_HOSTS, FORWARD_PREFIXES, SECRET, ACTION_FIELD,
     PHONE_REGION, CUSTOM_SOURCE, EVENT_PREFIX, SMS_CONSENT, TIMEOUT, SYNC_RETRY_BUDGET,
     MAX_BODY_SIZE, MAX_FIELDS, MAX_DEPTH, SPOOL_PATH, SPOOL_DURABILITY, SPOOL_MAX_SIZE,
     WORKER_THREADS, RETRY_MAX_AGE, RATE_LIMIT_SHARE, ALLOW_CROSS_SITE, CSRF_MAX_AGE,
@@ -306,6 +319,7 @@ class Settings:
     revision: str
     delivery: str
     allowed_hosts: tuple[str, ...]
+    forward_prefixes: tuple[str, ...]
     secret: str | None
     action_field: bool
     phone_region: str | None

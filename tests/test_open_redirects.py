@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from klaviyo_middleware import ConfigurationError
 from klaviyo_middleware.web.fields import FieldError
 from klaviyo_middleware.web.redirects import HostPolicy, forward_target, safe_redirect
 
@@ -78,3 +79,32 @@ def test_through_the_middleware(make_app, klaviyo):
                           {"email": "a@example.com", "redirect": payload}, status=400)
         assert "Location" not in answer.headers
     assert klaviyo.calls == []
+
+
+@pytest.mark.parametrize("target", [
+    "/%69nternal/admin", "/%2Fmetrics", "/a%2fb", "/%5Cadmin", "/%2e%2e/admin", "/a/../internal",
+    "/./metrics", "/a/%2E/b", "/%7Euser", "/%41", "/shop/%30",
+])
+def test_forwards_written_to_look_like_another_path_are_refused(target):
+    """The forwarded request never passed the proxy's path rules."""
+    with pytest.raises(FieldError):
+        forward_target(target)
+
+
+def test_forward_prefixes(make_app, klaviyo, inner):
+    assert forward_target("/commerce/cart/update-cart", ("/commerce/",))[0] == \
+        "/commerce/cart/update-cart"
+    assert forward_target("/signup", ("/signup",)) == ("/signup", "")
+    for target, prefixes in [("/metrics", ("/commerce/",)), ("/commercial", ("/commerce",)),
+                             ("/internal/x", ("/commerce/", "/signup"))]:
+        with pytest.raises(FieldError):
+            forward_target(target, prefixes)
+    app = make_app(forward_prefixes="/commerce/ /signup")
+    app.post("/klaviyoConnect/api/identify",
+             {"email": "a@example.com", "forward": "commerce/cart/update-cart"})
+    assert inner.calls[-1]["path"] == "/commerce/cart/update-cart"
+    answer = app.post("/klaviyoConnect/api/identify",
+                      {"email": "a@example.com", "forward": "/metrics"}, status=400)
+    assert "not allowed" in answer.text
+    with pytest.raises(ConfigurationError, match="forward_prefixes"):
+        make_app(forward_prefixes=["commerce"])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import unicodedata
 from collections.abc import Iterable
 from urllib.parse import SplitResult, quote, unquote, unquote_to_bytes, urlsplit
@@ -211,7 +212,13 @@ def safe_redirect(value: str, hosts: HostPolicy, root: str = "") -> str:
     raise FieldError(msg("Redirects may only go to a page on this site."))
 
 
-def forward_target(value: str) -> tuple[str, str]:
+# Percent-encoded characters no path ever needs encoded (letters, digits,
+# "-._~"), and encoded separators: written so, a path slips past a proxy's
+# rules (``/%69nternal`` is ``/internal`` to the app, not to nginx).
+_DISGUISED = re.compile(r"%(?:[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9]|2[DEde]|5[CcFf]|7[Ee]|2[Ff])")
+
+
+def forward_target(value: str, prefixes: tuple[str, ...] = ()) -> tuple[str, str]:
     """``(PATH_INFO, QUERY_STRING)`` for a ``forward`` value; raises :class:`FieldError`.
 
     The path is percent-decoded the way a server decodes a request line, and
@@ -219,6 +226,12 @@ def forward_target(value: str) -> tuple[str, str]:
     Craft writes action routes without a leading slash
     (``commerce/cart/update-cart``): such a route is the application's own
     path, relative to its root, as ``PATH_INFO`` is.
+
+    The request that reaches the app this way never passed the front
+    proxy's path rules, so a target is refused when it is written to look
+    like another path than it is: letters or separators percent-encoded, or
+    ``.``/``..`` segments. With ``prefixes`` (the site's
+    ``forward_prefixes``) it must also lie under one of them.
     """
     value = _check_characters(value)
     if not value.startswith("/") and _plainly_relative(value):
@@ -227,12 +240,23 @@ def forward_target(value: str) -> tuple[str, str]:
         raise FieldError(msg("Forward to a path on this site, starting with /."))
     path, _, query = value.partition("?")
     path = path.split("#", 1)[0]
+    if _DISGUISED.search(path) or any(segment in (".", "..")
+                                      for segment in unquote(path).split("/")):
+        raise FieldError(msg("Forward to a plainly written path of this site."))
     path_info = unquote_to_bytes(path).decode("latin-1")
     if route_for_path(path_info) is not None:
         raise FieldError(msg("Forward to a page of the site, not to another Klaviyo action."))
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in path_info):
         raise FieldError(msg("The address contains characters that are not allowed."))
+    if prefixes and not any(_under(path_info, prefix) for prefix in prefixes):
+        raise FieldError(msg("Forwarding to this page is not allowed."))
     return path_info, query.split("#", 1)[0]
+
+
+def _under(path: str, prefix: str) -> bool:
+    """``/commerce/cart`` is under ``/commerce/`` and ``/commerce``, never
+    under ``/comm`` (prefixes match whole segments)."""
+    return path == prefix.rstrip("/") or path.startswith(prefix.rstrip("/") + "/")
 
 
 def same_origin_referer(referer: str | None, host_url: str) -> str | None:
