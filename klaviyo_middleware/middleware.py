@@ -176,6 +176,7 @@ class KlaviyoMiddleware:
         spool_path: str | os.PathLike[str] | None = opts.SPOOL_PATH.keyword_default,
         spool_durability: str = opts.SPOOL_DURABILITY.default,
         spool_max_size: int = opts.SPOOL_MAX_SIZE.default,
+        dead_letter_max_size: int = opts.DEAD_LETTER_MAX_SIZE.default,
         worker_threads: int = opts.WORKER_THREADS.default,
         retry_max_age: float = RETRY_MAX_AGE.default,
         rate_limit_share: float = RATE_LIMIT_SHARE.default,

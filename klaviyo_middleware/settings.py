@@ -207,9 +207,10 @@ SYNC_RETRY_BUDGET: Option[float] = Option(
          "the visitor is asked to try again; the visitor waits at most this plus "
          "one read timeout.")
 MAX_BODY_SIZE: Option[int] = Option(
-    # Bigger than any real form (Klaviyo's own profile limit is 100 KB).
-    "max_body_size", 256 * 1024, option.positive_int, option.as_int,
-    help="bytes; larger submissions are answered with 413.")
+    # Far bigger than any real form, far smaller than a profile's 100 KB.
+    "max_body_size", 64 * 1024, option.positive_int, option.as_int,
+    help="bytes; larger submissions are answered with 413 (a real form is a few KB; "
+         "the bound makes a flood of padded junk expensive).")
 MAX_FIELDS: Option[int] = Option(
     "max_fields", 1000, option.positive_int, option.as_int,
     help="form fields (or JSON values) in one submission.")
@@ -227,7 +228,13 @@ SPOOL_DURABILITY: Option[str] = Option(
     help='``"full"`` or ``"normal"`` (SQLite synchronous).')
 SPOOL_MAX_SIZE: Option[int] = Option(
     "spool_max_size", 256 * 1024 * 1024, option.positive_int, option.as_int,
-    help="bytes; when full, visitors get 503 + Retry-After.")
+    help="bytes of submissions waiting for delivery; when full, visitors get 503 + "
+         "Retry-After. Dead letters do not count: they have dead_letter_max_size.")
+DEAD_LETTER_MAX_SIZE: Option[int] = Option(
+    # Its own budget: junk Klaviyo refuses must never turn real visitors away.
+    "dead_letter_max_size", 64 * 1024 * 1024, option.positive_int, option.as_int,
+    help="bytes of dead letters the spool keeps; past it the oldest are deleted "
+         "(logged, and counted in ``spool stats``), never a new submission refused.")
 WORKER_THREADS: Option[int] = Option(
     "worker_threads", 2, option.positive_int, option.as_int,
     help="spool delivery threads per process.")
@@ -302,6 +309,7 @@ OPTIONS: tuple[Option[Any], ...] = (
     API_KEY, API_URL, REVISION, DELIVERY, ALLOWED_HOSTS, FORWARD_PREFIXES, SECRET, ACTION_FIELD,
     PHONE_REGION, CUSTOM_SOURCE, EVENT_PREFIX, SMS_CONSENT, TIMEOUT, SYNC_RETRY_BUDGET,
     MAX_BODY_SIZE, MAX_FIELDS, MAX_DEPTH, SPOOL_PATH, SPOOL_DURABILITY, SPOOL_MAX_SIZE,
+    DEAD_LETTER_MAX_SIZE,
     WORKER_THREADS, RETRY_MAX_AGE, RATE_LIMIT_SHARE, ALLOW_CROSS_SITE, CSRF_MAX_AGE,
     HONEYPOT, CLIENT_RATE_LIMIT, CLIENT_IPV6_PREFIX, TRUSTED_PROXIES, MAX_LISTS, MAX_PROPERTIES,
     MAX_STRING_LENGTH, LOG_PERSONAL_DATA, LANGUAGES, LOCALE_DIR, BROKER_URL,
@@ -334,6 +342,7 @@ class Settings:
     spool_path: str
     spool_durability: str
     spool_max_size: int
+    dead_letter_max_size: int
     worker_threads: int
     retry_max_age: float
     rate_limit_share: float

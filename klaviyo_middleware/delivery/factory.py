@@ -36,6 +36,7 @@ def build_delivery(settings: Settings, hooks: Hooks, celery_app: Any = None) -> 
             account_fingerprint(settings.api_url, settings.api_key),
             durability=settings.spool_durability,
             max_bytes=settings.spool_max_size,
+            dead_max_bytes=settings.dead_letter_max_size,
         )
         # Starts the sender, whose first write shows a read-only file.
         return SpoolDelivery(spool, client, hooks, settings.sender)

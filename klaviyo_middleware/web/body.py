@@ -46,7 +46,7 @@ _MAX_INTEGER_DIGITS = 19
 class BodyLimits:
     """Bounds applied to every intercepted body."""
 
-    max_body_size: int = 256 * 1024
+    max_body_size: int = 64 * 1024
     max_fields: int = 1000
     max_depth: int = 10
     # Klaviyo refuses strings over 100 KB.

@@ -39,8 +39,13 @@ def wants_ledger(broker_url: str) -> bool:
 
 
 class Ledger:
-    def __init__(self, url: str) -> None:
-        self.redis = redis.Redis.from_url(url)
+    """``timeout``: seconds for connecting and for each reply (the web side
+    bounds what a visitor can wait; the workers keep redis-py's defaults)."""
+
+    def __init__(self, url: str, timeout: float | None = None) -> None:
+        bounds = {} if timeout is None else {"socket_timeout": timeout,
+                                             "socket_connect_timeout": timeout}
+        self.redis = redis.Redis.from_url(url, **bounds)
 
     def __repr__(self) -> str:
         return f"<Ledger {PAYLOADS!r}>"

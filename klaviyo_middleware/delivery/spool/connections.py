@@ -19,6 +19,8 @@ from klaviyo_middleware.redact import get_logger
 log = get_logger(__name__)
 
 _jitter = random.Random()  # noqa: S311 - retry spacing, not security
+# Bytes a write-ahead log is cut back to after a checkpoint.
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
 # The files SQLite keeps beside a database in WAL mode.
 _COMPANIONS = ("-wal", "-shm")
 
@@ -44,6 +46,13 @@ def open_wal(path: Path, durability: str, patience: float) -> sqlite3.Connection
     # Deleted rows (delivered, forgotten, purged, moved) are overwritten
     # with zeros, not left readable in free pages.
     db.execute("PRAGMA secure_delete=ON")
+    # A REPLACE that deletes a row fires its delete triggers too (the spool
+    # keeps the dead letters' bytes by trigger).
+    db.execute("PRAGMA recursive_triggers=ON")
+    # After a checkpoint the log shrinks back to this, rather than keeping
+    # the largest size it ever had: on a small disk, that is room delivery
+    # needs (docs/delivery.md, "Bounded disk").
+    db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
     return db
 
 
@@ -84,10 +93,12 @@ def immediate(db: sqlite3.Connection, patience: float = 30.0) -> Iterator[None]:
     when_unlocked(db, "BEGIN IMMEDIATE", patience)
     try:
         yield
+        db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        # A COMMIT that failed (a full disk) may have rolled back already.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
 
 
 def when_unlocked(db: sqlite3.Connection, statement: str, patience: float) -> None:

@@ -46,6 +46,7 @@ from klaviyo_middleware.delivery.spool.intake import (
     Intake,
     IntakeGone,
     Row,
+    SpoolFull,
     empty_log_of,
     intake_directory,
     intake_files,
@@ -140,7 +141,39 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL,
     PRIMARY KEY (account, name)
 );
+CREATE TABLE IF NOT EXISTS totals (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_dead_at ON dead_letters (dead_at);
 """
+
+# Dead letters have a budget of their own (dead_letter_max_size): their bytes
+# are kept in ``totals`` by triggers, so that neither the request path nor a
+# claim ever has to add them up. A file from before the totals is counted
+# once, when first opened by this version. Statements with BEGIN ... END,
+# so not split on ";" as _SCHEMA is.
+_TOTALS = (
+    "INSERT INTO totals (name, value) SELECT 'dead_bytes', "
+    "(SELECT coalesce(sum(length(payload) + length(progress) + length(error)), 0) "
+    "FROM dead_letters) WHERE NOT EXISTS (SELECT 1 FROM totals WHERE name = 'dead_bytes')",
+    "CREATE TRIGGER IF NOT EXISTS dead_letter_added AFTER INSERT ON dead_letters BEGIN "
+    "INSERT INTO totals (name, value) VALUES "
+    "('dead_bytes', length(NEW.payload) + length(NEW.progress) + length(NEW.error)) "
+    "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value; END",
+    "CREATE TRIGGER IF NOT EXISTS dead_letter_removed AFTER DELETE ON dead_letters BEGIN "
+    "UPDATE totals SET value = "
+    "max(0, value - (length(OLD.payload) + length(OLD.progress) + length(OLD.error))) "
+    "WHERE name = 'dead_bytes'; END",
+)
+# Room kept free on the spool's filesystem for delivery's own writes (leases,
+# progress, moving rows out of the intakes, the write-ahead logs): new
+# submissions are refused before the disk is full, never delivery's writes.
+# Half of a small filesystem at most.
+DISK_RESERVE = 16 * 1024 * 1024
+# Moving a row into the shared file writes it there and in the log before the
+# intake lets it go: an accepted byte may need this many more on disk.
+DISK_PER_BYTE = 3
 
 
 def default_spool_path() -> Path:
@@ -182,8 +215,10 @@ class Spool:
     :param durability: ``"full"`` fsyncs every commit (survives power loss);
         ``"normal"`` survives a crashed or killed process but may lose the
         last commits on power loss, and accepts submissions faster.
-    :param max_bytes: when the file holds this much, new submissions are
-        refused with :class:`SpoolFull`.
+    :param max_bytes: when the submissions waiting for delivery take this
+        much, new submissions are refused with :class:`SpoolFull`.
+    :param dead_max_bytes: the dead letters' own budget; past it the oldest
+        are deleted to make room, so dead letters never refuse a submission.
     """
 
     def __init__(
@@ -193,13 +228,16 @@ class Spool:
         *,
         durability: str = "full",
         max_bytes: int = 256 * 1024 * 1024,
+        dead_max_bytes: int = 64 * 1024 * 1024,
         busy_timeout: float = 30.0,
     ) -> None:
         self.path = Path(path)
         self.account = account
         self.durability = DURABILITY[durability]
         self.max_bytes = max_bytes
+        self.dead_max_bytes = dead_max_bytes
         self.busy_timeout = busy_timeout
+        self._evictions_logged_at = 0.0
         self._fork_guard = threading.Lock()
         self._connections: dict[int, sqlite3.Connection] = {}
         self._inherited: list[sqlite3.Connection] = []
@@ -213,7 +251,7 @@ class Spool:
         self._watch_forks()
         # Create the file and its tables now: a bad path fails at start-up.
         with self._reading() as db:
-            self._shared_used = _used_bytes(db)
+            self._measure(db)
 
     def __repr__(self) -> str:
         return f"<Spool {str(self.path)!r}>"
@@ -247,6 +285,8 @@ class Spool:
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             db.execute(statement)
+                    for statement in _TOTALS:
+                        db.execute(statement)
                 self._file = current
                 self._wal_file = self._current_file("-wal")
             self._connections[ident] = db
@@ -398,12 +438,52 @@ class Spool:
         # here would mean waiting on the shared file after all.
         intake = self._own_intake()
         try:
-            intake.add(submission.id, self.account, payload, now,
-                       room=self.max_bytes - self._shared_used)
+            self._add(intake, submission.id, payload, now)
         except IntakeGone:
             self._intake_replaced(intake)
-            self._own_intake().add(submission.id, self.account, payload, now,
-                                   room=self.max_bytes - self._shared_used)
+            self._add(self._own_intake(), submission.id, payload, now)
+
+    def _add(self, intake: Intake, submission_id: str, payload: str, now: float) -> None:
+        try:
+            intake.add(submission_id, self.account, payload, now, room=self._room(intake))
+        except SpoolFull:
+            # Measured at the last claim, which may be long ago (a sender
+            # idle since it delivered a backlog): before refusing, look
+            # again, with a read, which waits for no writer.
+            with self._reading() as db:
+                self._measure(db)
+            intake.add(submission_id, self.account, payload, now, room=self._room(intake))
+
+    def _measure(self, db: sqlite3.Connection) -> None:
+        """Note the shared file's use, for the request path to judge room
+        without reading the shared file (see :meth:`_room`)."""
+        self._shared_used = _pending_bytes(db)
+        (free,) = db.execute(
+            "SELECT freelist_count * page_size FROM pragma_freelist_count(), pragma_page_size()"
+        ).fetchone()
+        self._shared_free = int(free)
+
+    def _room(self, intake: Intake) -> int:
+        """Bytes this process may hold unmoved in its intake: what is left of
+        ``max_bytes``, and what the disk can take while keeping
+        :data:`DISK_RESERVE` free for delivery (one ``statvfs``, no lock)."""
+        room = self.max_bytes - self._shared_used
+        try:
+            disk = os.statvfs(intake.path.parent)
+        except OSError:
+            return room
+        reserve = min(DISK_RESERVE, disk.f_blocks * disk.f_frsize // 2)
+        # Free pages inside the shared file take moved rows without the
+        # disk growing (after a backlog is delivered, most of it is free);
+        # so does the intake's log once all it held is moved and dropped
+        # (the next commit writes it from the start again).
+        reusable = self._shared_free
+        if not intake.has_unmoved:
+            with contextlib.suppress(OSError):
+                reusable += os.stat(f"{intake.path}-wal").st_size
+        spare = disk.f_bavail * disk.f_frsize + reusable - reserve
+        # What is already unmoved was counted when it was accepted.
+        return min(room, intake.unmoved_bytes + max(0, spare) // DISK_PER_BYTE)
 
     def _intake_replaced(self, intake: Intake) -> None:
         """This process's intake was deleted under it (an operator cleaning
@@ -452,7 +532,7 @@ class Spool:
         while True:
             with self._transaction() as db:
                 rows, upto = self._move(db, intake)
-                self._shared_used = _used_bytes(db)
+                self._measure(db)
             intake.moved(upto)
             moved += len(rows)
             if len(rows) < MOVE_BATCH:
@@ -607,7 +687,7 @@ class Spool:
                     ))
                 except Exception as exc:
                     self._bury_unreadable(db, submission_id, exc, now)
-            self._shared_used = _used_bytes(db)
+            self._measure(db)
         if intake is not None:
             intake.moved(upto)
         # In acceptance order: a round sends a person's submissions oldest first.
@@ -654,6 +734,7 @@ class Spool:
         )
         db.execute("DELETE FROM submissions WHERE id = ?", (submission_id,))
         db.execute("DELETE FROM people WHERE submission_id = ?", (submission_id,))
+        self._keep_dead_letters_within_budget(db, now)
 
     def save_progress(
         self, owner: str, claimed: Leased, lease: float, now: float | None = None
@@ -752,6 +833,36 @@ class Spool:
                         json.dumps(error),
                     ),
                 )
+                self._keep_dead_letters_within_budget(db, now)
+
+    def _keep_dead_letters_within_budget(self, db: sqlite3.Connection, now: float) -> None:
+        """Past ``dead_max_bytes``, delete the oldest dead letters: a flood of
+        posts Klaviyo will always refuse must never turn real visitors away
+        (nor, since dead letters hold personal data, be kept without bound)."""
+        over = _dead_bytes(db) - self.dead_max_bytes
+        evicted = 0
+        while over > 0:
+            # A dead letter's weight: its JSON, written with ensure_ascii, so
+            # characters are bytes (as the triggers count them).
+            rows = db.execute("SELECT id, length(payload) + length(progress) + length(error) "
+                              "FROM dead_letters ORDER BY dead_at LIMIT 100").fetchall()
+            if not rows:
+                break
+            for dead_id, size in rows:
+                db.execute("DELETE FROM dead_letters WHERE id = ?", (dead_id,))
+                evicted += 1
+                over -= size
+                if over <= 0:
+                    break
+        if not evicted:
+            return
+        db.execute("INSERT INTO totals (name, value) VALUES ('dead_evicted', ?) "
+                   "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value", (evicted,))
+        if now - self._evictions_logged_at >= 60:
+            self._evictions_logged_at = now
+            log.warning("klaviyo_middleware: the dead letters passed dead_letter_max_size "
+                        "(%d bytes); the %d oldest were deleted to make room (spool stats: "
+                        "dead_evicted counts them all)", self.dead_max_bytes, evicted)
 
     # -- account-wide pause after a 429 ------------------------------------
 
@@ -953,6 +1064,7 @@ class SpoolAdmin:
             (now, now),
         ).fetchone()
         (dead,) = db.execute("SELECT count(*) FROM dead_letters").fetchone()
+        totals = dict(db.execute("SELECT name, value FROM totals").fetchall())
         (delivered,) = db.execute(
             "SELECT coalesce(sum(value), 0) FROM counters WHERE name = 'delivered'"
         ).fetchone()
@@ -964,6 +1076,10 @@ class SpoolAdmin:
             "in_flight": leased,
             "retrying": retrying,
             "dead": dead,
+            # The dead letters' budget (dead_letter_max_size), and how many
+            # of the oldest were deleted to keep within it.
+            "dead_bytes": totals.get("dead_bytes", 0),
+            "dead_evicted": totals.get("dead_evicted", 0),
             "delivered": delivered,
             "oldest_pending_age": None if oldest is None else round(now - oldest, 3),
             "paused_for": max(0.0, round(paused - now, 3)),
@@ -1114,6 +1230,16 @@ def _used_bytes(db: sqlite3.Connection) -> int:
         "FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()"
     ).fetchone()
     return int(used)
+
+
+def _dead_bytes(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT value FROM totals WHERE name = 'dead_bytes'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _pending_bytes(db: sqlite3.Connection) -> int:
+    """The file's bytes less the dead letters' (which have a budget of their own)."""
+    return max(0, _used_bytes(db) - _dead_bytes(db))
 
 
 def _readable(payload: str) -> Submission | None:
