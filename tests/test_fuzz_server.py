@@ -151,22 +151,28 @@ headers = st.dictionaries(
 def test_no_post_gets_a_5xx_or_holds_the_server(served, path, body, extra):
     port, _ = served
     payload, content_type = body
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=ANSWER_BOUND)
-    try:
-        connection.putrequest("POST", path, skip_host="Host" in extra)
-        connection.putheader("Content-Type", content_type)
-        connection.putheader("Content-Length", str(len(payload)))
-        for name, value in extra.items():
-            connection.putheader(name, value)
-        connection.endheaders(payload)
-        answer = connection.getresponse()
-        answer.read()
-    finally:
-        connection.close()
+    answer = post_raw(port, path, payload, {"Content-Type": content_type, **extra})
     if answer.status == 503:
         assert answer.getheader("Retry-After")
     else:
         assert answer.status < 500, (answer.status, payload[:200])
+
+
+def post_raw(port: int, path: str, payload: bytes,
+             headers: dict[str, str]) -> http.client.HTTPResponse:
+    """Send the headers exactly as given (no Host unless they name one)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=ANSWER_BOUND)
+    try:
+        connection.putrequest("POST", path, skip_host="Host" in headers)
+        connection.putheader("Content-Length", str(len(payload)))
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders(payload)
+        answer = connection.getresponse()
+        answer.read()
+        return answer
+    finally:
+        connection.close()
 
 
 # Every header the middleware or WebOb may read, at every length up to what
@@ -186,18 +192,8 @@ long_headers = st.builds(lambda unit, count: unit * count, st.sampled_from(HEADE
 def test_headers_of_every_length_cost_little(served, path, name, value, body):
     port, _ = served
     value = value[:250_000].encode("utf-8")[:250_000].decode("latin-1")
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=ANSWER_BOUND)
-    try:
-        connection.putrequest("POST", path)
-        if name != "Content-Type":
-            connection.putheader("Content-Type", "application/x-www-form-urlencoded")
-        connection.putheader("Content-Length", str(len(body)))
-        connection.putheader(name, value)
-        connection.endheaders(body)
-        answer = connection.getresponse()
-        answer.read()
-    finally:
-        connection.close()
+    answer = post_raw(port, path, body, {
+        "Content-Type": "application/x-www-form-urlencoded", name: value})
     assert answer.status < 500 or (answer.status == 503 and answer.getheader("Retry-After"))
 
 
