@@ -20,6 +20,7 @@ from klaviyo_middleware.delivery.spool.store import (
     default_spool_path,
 )
 from klaviyo_middleware.errors import ConfigurationError
+from klaviyo_middleware.klaviyo.client import ENV_API_KEY
 from klaviyo_middleware.redact import redact
 
 
@@ -31,7 +32,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         from klaviyo_middleware.demo.site import serve
 
         try:
-            serve(args.host, args.port)
+            serve(args.host, args.port, real=args.real)
+        except ConfigurationError as exc:
+            return _fail(str(exc))
         except OSError as exc:
             return _cannot_listen(args.host, args.port, exc)
         return 0
@@ -49,6 +52,17 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return _spool_command(args, admin, out)
     finally:
         admin.close()
+
+
+def _port(text: str) -> int:
+    """A TCP port number, for argparse (which then says what is wrong in one line)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0 to 65535)")
+    return port
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,11 +84,16 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run a demo site wrapped in the middleware")
     demo.add_argument("--host", default="127.0.0.1",
                       help="address to listen on (0.0.0.0: every interface)")
-    demo.add_argument("--port", type=int, default=8000, help="port to listen on")
+    demo.add_argument("--port", type=_port, default=8000,
+                      help="port to listen on (0: any free one)")
+    demo.add_argument("--real", action="store_true",
+                      help=f"deliver to the Klaviyo account of ${ENV_API_KEY} (and "
+                      "$KLAVIYO_DEMO_LIST_ID) through the default spool, instead of the "
+                      "demo's own fake Klaviyo")
 
     fake = commands.add_parser("fake-klaviyo", help="run a fake Klaviyo API for local testing")
     fake.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    fake.add_argument("--port", type=int, default=8900, help="port to listen on (0: any free)")
+    fake.add_argument("--port", type=_port, default=8900, help="port to listen on (0: any free)")
     fake.add_argument("--api-key", help="the only private key accepted (default: any pk_ key)")
     fake.add_argument("--list", action="append", default=[], metavar="ID[:double]",
                       help="a list of the account (repeatable; ':double' makes it double "

@@ -184,3 +184,26 @@ def test_make_demo_installs_the_package_alone(tmp_path):
     config = configparser.ConfigParser()
     config.read(ROOT / "setup.cfg")
     assert config["options.extras_require"]["demo"].strip() == ""
+
+
+def test_the_demo_never_uses_an_exported_key_unless_asked(tmp_path):
+    """The README exports a key for the site; the demo stays on its fake."""
+    demo = build_demo("http://127.0.0.1:1", environ={
+        "KLAVIYO_PRIVATE_API_KEY": "pk_0123456789abcdef0123456789abcdef01"})
+    try:
+        assert demo.fake is not None
+        assert demo.middleware.settings.api_url == "http://127.0.0.1:1/_fake-klaviyo"
+    finally:
+        demo.middleware.close()
+        shutil.rmtree(demo.scratch, ignore_errors=True)
+
+
+def test_the_demo_on_a_real_account_needs_a_real_key(monkeypatch, capsys):
+    from klaviyo_middleware.cli import main
+
+    monkeypatch.setenv("KLAVIYO_PRIVATE_API_KEY", "pk_...")
+    assert main(["demo", "--real", "--port", "0"]) == 2
+    assert "placeholder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--port", "99999"])
+    assert "99999 is not a port" in capsys.readouterr().err

@@ -149,14 +149,19 @@ class DemoSite:
             admin.close()
 
 
-def build_demo(base_url: str, environ: dict[str, str] | None = None) -> WSGIApplication:
-    """The whole demo as one WSGI app; ``base_url`` is where it is served."""
+def build_demo(base_url: str, environ: dict[str, str] | None = None,
+               real: bool = False) -> WSGIApplication:
+    """The whole demo as one WSGI app; ``base_url`` is where it is served.
+
+    It delivers to its own fake Klaviyo unless asked for ``real``: a key a
+    user exported for their site (the README shows one) must never turn a
+    demo into sign-ups on a real account by surprise."""
     env = os.environ if environ is None else environ
     list_id = env.get(ENV_LIST_ID, "Y6nRLr")
     fake = None
     scratch: str | None = None
     options: dict[str, Any] = {"custom_source": "klaviyo_middleware demo"}
-    if not env.get(ENV_API_KEY):
+    if not real:
         fake = FakeKlaviyo(lists={list_id: "double_opt_in"})
         options.update(api_key=DEMO_KEY, api_url=base_url + FAKE_PREFIX)
         # The fake keeps its state in memory, so the spool lives as long:
@@ -186,16 +191,27 @@ def build_demo(base_url: str, environ: dict[str, str] | None = None) -> WSGIAppl
     return demo
 
 
-def serve(host: str, port: int) -> None:
+def serve(host: str, port: int, real: bool = False) -> None:
     """Serve the demo until Ctrl+C. Raises ``OSError`` when the port is taken,
-    before anything else is started."""
+    before anything else is started; ``ConfigurationError`` for ``real``
+    without a usable key."""
     with make(host, port, _not_ready) as server:
-        demo = build_demo(f"http://{host}:{port}")
+        port = server.server_port  # the one chosen, for --port 0
+        demo = build_demo(f"http://{host}:{port}", real=real)
         server.set_app(demo)
+        settings = demo.middleware.settings  # type: ignore[attr-defined]
         print(f"klaviyo_middleware demo on http://{host}:{port}/  (Ctrl+C stops it)")
-        if not os.environ.get(ENV_API_KEY):
-            print(f"No {ENV_API_KEY}: delivering to the fake Klaviyo at {FAKE_PREFIX}/; "
-                  f"watch http://{host}:{port}/dashboard")
+        if real:
+            key = settings.api_key
+            print(f"Delivering to YOUR Klaviyo account ({settings.api_url}, key "
+                  f"{key[:3]}…{key[-4:]}), list {os.environ.get(ENV_LIST_ID, 'Y6nRLr')}, "
+                  f"through the spool {settings.spool_path}")
+        else:
+            if os.environ.get(ENV_API_KEY):
+                print(f"{ENV_API_KEY} is set but not used: the demo delivers to its fake "
+                      "Klaviyo (`klaviyo-middleware demo --real` uses your account).")
+            print(f"Delivering to the fake Klaviyo at {FAKE_PREFIX}/ through a scratch "
+                  f"spool ({settings.spool_path}); watch http://{host}:{port}/dashboard")
         try:
             with contextlib.suppress(KeyboardInterrupt):
                 server.serve_forever()

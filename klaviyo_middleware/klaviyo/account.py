@@ -35,6 +35,10 @@ _REVISION = re.compile(r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")
 # Klaviyo's public keys (site ids) are six characters; sending one as a
 # private key fails every call with 401, so catch it at start-up.
 _PUBLIC_KEY = re.compile(r"^[A-Za-z0-9]{6}$")
+# What documentation and templates write where a key belongs: "pk_...",
+# "pk_", "pk_xxxx", "<your key>", "pk_YOUR_KEY_HERE".
+_PLACEHOLDER = re.compile(r"^[.xX*_-]*$|\.\.\.|[<>{}]|your|here|placeholder|changeme|example",
+                          re.IGNORECASE)
 
 
 def check_api_key(name: str, value: object) -> str:
@@ -50,6 +54,15 @@ def check_api_key(name: str, value: object) -> str:
         )
     if any(char.isspace() for char in value):
         raise ConfigurationError("api_key contains white space; check how it was copied.")
+    if not value.startswith("pk_"):
+        raise ConfigurationError(
+            "api_key is not a Klaviyo private API key: those start with 'pk_' (Klaviyo: "
+            "Settings > API keys > Create Private API Key).")
+    if _PLACEHOLDER.search(value[3:]):
+        raise ConfigurationError(
+            f"api_key is a placeholder ({value[:3]}{'…' if len(value) > 3 else ''}), not a "
+            f"key: set {ENV_API_KEY} to a private API key from Klaviyo (Settings > API keys); "
+            "without one, `klaviyo-middleware demo` runs on a fake Klaviyo.")
     return value
 
 
