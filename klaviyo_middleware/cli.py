@@ -40,6 +40,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return 0
     if args.command == "fake-klaviyo":
         return _fake_klaviyo(args, out)
+    if args.command == "check":
+        return _check(args, out)
     if args.command == "worker":
         return _worker(args)
     if args.command == "celery":
@@ -52,6 +54,25 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return _spool_command(args, admin, out)
     finally:
         admin.close()
+
+
+def _check(args: argparse.Namespace, out: TextIO) -> int:
+    """``klaviyo-middleware check``: the key comes from the environment only,
+    never the command line (which other users and shell history can see)."""
+    from klaviyo_middleware.check import run
+    from klaviyo_middleware.delivery.spool.store import ENV_SPOOL_PATH, default_spool_path
+    from klaviyo_middleware.klaviyo.account import API_URL, REVISION
+
+    try:
+        api_url = API_URL.check("api_url", args.api_url or API_URL.lookup(None, os.environ))
+        revision = REVISION.resolve(None, os.environ)
+    except ConfigurationError as exc:
+        return _fail(str(exc))
+    spool = args.spool or os.environ.get(ENV_SPOOL_PATH) or str(default_spool_path())
+    broker = args.broker or os.environ.get("KLAVIYO_BROKER_URL")
+    passed = run(out, api_key=os.environ.get(ENV_API_KEY), api_url=api_url, revision=revision,
+                 lists=args.list, spool_path=spool, broker_url=broker)
+    return 0 if passed else 1
 
 
 def _port(text: str) -> int:
@@ -90,6 +111,18 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"deliver to the Klaviyo account of ${ENV_API_KEY} (and "
                       "$KLAVIYO_DEMO_LIST_ID) through the default spool, instead of the "
                       "demo's own fake Klaviyo")
+
+    check = commands.add_parser(
+        "check", help="check the key, lists, spool and broker, one line each; exit 1 on "
+        "any failure")
+    check.add_argument("--list", action="append", default=[], metavar="ID",
+                       help="a list id your forms post (repeatable): it must exist")
+    check.add_argument("--api-url", default=None,
+                       help="Klaviyo's URL (default $KLAVIYO_API_URL or Klaviyo's)")
+    check.add_argument("--spool", default=None,
+                       help="the spool file (default $KLAVIYO_SPOOL_PATH or the default path)")
+    check.add_argument("--broker", default=None,
+                       help="with Celery delivery: the broker (default $KLAVIYO_BROKER_URL)")
 
     fake = commands.add_parser("fake-klaviyo", help="run a fake Klaviyo API for local testing")
     fake.add_argument("--host", default="127.0.0.1", help="address to listen on")

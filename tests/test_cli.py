@@ -178,15 +178,16 @@ def test_every_option_says_what_it_does():
     assert silent == []
 
 
-@pytest.mark.parametrize("command", ["demo", "fake-klaviyo", "worker"])
+@pytest.mark.parametrize("command", ["demo", "fake-klaviyo", "worker", "check"])
 def test_help_shows_defaults(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: None)" not in text
-    expected = {"demo": "port to listen on (default: 8000)",
+    expected = {"demo": "port to listen on (0: any free one) (default: 8000)",
                 "fake-klaviyo": "port to listen on (0: any free) (default: 8900)",
-                "worker": "pool processes delivering at once (default: 2)"}[command]
+                "worker": "pool processes delivering at once (default: 2)",
+                "check": "a list id your forms post (repeatable): it must exist"}[command]
     assert expected in text
 
 
@@ -216,3 +217,97 @@ def test_worker_metrics_listen_on_loopback_unless_asked(monkeypatch, tmp_path):
         args = parser.parse_args(argv)
         cli._serve_worker_metrics(args.metrics_host, args.metrics_port, "redis://127.0.0.1:9/0")
         assert served[-1] == {"port": 9464, "addr": address}
+
+
+class TestCheck:
+    """``klaviyo-middleware check``: one line a check, exit 1 on any failure."""
+
+    KEY = "pk_0123456789abcdef0123456789abcdef01"
+
+    def run(self, monkeypatch: pytest.MonkeyPatch, url: str, *argv: str,
+            key: str | None = None) -> tuple[int, list[str]]:
+        monkeypatch.setenv("KLAVIYO_PRIVATE_API_KEY", key or self.KEY)
+        monkeypatch.setenv("KLAVIYO_API_URL", url)
+        out = io.StringIO()
+        code = main(["check", *argv], out)
+        return code, out.getvalue().splitlines()
+
+    def test_a_working_set_up(self, monkeypatch, tmp_path):
+        from klaviyo_middleware.testing import serve_fake_klaviyo
+
+        with serve_fake_klaviyo(lists={"Y6nRLr": "double_opt_in"}) as fake:
+            code, lines = self.run(monkeypatch, fake.url, "--list", "Y6nRLr",
+                                   "--spool", str(tmp_path / "spool.sqlite3"))
+            # Nothing was created by the probes.
+            assert fake.snapshot()["profiles"] == []
+        assert code == 0, lines
+        assert all(line.startswith("ok") for line in lines)
+        assert any("list Y6nRLr" in line and "double opt-in" in line for line in lines)
+        assert [line.split(":")[0].split()[-1] for line in lines[:4]] == [
+            "profiles", "events", "subscriptions", "lists"]
+
+    def test_a_typo_in_a_list_id(self, monkeypatch, tmp_path):
+        from klaviyo_middleware.testing import serve_fake_klaviyo
+
+        with serve_fake_klaviyo(lists={"Y6nRLr": "single_opt_in"}) as fake:
+            code, lines = self.run(monkeypatch, fake.url, "--list", "Y6nRLR",
+                                   "--spool", str(tmp_path / "s.sqlite3"))
+        assert code == 1
+        assert "FAIL  list Y6nRLR: no such list in this account" in "\n".join(lines)
+
+    def test_a_key_klaviyo_refuses(self, monkeypatch, tmp_path):
+        from klaviyo_middleware.testing import serve_fake_klaviyo
+
+        with serve_fake_klaviyo(api_key="pk_the_right_one_0000000000000000") as fake:
+            code, lines = self.run(monkeypatch, fake.url, "--spool", str(tmp_path / "s"))
+        assert code == 1
+        assert "Klaviyo refused the key (401)" in lines[0]
+        # One refusal is enough: the other scopes are not asked.
+        assert not any("events" in line for line in lines)
+
+    def test_a_missing_scope(self, monkeypatch, tmp_path):
+        import threading
+        from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+        def scoped(environ: dict[str, str], start_response: object) -> list[bytes]:
+            # Klaviyo's answers for a key without events:write.
+            status = "403 Forbidden" if environ["PATH_INFO"] == "/api/events" \
+                else "400 Bad Request"
+            start_response(status, [("Content-Type", "application/vnd.api+json")])  # type: ignore[operator]
+            return [b'{"errors": []}']
+
+        class Quiet(WSGIRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = make_server("127.0.0.1", 0, scoped, handler_class=Quiet)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            code, lines = self.run(monkeypatch, f"http://127.0.0.1:{server.server_port}",
+                                   "--spool", str(tmp_path / "s"))
+        finally:
+            server.shutdown()
+            server.server_close()
+        assert code == 1
+        assert [line for line in lines if line.startswith("FAIL")] == [
+            "FAIL  key may events:write: the key lacks the events:write scope (403): give it "
+            "that scope in Klaviyo, Settings > API keys"]
+
+    @pytest.mark.parametrize("key", ["pk_...", "pk_", "sk_live_12345", "pub_abc"])
+    def test_a_placeholder_or_foreign_key(self, monkeypatch, tmp_path, key):
+        code, lines = self.run(monkeypatch, "http://127.0.0.1:9", "--spool",
+                               str(tmp_path / "s"), key=key)
+        assert code == 1
+        assert lines[0].startswith("FAIL  key:")
+
+    def test_an_unreachable_broker_and_klaviyo(self, monkeypatch, tmp_path):
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed = probe.getsockname()[1]
+        code, lines = self.run(monkeypatch, f"http://127.0.0.1:{closed}", "--spool",
+                               str(tmp_path / "s"), "--broker", f"redis://127.0.0.1:{closed}/0")
+        assert code == 1
+        assert "Klaviyo did not answer (unreachable)" in lines[0]
+        assert lines[-1].startswith("FAIL  broker: cannot connect")

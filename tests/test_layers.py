@@ -21,7 +21,7 @@ RANKS: dict[str, int] = {
     "settings": 4,
     "middleware": 5,
     "paste": 6, "contrib": 7, "__init__": 6, "celery_tasks": 6, "celery_worker": 6,
-    "demo": 7,
+    "demo": 7, "check": 7,
     "cli": 8,
 }
 

@@ -212,6 +212,22 @@ class KlaviyoClient:
     def bulk_create_events(self, body: dict[str, Any]) -> None:
         self._post("/api/event-bulk-create-jobs", body)
 
+    def probe(self, method: str, path: str,
+              body: dict[str, Any] | None = None) -> tuple[int | None, Any]:
+        """One call whose answer is looked at, not judged (``klaviyo-middleware
+        check``): the status and the JSON body, ``(None, None)`` when Klaviyo
+        could not be reached."""
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        try:
+            response = self.session.request(method, self.api_url + path, data=data,
+                                            timeout=self.timeout)
+        except requests.RequestException:
+            return None, None
+        try:
+            return response.status_code, response.json() if response.content else None
+        except ValueError:
+            return response.status_code, None
+
     def _post(self, path: str, body: dict[str, Any]) -> Any:
         try:
             # Serialised here, strictly, rather than by requests: a value
