@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import io
 import logging
 import os
@@ -32,7 +34,7 @@ from klaviyo_middleware.klaviyo.client import KlaviyoError
 from klaviyo_middleware.klaviyo.steps import plan
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import get_logger, set_personal_data_logging
-from klaviyo_middleware.settings import build_settings, options_doc
+from klaviyo_middleware.settings import BY_NAME, build_settings, options_doc, unknown_option_message
 from klaviyo_middleware.web import action_trace, fields, pages, redirects, responses
 from klaviyo_middleware.web.body import (
     FORM_URLENCODED,
@@ -208,7 +210,12 @@ class KlaviyoMiddleware:
         messages: Overrides | None = None,
         page_renderer: PageRenderer | None = None,
         language_loader: Callable[[WSGIEnvironment], str | None] | None = None,
+        # A misspelt keyword gets the "did you mean" an ini key, a Flask or
+        # Django setting gets, not Python's bare TypeError.
+        **unknown: Any,
     ) -> None:
+        if unknown:
+            raise ConfigurationError(_unknown_keyword(sorted(unknown)[0]))
         if not callable(app):
             raise TypeError("KlaviyoMiddleware wraps a WSGI application (a callable)")
         self.app = app
@@ -698,6 +705,17 @@ def _retry_headers(status: int, retry_after: int | None) -> dict[str, str]:
     if status == 503:
         return {"Retry-After": _RETRY_AFTER_SECONDS}
     return {}
+
+
+def _unknown_keyword(name: str) -> str:
+    known = [parameter.name for parameter
+             in inspect.signature(KlaviyoMiddleware.__init__).parameters.values()
+             if parameter.kind is parameter.KEYWORD_ONLY]
+    if name in BY_NAME or name.lower().removeprefix("klaviyo_") in BY_NAME:
+        return unknown_option_message(name)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else "; see help(KlaviyoMiddleware)"
+    return f"KlaviyoMiddleware() got an unknown keyword {name!r}{hint}"
 
 
 def _posted_page(environ: WSGIEnvironment) -> str:

@@ -201,3 +201,15 @@ def test_craft_compat_from_app_config(fake):
         assert [p["email"] for p in fake.snapshot()["profiles"]] == ["ada@example.com"]
     finally:
         app.extensions["klaviyo_middleware"].close()
+
+
+def test_the_environment_variables_name_works_as_a_config_key(fake, monkeypatch):
+    monkeypatch.delenv("KLAVIYO_PRIVATE_API_KEY", raising=False)
+    app = flask.Flask(__name__)
+    app.config.update(KLAVIYO_PRIVATE_API_KEY="pk_flask_test_key_000000000000",
+                      KLAVIYO_API_URL=fake.url, KLAVIYO_DELIVERY="sync")
+    middleware = KlaviyoConnect().init_app(app)
+    try:
+        assert middleware.settings.api_key == "pk_flask_test_key_000000000000"
+    finally:
+        middleware.close()

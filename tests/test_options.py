@@ -216,3 +216,14 @@ class TestCraftCompat:
                 True, "form")
         finally:
             middleware.close()
+
+
+@pytest.mark.parametrize(("misspelt", "meant"), [
+    ("alowed_hosts", "allowed_hosts"), ("befor_send", "before_send"),
+    ("spool_max_szie", "spool_max_size"), ("KLAVIYO_SECRET", "secret")])
+def test_a_misspelt_keyword_gets_a_did_you_mean(misspelt, meant):
+    from klaviyo_middleware import KlaviyoMiddleware
+
+    with pytest.raises(ConfigurationError, match=f"did you mean {meant!r}"):
+        KlaviyoMiddleware(lambda e, s: [], api_key=API_KEY, delivery="sync",
+                          **{misspelt: "x"})

@@ -31,7 +31,7 @@ from flask import Flask, render_template, request
 from klaviyo_middleware import KlaviyoMiddleware
 from klaviyo_middleware.errors import ConfigurationError
 from klaviyo_middleware.redact import get_logger
-from klaviyo_middleware.settings import BY_NAME
+from klaviyo_middleware.settings import BY_NAME, OPTIONS
 from klaviyo_middleware.web.form_inputs import hidden_inputs
 from klaviyo_middleware.web.pages import Page, PageRenderer
 
@@ -76,6 +76,10 @@ class KlaviyoConnect:
         return middleware
 
 
+# An option's environment variable, also accepted as a config key.
+_ENV_NAMES = {option.env: option.name for option in OPTIONS if option.env}
+
+
 def config_options(config: Any) -> dict[str, Any]:
     """``{option: value}`` for every ``KLAVIYO_<OPTION>`` in a Flask config.
 
@@ -88,6 +92,11 @@ def config_options(config: Any) -> dict[str, Any]:
         name = key[len(PREFIX):].lower()
         if name in BY_NAME:
             options[name] = value
+            continue
+        if key in _ENV_NAMES:
+            # KLAVIYO_PRIVATE_API_KEY: the environment variable's name,
+            # which the docs (and our own errors) print.
+            options.setdefault(_ENV_NAMES[key], value)
             continue
         close = difflib.get_close_matches(name, BY_NAME, n=1, cutoff=0.85)
         if close:

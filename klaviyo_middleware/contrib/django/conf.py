@@ -30,8 +30,8 @@ PAGE_TEMPLATE = "page_template"
 CRAFT_COMPAT_SETTING = "KLAVIYO_CRAFT_COMPAT"
 # Keywords that take Python objects (the declared options take text, numbers, lists).
 CALLABLE_KEYS = frozenset(
-    name for name in inspect.signature(KlaviyoMiddleware.__init__).parameters
-    if name not in BY_NAME and name not in ("self", "app"))
+    name for name, parameter in inspect.signature(KlaviyoMiddleware.__init__).parameters.items()
+    if parameter.kind is parameter.KEYWORD_ONLY and name not in BY_NAME)
 # Dotted paths name one callable, or a list of them for the hooks that take several.
 _LISTS_OF_CALLABLES = frozenset({"before_send", "on_delivered", "on_retry", "on_dead"})
 
