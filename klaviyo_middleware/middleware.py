@@ -70,6 +70,7 @@ from klaviyo_middleware.web.validation import (
     Errors,
     ValidationOptions,
     build_submission,
+    misspelt_fields,
 )
 
 if TYPE_CHECKING:
@@ -433,6 +434,10 @@ class KlaviyoMiddleware:
         refusal = self._check_form(request, form)
         if refusal is not None:
             return refusal
+        for field, meant in misspelt_fields(form):
+            warn_once(log, ("misspelt", request.path_info, field),
+                      "klaviyo_middleware: a form posted to %s has a field %r, which is not "
+                      "read; did you mean %r?", request.path_info, field, meant)
         submission, errors = self._validate(request, route, form)
         forward, redirect = self._targets(request, form, errors)
         if submission is None or errors:

@@ -275,3 +275,17 @@ def test_json_body_with_non_text_values(app, klaviyo):
     response = app.post_json(UPDATE, {"email": ["a@example.com"], "first_name": {"x": 1}},
                              status=400)
     assert set(response.json["errors"]) == {"email", "first_name"}
+
+
+def test_a_misspelt_field_is_named_once_per_form(app, klaviyo, caplog):
+    notices.forget_all()
+    for _ in range(3):
+        post(app, {"email": "a@example.com", "frist_name": "Ada", "lsit": "L1",
+                   "consent": "on", "csrf_token": "t", "CRAFT_CSRF_TOKEN": "t"})
+    warnings = [record.getMessage() for record in caplog.records
+                if "is not read; did you mean" in record.getMessage()]
+    assert len(warnings) == 2
+    assert "'frist_name', which is not read; did you mean 'first_name'?" in warnings[0]
+    assert "did you mean 'list'?" in warnings[1]
+    # The rest of the form still goes.
+    assert profile_sent(klaviyo) == {"email": "a@example.com"}

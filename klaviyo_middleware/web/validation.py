@@ -11,6 +11,8 @@ wipe what Klaviyo already knows about the person.
 
 from __future__ import annotations
 
+import difflib
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -21,7 +23,7 @@ from klaviyo_middleware.model.submission import UPDATE_PROFILE, Event, Submissio
 from klaviyo_middleware.redact import get_logger
 from klaviyo_middleware.web import fields
 from klaviyo_middleware.web.fields import FieldError
-from klaviyo_middleware.web.mappings import LOCATION_FIELDS
+from klaviyo_middleware.web.mappings import LOCATION_FIELDS, PROFILE_FIELDS
 from klaviyo_middleware.web.notices import warn_once
 from klaviyo_middleware.web.routes import Route
 
@@ -78,6 +80,46 @@ class _Collector:
 
     def add(self, name: str, message: str) -> None:
         self.errors.setdefault(name, []).append(message)
+
+
+# Every top-level field a form may post (docs/forms.md); with the profile
+# fields of the mappings. Others (CSRF tokens, a consent checkbox, fields
+# for a forwarded action) are the site's own and pass unread.
+FORM_FIELDS = frozenset({
+    *PROFILE_FIELDS, "profile", "list", "lists", "subscribe", "useSubscribeEndpoint",
+    "confirmOptIn", "sms_consent", "event", "klaviyoProfileMapping", "forward", "redirect",
+    "action"})
+# How many unknown names of one post are compared: a post of a thousand
+# junk fields costs no more than one of fifty.
+_MISSPELT_LOOKS = 50
+
+
+def misspelt_fields(form: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(field, the field it is one typo from)`` for each unknown field that
+    is close to a known one (``frist_name`` → ``first_name``)."""
+    found = []
+    unknown = (name for name in form if name not in FORM_FIELDS and len(name) <= 64)
+    for name in itertools.islice(unknown, _MISSPELT_LOOKS):
+        # difflib finds the candidate; one edit away (a letter wrong,
+        # missing, extra, or two swapped) decides: "consent" (a site's own
+        # checkbox) is not a typo of "sms_consent".
+        for close in difflib.get_close_matches(name, FORM_FIELDS, n=3, cutoff=0.6):
+            if _one_edit_apart(name.lower(), close.lower()):
+                found.append((name, close))
+                break
+    return found
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    if a == b or abs(len(a) - len(b)) > 1:
+        return a == b
+    if len(a) == len(b):
+        differ = [index for index, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+        return len(differ) == 1 or (len(differ) == 2 and differ[1] == differ[0] + 1
+                                    and a[differ[0]] == b[differ[1]]
+                                    and a[differ[1]] == b[differ[0]])
+    shorter, longer = sorted((a, b), key=len)
+    return any(longer[:index] + longer[index + 1:] == shorter for index in range(len(longer)))
 
 
 def build_submission(
