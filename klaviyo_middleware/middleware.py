@@ -536,6 +536,15 @@ class KlaviyoMiddleware:
                 target = fields.text(raw_redirect)
                 if self.settings.secret is not None:
                     target = redirects.unsign_redirect(target, self.settings.secret)
+                elif redirects.looks_signed(target):
+                    # A Craft page (perhaps cached) hashed it with
+                    # redirectInput(): the URL is what the site meant.
+                    target = target[redirects.DIGEST_LENGTH:]
+                    warn_once(log, ("hashed redirect",),
+                              "klaviyo_middleware: a form's redirect is hashed by Craft's "
+                              "redirectInput(), but no secret is set, so it was not "
+                              "verified: set secret to the Craft site's security key "
+                              "(CRAFT_SECURITY_KEY)")
                 redirect = redirects.safe_redirect(target, self._hosts, _root(request.environ))
             except FieldError as exc:
                 errors.setdefault("redirect", []).append(str(exc))

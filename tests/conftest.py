@@ -53,6 +53,14 @@ def _no_personal_data_in_clear(monkeypatch: pytest.MonkeyPatch) -> Iterator[None
 
 
 @pytest.fixture(autouse=True)
+def _fresh_notices() -> None:
+    """Warnings said once per process are said afresh in every test."""
+    from klaviyo_middleware.web import notices
+
+    notices.forget_all()
+
+
+@pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("KLAVIYO_PRIVATE_API_KEY", "KLAVIYO_API_URL", "KLAVIYO_REVISION"):
         monkeypatch.delenv(name, raising=False)

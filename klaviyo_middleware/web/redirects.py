@@ -38,7 +38,8 @@ MAX_TARGET_LENGTH = 2048
 # but no real page name needs them, so they are refused outright.
 _LOOK_ALIKES = frozenset("\u2215\u2044\u29f8\u29f5\u29f9\u2216\u3031\u3033\u3035"
                          "\uff0f\uff3c\ufe68\u3002\uff0e\ufe52\u2024\uff61")
-_DIGEST_LENGTH = 64  # hex SHA-256
+DIGEST_LENGTH = 64  # hex SHA-256
+_SIGNED = re.compile(r"^[0-9a-f]{64}.")
 
 
 def sign_redirect(url: str, secret: str) -> str:
@@ -52,12 +53,18 @@ def sign_redirect(url: str, secret: str) -> str:
 
 def unsign_redirect(value: str, secret: str) -> str:
     """The URL inside a signed value; raises :class:`FieldError` if tampered with."""
-    digest, url = value[:_DIGEST_LENGTH], value[_DIGEST_LENGTH:]
+    digest, url = value[:DIGEST_LENGTH], value[DIGEST_LENGTH:]
     # Bytes, not str: compare_digest refuses non-ASCII text with a TypeError.
     expected = _digest(url, secret).encode("ascii")
-    if len(value) <= _DIGEST_LENGTH or not hmac.compare_digest(digest.encode("utf-8"), expected):
+    if len(value) <= DIGEST_LENGTH or not hmac.compare_digest(digest.encode("utf-8"), expected):
         raise FieldError(msg("The redirect is not signed by this site."))
     return url
+
+
+def looks_signed(value: str) -> bool:
+    """Whether ``value`` has the layout of a signed redirect (64 hex digits,
+    then the URL), as Craft's ``redirectInput()`` writes."""
+    return _SIGNED.match(value) is not None
 
 
 def _digest(url: str, secret: str) -> str:
