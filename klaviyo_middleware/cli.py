@@ -23,9 +23,34 @@ from klaviyo_middleware.errors import ConfigurationError
 from klaviyo_middleware.klaviyo.client import ENV_API_KEY
 from klaviyo_middleware.redact import redact
 
+# What each optional dependency is installed with.
+_EXTRAS = {"celery": "celery", "kombu": "celery", "redis": "celery",
+           "prometheus_client": "prometheus"}
+
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
+    """The command line; every failure is one line on stderr, never a traceback."""
+    try:
+        return _main(argv, out or sys.stdout)
+    except BrokenPipeError:
+        # `spool stats | head`: the reader left; say nothing more (Python's
+        # own advice: point stdout at devnull so its flush at exit is quiet).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except ImportError as exc:
+        extra = _EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        return _fail(f"this command needs {exc.name}: pip install "
+                     f"'klaviyo_middleware[{extra}]'")
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] in ("redis", "kombu", "amqp"):
+            return _fail(f"cannot reach the workers' Redis or broker ({type(exc).__name__}): "
+                         "check --state-url / --broker and that it runs")
+        raise
+
+
+def _main(argv: Sequence[str] | None, out: TextIO) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "demo":

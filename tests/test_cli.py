@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -311,3 +312,34 @@ class TestCheck:
         assert code == 1
         assert "Klaviyo did not answer (unreachable)" in lines[0]
         assert lines[-1].startswith("FAIL  broker: cannot connect")
+
+
+class TestOneLineNotATraceback:
+    def test_celery_commands_without_celery_installed(self):
+        blocked = ("import sys; sys.modules['celery'] = sys.modules['redis'] = "
+                   "sys.modules['kombu'] = None; from klaviyo_middleware.cli import main; "
+                   "raise SystemExit(main(sys.argv[1:]))")
+        for argv in (["celery", "stats", "--state-url", "redis://127.0.0.1:1/0"],
+                     ["worker", "--broker", "redis://127.0.0.1:1/0"]):
+            finished = subprocess.run(
+                [sys.executable, "-c", blocked, *argv], capture_output=True, text=True,
+                timeout=60, env={**os.environ, "KLAVIYO_PRIVATE_API_KEY": "pk_test"})
+            assert finished.returncode == 2, finished.stderr
+            assert "pip install 'klaviyo_middleware[celery]'" in finished.stderr
+            assert "Traceback" not in finished.stderr
+
+    def test_an_unreachable_redis(self, capsys):
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed = probe.getsockname()[1]
+        assert main(["celery", "stats", "--state-url", f"redis://127.0.0.1:{closed}/0"]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and "cannot reach the workers' Redis" in error
+
+    def test_a_reader_that_leaves_early(self, spool_file):
+        finished = subprocess.run(  # noqa: S602 - the shell makes the pipe under test
+            f"{sys.executable} -m klaviyo_middleware.cli spool dead --spool {spool_file} "
+            "| head -c 0", shell=True, capture_output=True, text=True, timeout=60)
+        assert finished.stderr == ""
