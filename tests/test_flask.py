@@ -213,3 +213,13 @@ def test_the_environment_variables_name_works_as_a_config_key(fake, monkeypatch)
         assert middleware.settings.api_key == "pk_flask_test_key_000000000000"
     finally:
         middleware.close()
+
+
+def test_a_page_template_that_is_not_there_is_said_at_start_up(fake, caplog):
+    app = create_app(KLAVIYO_API_KEY="pk_flask_test_key_000000000000", KLAVIYO_API_URL=fake.url,
+                     KLAVIYO_DELIVERY="sync", KLAVIYO_PAGE_TEMPLATE="klaviyo/missing.html")
+    try:
+        assert "KLAVIYO_PAGE_TEMPLATE='klaviyo/missing.html' is not found" in caplog.text
+        assert "templates/klaviyo/missing.html" in caplog.text
+    finally:
+        app.extensions["klaviyo_middleware"].close()

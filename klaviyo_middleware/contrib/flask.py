@@ -64,6 +64,7 @@ class KlaviyoConnect:
         given.setdefault("language_loader", flask_babel_language_loader(app))
         template = app.config.get(PAGE_TEMPLATE)
         if template and "page_renderer" not in given:
+            _look_for(app, template)
             given["page_renderer"] = flask_renderer(app, template)
         middleware = KlaviyoMiddleware(app.wsgi_app, **given)
         app.wsgi_app = middleware  # type: ignore[method-assign]
@@ -74,6 +75,20 @@ class KlaviyoConnect:
             klaviyo_result=_environ_value("klaviyo.result", None),
         )
         return middleware
+
+
+def _look_for(app: Flask, template: str) -> None:
+    """Say at start-up, once, when the page template is not there (every
+    error page would otherwise log a traceback). A warning, not an error: a
+    blueprint registered later may still bring it."""
+    from jinja2 import TemplateNotFound
+
+    try:
+        app.jinja_env.get_template(template)
+    except TemplateNotFound:
+        log.warning("klaviyo_middleware: %s=%r is not found by the app's template loader: put "
+                    "it at %s/%s (the middleware shows its default page until then)",
+                    PAGE_TEMPLATE, template, app.template_folder or "templates", template)
 
 
 # An option's environment variable, also accepted as a config key.

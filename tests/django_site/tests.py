@@ -9,7 +9,12 @@ from django.contrib.auth.models import User
 from django.core.checks import run_checks
 from django.test import TestCase, override_settings
 
-from klaviyo_middleware.contrib.django.checks import E_INVALID, check_settings
+from klaviyo_middleware.contrib.django.checks import (
+    E_INVALID,
+    E_NO_TEMPLATE,
+    W_NOT_WRAPPED,
+    check_settings,
+)
 from klaviyo_middleware.contrib.django.test import Client
 from klaviyo_middleware.testing import RunningFakeKlaviyo, serve_fake_klaviyo
 
@@ -154,6 +159,23 @@ class SettingsCheckTests(TestCase):
         with override_settings(KLAVIYO_MIDDLEWARE={"api_key": "pk_x" * 10, "languages": ["it"]}):
             [error] = check_settings()
         self.assertIn("no catalog for 'it'", error.msg)
+
+    def test_a_page_template_that_is_not_there(self) -> None:
+        from django.conf import settings
+
+        with override_settings(KLAVIYO_MIDDLEWARE={**settings.KLAVIYO_MIDDLEWARE,
+                                                   "page_template": "klaviyo/missing.html"}):
+            [error] = check_settings()
+        self.assertEqual(error.id, E_NO_TEMPLATE)
+        self.assertIn("'klaviyo/missing.html'", error.msg)
+        self.assertIn("templates/klaviyo/missing.html", error.hint)
+
+    def test_djangos_own_wsgi_py_left_in_place(self) -> None:
+        for target in ("django_site.plain_wsgi.application", None):
+            with override_settings(WSGI_APPLICATION=target):
+                [warning] = check_settings()
+            self.assertEqual(warning.id, W_NOT_WRAPPED)
+            self.assertIn("ASGI is not served", warning.hint)
 
     def test_missing_key_is_a_warning(self) -> None:
         with override_settings(KLAVIYO_MIDDLEWARE={}):
