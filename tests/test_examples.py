@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import re
 import shutil
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -98,7 +99,7 @@ def test_bottle_example(klaviyo_env):
 
 def test_readme_flask_one_liner_works_as_pasted(klaviyo_env):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"<!-- flask-quickstart -->\s*```python\n(.*?)```", readme, re.S)
+    match = re.search(r"<!-- flask-quickstart -->\s*(?:<!-- python: run -->\s*)?```python\n(.*?)```", readme, re.S)
     assert match, "README lost its Flask quick start"
     namespace: dict[str, object] = {"__name__": "readme_quickstart"}
     exec(compile(match.group(1), "README.md", "exec"), namespace)  # noqa: S102
@@ -207,3 +208,15 @@ def test_the_demo_on_a_real_account_needs_a_real_key(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--port", "99999"])
     assert "99999 is not a port" in capsys.readouterr().err
+
+
+def test_the_paste_example_shows_the_info_trail():
+    """pserve and gunicorn --paste configure logging from the ini file: the
+    middleware's INFO lines (accepted, delivered) must show with it."""
+    script = ("import logging, logging.config; "
+              "logging.config.fileConfig('examples/development.ini'); "
+              "logging.getLogger('klaviyo_middleware.middleware').info('accepted 3f2a')")
+    finished = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
+    assert finished.returncode == 0, finished.stderr
+    assert "INFO klaviyo_middleware.middleware accepted 3f2a" in finished.stderr
