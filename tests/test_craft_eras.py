@@ -403,7 +403,8 @@ class TestTheOrderEventRecipe:
     @pytest.fixture
     def recipe_site(self, make_app: Any, klaviyo: Any) -> Any:
         page = (ROOT / "docs" / "migrating-from-craft.md").read_text(encoding="utf-8")
-        match = re.search(r"<!-- order-recipe -->\s*```python\n(.*?)```", page, re.S)
+        match = re.search(r"<!-- order-recipe -->\s*(?:<!-- python: [^>]*-->\s*)?"
+                          r"```python\n(.*?)```", page, re.S)
         assert match, "the migration page lost its order-event recipe"
         app = make_app(craft_compat=True, secret=SECURITY_KEY)
 

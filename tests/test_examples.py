@@ -99,7 +99,8 @@ def test_bottle_example(klaviyo_env):
 
 def test_readme_flask_one_liner_works_as_pasted(klaviyo_env):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"<!-- flask-quickstart -->\s*(?:<!-- python: run -->\s*)?```python\n(.*?)```", readme, re.S)
+    match = re.search(r"<!-- flask-quickstart -->\s*(?:<!-- python: run -->\s*)?"
+                      r"```python\n(.*?)```", readme, re.S)
     assert match, "README lost its Flask quick start"
     namespace: dict[str, object] = {"__name__": "readme_quickstart"}
     exec(compile(match.group(1), "README.md", "exec"), namespace)  # noqa: S102

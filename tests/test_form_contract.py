@@ -289,3 +289,11 @@ def test_a_misspelt_field_is_named_once_per_form(app, klaviyo, caplog):
     assert "did you mean 'list'?" in warnings[1]
     # The rest of the form still goes.
     assert profile_sent(klaviyo) == {"email": "a@example.com"}
+
+
+def test_a_phone_only_form_is_told_only_about_its_phone_number(app, klaviyo):
+    """The SMS form has no email field: "Enter your email address" would
+    name a field the visitor cannot see."""
+    response = post(app, {"profile[phone_number]": "12", "list": "L1", "subscribe": "1"},
+                    status=400)
+    assert list(response.json["errors"]) == ["phone_number"]

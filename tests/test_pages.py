@@ -196,3 +196,22 @@ def test_every_logger_of_the_package_redacts():
     sources = Path(klaviyo_middleware.__file__).parent.rglob("*.py")
     assert [path.name for path in sources
             if "logging.getLogger(" in path.read_text() and path.name != "redact.py"] == []
+
+
+def test_the_thank_you_page_leads_back_to_the_page(make_app, klaviyo):
+    app = make_app()
+    page = app.post("/klaviyoConnect/api/identify", {"email": "a@example.com"},
+                    headers={"Referer": "http://localhost/newsletter?x=1"})
+    # A same-origin Referer answers 303 back to it; without one, the page
+    # itself: then the back link needs a Referer the browser did not send.
+    assert page.status_int == 303
+    from webob import Request
+
+    from klaviyo_middleware.i18n.catalogs import Languages
+    from klaviyo_middleware.web.pages import build_page
+
+    request = Request.blank("/klaviyoConnect/api/identify",
+                            headers={"Referer": "http://localhost/newsletter"})
+    built = build_page(request, 200, Languages(None, None, None), "de")
+    assert (built.back_url, built.back_text) == ("http://localhost/newsletter",
+                                                 "Zurück zur Seite")

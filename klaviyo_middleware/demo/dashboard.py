@@ -81,7 +81,9 @@ async function refresh() {
       const td = cell(row, status);
       if (pending[p.id]) {
         const link = document.createElement("button");
-        link.textContent = "confirm (opt-in email link)";
+        // The way Klaviyo asks: an email link, or a text message to answer.
+        link.textContent = (pending[p.id].channels || ["email"]).includes("email")
+          ? "confirm (opt-in email link)" : "confirm (reply YES to the opt-in text)";
         link.onclick = () => fetch("/_fake-klaviyo/_confirm/" + pending[p.id].token,
                                    {method: "POST"}).then(refresh);
         td.append(" ", link);

@@ -49,8 +49,8 @@ form{{border:1px solid #ccc;padding:1rem;margin:1rem 0}}label{{display:block;mar
   <h2>Newsletter</h2>
   <input type="hidden" name="list" value="{list_id}">
   <input type="hidden" name="redirect" value="/thanks">
-  <label>Email <input type="email" name="email" required></label>
-  <label>First name <input name="first_name"></label>
+  <label>Email <input type="email" id="email" name="email" required></label>
+  <label>First name <input id="first_name" name="first_name"></label>
   <button>Subscribe</button>
 </form>
 
@@ -69,7 +69,7 @@ form{{border:1px solid #ccc;padding:1rem;margin:1rem 0}}label{{display:block;mar
   <input type="hidden" name="list" value="{list_id}">
   <input type="hidden" name="subscribe" value="1">
   <input type="hidden" name="redirect" value="thanks">
-  <label>Mobile number <input type="tel" name="profile[phone_number]"
+  <label>Mobile number <input type="tel" id="phone_number" name="profile[phone_number]"
     placeholder="+14155552671" pattern="\\+[1-9][0-9]{{7,14}}" required></label>
   <p><small>By subscribing you agree to receive marketing text messages from the demo
   shop. Reply STOP to cancel.</small></p>

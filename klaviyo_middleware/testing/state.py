@@ -298,7 +298,8 @@ class KlaviyoState:
                 ],
                 "consent": copy.deepcopy(self.consent),
                 "pending_confirmations": [
-                    {"token": c.token, "profile_id": c.profile_id, "list_id": c.list_id}
+                    {"token": c.token, "profile_id": c.profile_id, "list_id": c.list_id,
+                     "channels": list(c.channels)}
                     for c in self.confirmations.values()
                 ],
                 "events": copy.deepcopy(self.events),

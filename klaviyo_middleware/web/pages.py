@@ -57,6 +57,7 @@ _HEADINGS: dict[int, tuple[Message, Message]] = {
     503: (msg("Please try again shortly"), _NOT_SAVED),
 }
 _BACK = msg("Back to the form")
+_BACK_AFTER = msg("Back to the page")
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,9 @@ def build_page(
         return languages.translate(text, language)
 
     title, lead = _HEADINGS.get(status, _HEADINGS[400])
-    back = same_origin_referer(request.referer, request.host_url) if status >= 400 else None
+    # The way back to the page the form is on: to correct it, or, after a
+    # thank-you, to carry on where the visitor was.
+    back = same_origin_referer(request.referer, request.host_url)
     problems = tuple(
         Problem(
             field=name,
@@ -126,7 +129,8 @@ def build_page(
         for message in messages
     )
     return Page(status=status, language=language, title=tr(title), lead=tr(lead),
-                problems=problems, back_url=back, back_text=tr(_BACK),
+                problems=problems, back_url=back,
+                back_text=tr(_BACK if status >= 400 else _BACK_AFTER),
                 retry_after=retry_after, request=request)
 
 

@@ -151,9 +151,10 @@ def build_submission(
     # chose "with_phone".
     sms = (subscribing and bool(profile.get("phone_number")) and answer is not False
            and (not has_email or options.sms_consent == "with_phone" or bool(answer)))
-    if not has_email and not sms:
+    if not has_email and not sms and "phone_number" not in collector.errors:
         # A phone number alone may subscribe (SMS); everything else needs
-        # the address that identifies the person.
+        # the address that identifies the person. (A form whose phone
+        # number was wrong is told that alone: it may have no email field.)
         collector.add("email", msg("Enter your email address."))
     if collector.errors:
         return None, collector.errors
