@@ -41,6 +41,13 @@ def load_spec() -> dict[str, Any]:
     return spec
 
 
+@lru_cache(maxsize=1)
+def load_raw_spec() -> dict[str, Any]:
+    with spec_path().open(encoding="utf-8") as handle:
+        spec: dict[str, Any] = json.load(handle)
+    return spec
+
+
 def _closed(node: Any) -> Any:
     if isinstance(node, dict):
         closed = {key: _closed(value) for key, value in node.items()}
@@ -78,3 +85,36 @@ def rate_limit(method: str, path: str) -> dict[str, str]:
     _, operation = operation_for(method, path)
     limit: dict[str, str] = operation["x-klaviyo-ratelimit"]
     return limit
+
+
+def response_errors(method: str, path: str, status: int, body: Any) -> list[str]:
+    """Every way ``body`` breaks the response schema Klaviyo's spec gives for
+    ``status`` (exactly, else its class: ``4XX``); ``[]`` for a status the
+    spec gives no body (204)."""
+    from openapi_schema_validator import OAS30ReadValidator
+
+    # The spec as published: an answer may carry more than it lists (Klaviyo
+    # adds "status" to its errors), but never less than it requires.
+    spec = load_raw_spec()
+    _, operation = operation_for(method, path)
+    responses = operation["responses"]
+    response = responses.get(str(status)) or responses.get(f"{str(status)[0]}XX")
+    if response is None:
+        return [f"status {status} is not an answer of {method} {path}"]
+    while "$ref" in response:
+        response = _resolve(spec, response["$ref"])
+    content = response.get("content", {}).get("application/vnd.api+json")
+    if content is None:
+        return [] if body in (None, b"", "") else [f"status {status} has no body, got one"]
+    root = copy.deepcopy(content["schema"])
+    root["components"] = spec["components"]
+    validator = OAS30ReadValidator(root, format_checker=oas30_format_checker)
+    errors: list[ValidationError] = sorted(validator.iter_errors(body), key=str)
+    return [f"{'/'.join(map(str, error.absolute_path))}: {error.message}" for error in errors]
+
+
+def _resolve(spec: dict[str, Any], reference: str) -> dict[str, Any]:
+    node: Any = spec
+    for part in reference.lstrip("#/").split("/"):
+        node = node[part]
+    return dict(node)

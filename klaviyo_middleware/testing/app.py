@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from webob import Request, Response
@@ -19,6 +20,9 @@ from klaviyo_middleware.testing import checks
 from klaviyo_middleware.testing.checks import ApiError
 from klaviyo_middleware.testing.faults import Faults, RateLimiter
 from klaviyo_middleware.testing.state import KlaviyoState, import_error
+
+# The address the fake is being called at (set per request, read by _document).
+_BASE: ContextVar[str] = ContextVar("klaviyo_fake_base", default="https://a.klaviyo.com")
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -68,6 +72,8 @@ class FakeKlaviyo:
 
     def respond(self, request: Request) -> Response:
         path = request.path_info
+        # Where the fake is served, for the resources' self links.
+        _BASE.set(request.application_url)
         self.state.process_jobs()
         response = self._own_pages(request, path)
         if response is None:
@@ -279,6 +285,12 @@ def _body(request: Request) -> Any:
 
 
 def _document(status: int, data: Any, links: dict[str, str] | None = None) -> Response:
+    for resource in data if isinstance(data, list) else [data]:
+        if isinstance(resource, dict) and "type" in resource and resource.get("id"):
+            # As Klaviyo answers (the official SDK reads it): the resource's
+            # own address, e.g. https://a.klaviyo.com/api/profiles/01H…/.
+            resource.setdefault("links", {
+                "self": f"{_BASE.get()}/api/{resource['type']}s/{resource['id']}/"})
     document: dict[str, Any] = {"data": data}
     if links is not None:
         document["links"] = links
