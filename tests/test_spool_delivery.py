@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -228,3 +229,31 @@ def test_timeouts_and_slow_answers_over_real_http(make_app, loopback_klaviyo):
     assert set(fake.profiles) == {"slow@example.com"}
     assert fake.subscribed == {"L1": {"slow@example.com"}}
     assert len(fake.events) == 1
+
+
+def test_after_an_outage_everything_goes_out_at_once(make_app, klaviyo):
+    """Klaviyo away for ~8 s while posts arrive: one probe an interval
+    finds it back, and everything put off is due at once (it used to wait
+    out each submission's own backoff, for minutes)."""
+    from klaviyo_middleware.delivery.courier import PROBE_INTERVAL
+
+    klaviyo.fail("/api/.*", exception=RequestsConnectionError("down"), times=1_000_000)
+    app = make_app(delivery="spool")
+    middleware = make_app.middleware
+    down_until = time.monotonic() + 8
+    number = 0
+    while time.monotonic() < down_until:
+        app.post(UPDATE, {"email": f"p{number}@example.com", "list": "L1",
+                          "event[name]": "Joined"}, headers=JSON)
+        number += 1
+        time.sleep(0.1)
+    calls_while_down = len(klaviyo.calls)
+    klaviyo._script.clear()
+    back = time.monotonic()
+    # A bound on liveness, not a speed measurement: one probe interval, then
+    # one bulk round; each submission's own backoff would be far longer.
+    assert middleware.flush(PROBE_INTERVAL + 6), middleware.delivery.spool.outstanding()
+    assert time.monotonic() - back < PROBE_INTERVAL + 6
+    assert len(klaviyo.events) == number
+    # While down, Klaviyo saw about one probe an interval, not a storm.
+    assert calls_while_down <= 3 * (8 / PROBE_INTERVAL + 2) + number // 10, calls_while_down

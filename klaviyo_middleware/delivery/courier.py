@@ -102,6 +102,12 @@ class LeaseStore(Protocol):
         ...
 
 
+# While Klaviyo fails (5xx, timeouts, no connection), the account pauses for
+# this long after each failure, and one probe a period finds out whether it
+# answers again: not every submission backing off on its own.
+PROBE_INTERVAL = 2.0
+
+
 class Postponed(Exception):
     """Capacity returns in :attr:`seconds`, later than the courier's patience:
     hand the submission back (progress is saved) and try again then."""
@@ -150,6 +156,8 @@ class Courier:
         self.hooks = hooks or Hooks()
         self.stopping = stopping or threading.Event()
         self.patience = patience
+        # When Klaviyo stopped answering (None: it answers); see _failing.
+        self.outage_since: float | None = None
         self._jobs = JobFollower(
             client, jobs or JobFollow(), self._wait_for_capacity,
             lambda items, wait: self.store.save_progress_many(owner, items, self.lease + wait),
@@ -195,8 +203,10 @@ class Courier:
                 return
             except Exception as exc:
                 log.exception("klaviyo_middleware: unexpected error delivering %s", submission.id)
-                self._failed(item, KlaviyoError(f"unexpected {type(exc).__name__}", transient=True))
+                self._failed(item, KlaviyoError(f"unexpected {type(exc).__name__}",
+                                                code="unexpected", transient=True))
                 return
+            self._answered()
             if not self.store.save_progress_many(self.owner, [item], self.lease):
                 log.warning(
                     "klaviyo_middleware: lost the lease on %s; another worker has it",
@@ -298,6 +308,7 @@ class Courier:
                 return False
             try:
                 job_id = call.send(self.client)
+                self._answered()
             except KlaviyoError as error:
                 if error.status == 429:
                     self.store.pause(error.retry_after or self._backoff(1))
@@ -384,6 +395,9 @@ class Courier:
         now = time.time() if now is None else now
         if error.status == 429:
             self.store.pause(error.retry_after or self._backoff(1))
+        elif error.transient and error.code != "unexpected":
+            # Klaviyo itself failing (5xx, a timeout, no connection), not a bug here.
+            self._failing(now)
         delay = self.retry.later(error, item.attempts + 1, now - item.created_at,
                                  self.max_age, rng or self._rng)
         if delay is None:
@@ -397,6 +411,25 @@ class Courier:
         )
         self.store.reschedule(self.owner, item, now + delay, error.to_dict())
         self.hooks.retrying(submission, error, delay)
+
+    def _failing(self, now: float) -> None:
+        """Klaviyo did not answer: hold the account for a probe's interval."""
+        if self.outage_since is None:
+            self.outage_since = now
+            log.warning("klaviyo_middleware: Klaviyo is not answering; delivery waits, "
+                        "trying one call every %.0f s", PROBE_INTERVAL)
+        self.store.pause(PROBE_INTERVAL)
+
+    def _answered(self) -> None:
+        """Klaviyo answered: if it had not been, what it put off is due now."""
+        since = self.outage_since
+        if since is None:
+            return
+        self.outage_since = None
+        bring_forward = getattr(self.store, "bring_forward", None)
+        due = bring_forward() if bring_forward is not None else 0
+        log.info("klaviyo_middleware: Klaviyo answers again after %.0f s; %d postponed "
+                 "submissions are due now", time.time() - since, due)
 
     def _bury(self, item: Leased, error: KlaviyoError) -> None:
         log.error(

@@ -11,13 +11,14 @@ Klaviyo has it, so an exit, a crash or ``kill -9`` only delays delivery.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
 
-from klaviyo_middleware.delivery.courier import Courier
+from klaviyo_middleware.delivery.courier import PROBE_INTERVAL, Courier
 from klaviyo_middleware.delivery.hooks import Hooks
 from klaviyo_middleware.delivery.import_jobs import JobFollow
 from klaviyo_middleware.delivery.retention import DEFAULT_DEAD_LETTER_MAX_AGE
@@ -263,13 +264,21 @@ class SpoolSender:
             self._stopping.wait(min(pause, self.options.poll))
             return True
         claimed = self.spool.claim(self._owner, self.options.batch, self.options.lease)
+        assert self._courier is not None, "threads start after the courier is built"
+        if (not claimed and self._courier.outage_since is not None
+                and self.spool.take_turn("probe", PROBE_INTERVAL, now)):
+            # Klaviyo was failing and everything waits out its backoff: one
+            # submission, the earliest, asks whether it answers again (one
+            # probe an interval, for every process on the spool).
+            claimed = self.spool.claim(self._owner, 1, self.options.lease, due_by=math.inf)
+            self._courier.deliver_round(claimed, use_bulk=False)
+            return bool(claimed)
         backlog = self.options.batching and len(claimed) >= self.options.batch
         if backlog:
             # A full round means a backlog: take more and use the bulk endpoints.
             claimed += self.spool.claim(
                 self._owner, max(0, self.options.bulk_size - len(claimed)), self.options.lease
             )
-        assert self._courier is not None, "threads start after the courier is built"
         self._courier.deliver_round(claimed, use_bulk=backlog)
         return bool(claimed)
 

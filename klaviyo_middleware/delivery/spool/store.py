@@ -656,9 +656,13 @@ class Spool:
         return released
 
     def claim(
-        self, owner: str, limit: int, lease: float, now: float | None = None
+        self, owner: str, limit: int, lease: float, now: float | None = None,
+        due_by: float | None = None,
     ) -> list[Leased]:
         """Lease up to ``limit`` due submissions to ``owner`` for ``lease`` seconds.
+
+        ``due_by`` (default: now) takes rows due until then: a probe during
+        an outage takes the earliest one, however far its backoff put it.
 
         A row that cannot be read back (written by another version, or
         damaged) goes alone to the dead letters with the reason, in the same
@@ -675,7 +679,8 @@ class Spool:
                 # One transaction moves what this process accepted and claims.
                 _, upto = self._move(db, intake)
             rows = db.execute(
-                _CLAIM, (owner, now + lease, self.account, now, now, now, limit),
+                _CLAIM, (owner, now + lease, self.account, now if due_by is None else due_by,
+                         now, now, limit),
             ).fetchall()
             for submission_id, payload, progress, attempts, created_at in rows:
                 try:
@@ -709,6 +714,18 @@ class Spool:
                 rows = db.execute(marks, people).fetchall() if people else []
                 turns[item.submission.id] = Turn(0.0, {path: int(stamp) for path, stamp in rows})
         return turns
+
+    def bring_forward(self, now: float | None = None) -> int:
+        """Klaviyo answers again after an outage: what its failures (5xx,
+        timeouts, no connection) put off is due now, all together, so that
+        it goes out in bulk rather than as each backoff ends."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            return int(db.execute(
+                "UPDATE submissions SET due_at = ? WHERE account = ? AND due_at > ? "
+                "AND last_error IS NOT NULL "
+                "AND coalesce(json_extract(last_error, '$.status'), 500) >= 500",
+                (now, self.account, now)).rowcount)
 
     def postpone(self, owner: str, claimed: Leased, due_at: float) -> None:
         """Hand a submission back, due at ``due_at``; not a failed attempt."""
