@@ -754,3 +754,16 @@ def test_sixty_people_three_times_each_end_at_their_last_version(threshold, loop
         f"p{person}@example.com": "v2" for person in range(60)}
     assert state.stats()["dead"] == 0
     assert fake.violations == []
+
+
+def test_an_empty_queue_is_measured_without_a_warning(caplog):
+    """Redis keeps no list for an empty queue, and kombu answers "no queue":
+    the worker logged a warning for it on every measurement."""
+    from klaviyo_middleware.delivery.celery.tasks import _BacklogGauge, make_celery
+
+    app = make_celery(REDIS)
+    try:
+        assert _BacklogGauge(app).waiting() == 0
+    finally:
+        app.close()
+    assert "could not measure the queue" not in caplog.text

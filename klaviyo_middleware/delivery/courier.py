@@ -169,8 +169,15 @@ class Courier:
         if use_bulk:
             self.deliver_bulk(items)
             return
-        for item in items:
+        for index, item in enumerate(items):
             if self.stopping.is_set():
+                return
+            if self.outage_since is not None and index:
+                # Klaviyo just failed: the rest of the round waits for the
+                # probe rather than each taking its turn to fail.
+                due = time.time() + PROBE_INTERVAL
+                for waiting in items[index:]:
+                    self.store.postpone(self.owner, waiting, due)
                 return
             self.deliver(item)
 

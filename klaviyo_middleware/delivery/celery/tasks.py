@@ -220,6 +220,10 @@ class _BacklogGauge:
                 declared = connection.default_channel.queue_declare(queue=QUEUE, passive=True)
                 return int(declared.message_count)
         except Exception as exc:
+            if "NOT_FOUND" in str(exc):
+                # Redis keeps no list for an empty queue, and kombu says
+                # "no queue": nothing waits, which is no cause for a warning.
+                return 0
             # Not knowing means sending singly, which is always correct.
             log.warning("klaviyo_middleware: could not measure the queue: %s", exc)
             return 0

@@ -299,10 +299,11 @@ class Intake:
             # PASSIVE: never waits for, nor holds back, a visitor's commit.
             self._mover.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-    def empty_log(self) -> None:
+    def empty_log(self, force: bool = False) -> None:
         """Cut the write-ahead log to zero bytes when idle (at most once a
-        minute), so that the pages of moved submissions do not linger in it."""
-        if time.monotonic() - self._emptied_at < EMPTY_LOG_EVERY_SECONDS:
+        minute, unless ``force``), so that the pages of moved submissions do
+        not linger in it."""
+        if not force and time.monotonic() - self._emptied_at < EMPTY_LOG_EVERY_SECONDS:
             return
         self._emptied_at = time.monotonic()
         with self._move_guard:

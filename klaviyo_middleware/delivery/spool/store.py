@@ -171,9 +171,9 @@ _TOTALS = (
 # submissions are refused before the disk is full, never delivery's writes.
 # Half of a small filesystem at most.
 DISK_RESERVE = 16 * 1024 * 1024
-# Moving a row into the shared file writes it there and in the log before the
-# intake lets it go: an accepted byte may need this many more on disk.
-DISK_PER_BYTE = 3
+# An accepted byte on disk: in the intake, then moved into the shared file
+# and its log, then zeroed out of the intake through the intake's log.
+DISK_PER_BYTE = 4
 
 
 def default_spool_path() -> Path:
@@ -472,18 +472,14 @@ class Spool:
             disk = os.statvfs(intake.path.parent)
         except OSError:
             return room
-        reserve = min(DISK_RESERVE, disk.f_blocks * disk.f_frsize // 2)
+        reserve = disk_reserve(disk)
         # Free pages inside the shared file take moved rows without the
-        # disk growing (after a backlog is delivered, most of it is free);
-        # so does the intake's log once all it held is moved and dropped
-        # (the next commit writes it from the start again).
-        reusable = self._shared_free
-        if not intake.has_unmoved:
-            with contextlib.suppress(OSError):
-                reusable += os.stat(f"{intake.path}-wal").st_size
-        spare = disk.f_bavail * disk.f_frsize + reusable - reserve
-        # What is already unmoved was counted when it was accepted.
-        return min(room, intake.unmoved_bytes + max(0, spare) // DISK_PER_BYTE)
+        # disk growing (after a backlog is delivered, most of it is free).
+        spare = disk.f_bavail * disk.f_frsize + self._shared_free - reserve
+        # Each byte accepted takes one now (the intake) and DISK_PER_BYTE - 1
+        # more when it moves; what is already held has paid the first.
+        held = intake.unmoved_bytes
+        return min(room, held + (spare - (DISK_PER_BYTE - 1) * held) // DISK_PER_BYTE)
 
     def _intake_replaced(self, intake: Intake) -> None:
         """This process's intake was deleted under it (an operator cleaning
@@ -1027,7 +1023,9 @@ class Spool:
         intake = self._intake
         if intake is not None and intake.owned_here and not intake.has_unmoved:
             intake.drop_moved()
-            intake.empty_log()
+            # On a disk short of its reserve, the log's space is what new
+            # visitors need: cut it now, not at the next minute.
+            intake.empty_log(force=_disk_low(intake.path.parent))
 
     def next_due(self) -> float | None:
         if self.unmoved():
@@ -1247,6 +1245,19 @@ def _used_bytes(db: sqlite3.Connection) -> int:
         "FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()"
     ).fetchone()
     return int(used)
+
+
+def disk_reserve(disk: os.statvfs_result) -> int:
+    """What :data:`DISK_RESERVE` is on this filesystem (half of a small one)."""
+    return min(DISK_RESERVE, disk.f_blocks * disk.f_frsize // 2)
+
+
+def _disk_low(folder: Path) -> bool:
+    try:
+        disk = os.statvfs(folder)
+    except OSError:
+        return False
+    return disk.f_bavail * disk.f_frsize < disk_reserve(disk)
 
 
 def _dead_bytes(db: sqlite3.Connection) -> int:
