@@ -7,6 +7,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -262,3 +263,21 @@ class TestTheSuiteWideWatch:
             watch.emit(logging.LogRecord("klaviyo_middleware", logging.INFO, __file__, 1,
                                          text, None, None))
             assert bool(watch.take()) is leaked, text
+
+
+def test_spool_resume_brings_forward_what_an_outage_put_off(tmp_path):
+    """By hand, what the senders do when Klaviyo answers again."""
+    spool = Spool(tmp_path / "spool.sqlite3", ACCOUNT)
+    spool.enqueue(person(1))
+    spool.move_intake()
+    [leased] = spool.claim("me", 1, 60)
+    spool.reschedule("me", leased, time.time() + 3600,
+                     {"message": "down", "status": None, "code": None, "detail": None,
+                      "pointer": None})
+    try:
+        assert spool.claim("me", 1, 60) == []
+        out = io.StringIO()
+        assert main(["spool", "resume", "--spool", str(spool.path)], out=out) == 0
+        assert [item.submission.id for item in spool.claim("me", 1, 60)] == [leased.submission.id]
+    finally:
+        spool.close()

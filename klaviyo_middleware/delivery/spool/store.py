@@ -1134,16 +1134,17 @@ class SpoolAdmin:
         return len(rows)
 
     def resume(self, now: float | None = None) -> float:
-        """Lift every account's 429 pause, and bring forward what the 429
-        postponed; returns the seconds the pause had left."""
+        """Lift every account's pause, and bring forward what a 429 or an
+        outage (5xx, timeouts, no connection) postponed, as the senders do
+        when Klaviyo answers again; returns the seconds the pause had left."""
         now = time.time() if now is None else now
         with self.spool._transaction() as db:
             (until,) = db.execute("SELECT coalesce(max(until), 0) FROM pauses").fetchone()
             db.execute("DELETE FROM pauses")
-            # What the 429 sent back to wait comes due now, too.
             db.execute(
-                "UPDATE submissions SET due_at = ? WHERE due_at > ? "
-                "AND json_extract(last_error, '$.status') = 429",
+                "UPDATE submissions SET due_at = ? WHERE due_at > ? AND last_error IS NOT NULL "
+                "AND (json_extract(last_error, '$.status') = 429 "
+                "OR coalesce(json_extract(last_error, '$.status'), 500) >= 500)",
                 (now, now),
             )
         return max(0.0, float(until) - now)
