@@ -85,16 +85,16 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
     """``klaviyo-middleware check``: the key comes from the environment only,
     never the command line (which other users and shell history can see)."""
     from klaviyo_middleware.check import run
-    from klaviyo_middleware.delivery.spool.store import ENV_SPOOL_PATH, default_spool_path
+    from klaviyo_middleware.delivery.celery.config import ENV_BROKER_URL
     from klaviyo_middleware.klaviyo.account import API_URL, REVISION
 
     try:
-        api_url = API_URL.check("api_url", args.api_url or API_URL.lookup(None, os.environ))
+        api_url = API_URL.resolve(args.api_url, os.environ)
         revision = REVISION.resolve(None, os.environ)
     except ConfigurationError as exc:
         return _fail(str(exc))
     spool = args.spool or os.environ.get(ENV_SPOOL_PATH) or str(default_spool_path())
-    broker = args.broker or os.environ.get("KLAVIYO_BROKER_URL")
+    broker = args.broker or os.environ.get(ENV_BROKER_URL)
     passed = run(out, api_key=os.environ.get(ENV_API_KEY), api_url=api_url, revision=revision,
                  lists=args.list, spool_path=spool, broker_url=broker)
     return 0 if passed else 1

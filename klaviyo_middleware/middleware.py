@@ -725,7 +725,7 @@ def _unknown_keyword(name: str) -> str:
     known = [parameter.name for parameter
              in inspect.signature(KlaviyoMiddleware.__init__).parameters.values()
              if parameter.kind is parameter.KEYWORD_ONLY]
-    if name in BY_NAME or name.lower().removeprefix("klaviyo_") in BY_NAME:
+    if name.lower().removeprefix("klaviyo_") in BY_NAME:
         return unknown_option_message(name)
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else "; see help(KlaviyoMiddleware)"

@@ -158,6 +158,7 @@ class Courier:
         self.patience = patience
         # When Klaviyo stopped answering (None: it answers); see _failing.
         self.outage_since: float | None = None
+        self._outage_paused_at: float | None = None
         self._jobs = JobFollower(
             client, jobs or JobFollow(), self._wait_for_capacity,
             lambda items, wait: self.store.save_progress_many(owner, items, self.lease + wait),
@@ -425,7 +426,11 @@ class Courier:
             self.outage_since = now
             log.warning("klaviyo_middleware: Klaviyo is not answering; delivery waits, "
                         "trying one call every %.0f s", PROBE_INTERVAL)
-        self.store.pause(PROBE_INTERVAL)
+        # The failed members of one bulk round arrive here with one ``now``:
+        # one write of the shared pause serves them all.
+        if now != self._outage_paused_at:
+            self._outage_paused_at = now
+            self.store.pause(PROBE_INTERVAL)
 
     def _answered(self) -> None:
         """Klaviyo answered: if it had not been, what it put off is due now."""

@@ -151,15 +151,14 @@ def client_key(address: str, ipv6_prefix: int = DEFAULT_IPV6_PREFIX) -> str:
     if ip is None:
         return address.strip()[:64]
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, ipv6_prefix), strict=False))
     return str(ip)
 
 
 def parse_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """``REMOTE_ADDR`` or an ``X-Forwarded-For`` entry as an address: bare,
-    ``[v6]``, ``[v6]:port``, ``v4:port``, with a zone id; ``None`` otherwise."""
+    ``[v6]``, ``[v6]:port``, ``v4:port``, with a zone id; an IPv4 address
+    written as IPv6 (``::ffff:10.0.0.1``) as the IPv4 one; ``None`` otherwise."""
     text = address.strip()
     if len(text) > 64:
         return None
@@ -168,17 +167,18 @@ def parse_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
     elif text.count(":") == 1:
         text = text.partition(":")[0]
     try:
-        return ipaddress.ip_address(text.partition("%")[0])
+        ip = ipaddress.ip_address(text.partition("%")[0])
     except ValueError:
         return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def is_public(address: str) -> bool:
     """Whether an address names one client on the internet (not a proxy's
     private, loopback or link-local address)."""
     ip = parse_ip(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     return ip is not None and ip.is_global
 
 

@@ -111,8 +111,10 @@ def misspelt_fields(form: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def _one_edit_apart(a: str, b: str) -> bool:
-    if a == b or abs(len(a) - len(b)) > 1:
-        return a == b
+    if a == b:
+        return True  # told apart by case alone ("Email")
+    if abs(len(a) - len(b)) > 1:
+        return False
     if len(a) == len(b):
         differ = [index for index, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
         return len(differ) == 1 or (len(differ) == 2 and differ[1] == differ[0] + 1

@@ -166,6 +166,10 @@ _TOTALS = (
     "max(0, value - (length(OLD.payload) + length(OLD.progress) + length(OLD.error))) "
     "WHERE name = 'dead_bytes'; END",
 )
+# A row put off by Klaviyo failing (5xx, or no answer at all: a timeout, no
+# connection), which comes due at once when Klaviyo answers again.
+_PUT_OFF_BY_OUTAGE = ("last_error IS NOT NULL "
+                      "AND coalesce(json_extract(last_error, '$.status'), 500) >= 500")
 # Room kept free on the spool's filesystem for delivery's own writes (leases,
 # progress, moving rows out of the intakes, the write-ahead logs): new
 # submissions are refused before the disk is full, never delivery's writes.
@@ -457,10 +461,12 @@ class Spool:
     def _measure(self, db: sqlite3.Connection) -> None:
         """Note the shared file's use, for the request path to judge room
         without reading the shared file (see :meth:`_room`)."""
-        self._shared_used = _pending_bytes(db)
-        (free,) = db.execute(
-            "SELECT freelist_count * page_size FROM pragma_freelist_count(), pragma_page_size()"
+        used, free = db.execute(
+            "SELECT (page_count - freelist_count) * page_size, freelist_count * page_size "
+            "FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()"
         ).fetchone()
+        # Dead letters have a budget of their own: not counted against max_bytes.
+        self._shared_used = max(0, int(used) - _dead_bytes(db))
         self._shared_free = int(free)
 
     def _room(self, intake: Intake) -> int:
@@ -472,7 +478,7 @@ class Spool:
             disk = os.statvfs(intake.path.parent)
         except OSError:
             return room
-        reserve = disk_reserve(disk)
+        reserve = _disk_reserve(disk)
         # Free pages inside the shared file take moved rows without the
         # disk growing (after a backlog is delivered, most of it is free).
         spare = disk.f_bavail * disk.f_frsize + self._shared_free - reserve
@@ -718,10 +724,8 @@ class Spool:
         now = time.time() if now is None else now
         with self._transaction() as db:
             return int(db.execute(
-                "UPDATE submissions SET due_at = ? WHERE account = ? AND due_at > ? "
-                "AND last_error IS NOT NULL "
-                "AND coalesce(json_extract(last_error, '$.status'), 500) >= 500",
-                (now, self.account, now)).rowcount)
+                "UPDATE submissions SET due_at = ? WHERE account = ? AND due_at > ? "  # noqa: S608
+                f"AND {_PUT_OFF_BY_OUTAGE}", (now, self.account, now)).rowcount)
 
     def postpone(self, owner: str, claimed: Leased, due_at: float) -> None:
         """Hand a submission back, due at ``due_at``; not a failed attempt."""
@@ -1142,9 +1146,8 @@ class SpoolAdmin:
             (until,) = db.execute("SELECT coalesce(max(until), 0) FROM pauses").fetchone()
             db.execute("DELETE FROM pauses")
             db.execute(
-                "UPDATE submissions SET due_at = ? WHERE due_at > ? AND last_error IS NOT NULL "
-                "AND (json_extract(last_error, '$.status') = 429 "
-                "OR coalesce(json_extract(last_error, '$.status'), 500) >= 500)",
+                "UPDATE submissions SET due_at = ? WHERE due_at > ? AND ("  # noqa: S608
+                f"json_extract(last_error, '$.status') = 429 OR {_PUT_OFF_BY_OUTAGE})",
                 (now, now),
             )
         return max(0.0, float(until) - now)
@@ -1240,15 +1243,7 @@ def watermarks_of(db: sqlite3.Connection) -> dict[str, int]:
     return dict(db.execute("SELECT name, moved_through FROM intakes").fetchall())
 
 
-def _used_bytes(db: sqlite3.Connection) -> int:
-    (used,) = db.execute(
-        "SELECT (page_count - freelist_count) * page_size "
-        "FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()"
-    ).fetchone()
-    return int(used)
-
-
-def disk_reserve(disk: os.statvfs_result) -> int:
+def _disk_reserve(disk: os.statvfs_result) -> int:
     """What :data:`DISK_RESERVE` is on this filesystem (half of a small one)."""
     return min(DISK_RESERVE, disk.f_blocks * disk.f_frsize // 2)
 
@@ -1258,17 +1253,12 @@ def _disk_low(folder: Path) -> bool:
         disk = os.statvfs(folder)
     except OSError:
         return False
-    return disk.f_bavail * disk.f_frsize < disk_reserve(disk)
+    return disk.f_bavail * disk.f_frsize < _disk_reserve(disk)
 
 
 def _dead_bytes(db: sqlite3.Connection) -> int:
     row = db.execute("SELECT value FROM totals WHERE name = 'dead_bytes'").fetchone()
     return int(row[0]) if row else 0
-
-
-def _pending_bytes(db: sqlite3.Connection) -> int:
-    """The file's bytes less the dead letters' (which have a budget of their own)."""
-    return max(0, _used_bytes(db) - _dead_bytes(db))
 
 
 def _readable(payload: str) -> Submission | None:
