@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
 from collections import Counter
 from typing import Any
 
@@ -59,11 +61,74 @@ def test_bulk_gives_the_same_klaviyo_as_single_calls(tmp_path, klaviyo):
     assert sum(bulk_calls.values()) <= 30 < sum(single_calls.values())
 
 
-def test_light_traffic_uses_single_calls(tmp_path, klaviyo):
-    drain(tmp_path, klaviyo, backlog(3))
+def test_a_submission_alone_goes_one_call_a_step(tmp_path, klaviyo):
+    spool = Spool(tmp_path / "alone.sqlite3", ACCOUNT)
+    delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(),
+                             SenderOptions(poll=0.05, round_interval=0.05))
+    try:
+        for item in backlog(3):
+            delivery.submit(item)
+            assert delivery.flush(10)
+    finally:
+        delivery.close()
     assert "/api/profile-bulk-import-jobs" not in klaviyo.paths()
     assert "/api/event-bulk-create-jobs" not in klaviyo.paths()
+    assert klaviyo.paths().count("/api/profile-import") == 3
     assert len(klaviyo.events) == 3
+
+
+def test_two_due_together_go_in_bulk(tmp_path, klaviyo):
+    drain(tmp_path, klaviyo, backlog(2))
+    assert klaviyo.paths().count("/api/profile-bulk-import-jobs") == 1
+    assert klaviyo.paths().count("/api/event-bulk-create-jobs") == 1
+    assert "/api/profile-import" not in klaviyo.paths()
+    assert len(klaviyo.events) == 2
+
+
+def test_rounds_keep_their_cadence(tmp_path, klaviyo):
+    """Posts arriving faster than the cadence share rounds: at most one
+    round starts an interval, and each takes all that is due."""
+    spool = Spool(tmp_path / "cadence.sqlite3", ACCOUNT)
+    delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(),
+                             SenderOptions(threads=4, poll=0.05, round_interval=0.5))
+    items = [Submission(action="updateProfile", profile={"email": f"c{n}@example.com"},
+                        lists=["A1"], event=Event(name="Joined", unique_id=f"c-{n}"))
+             for n in range(40)]
+    try:
+        for item in items:
+            delivery.submit(item)
+            time.sleep(0.05)
+        assert delivery.flush(30)
+    finally:
+        delivery.close()
+    rounds = sorted(klaviyo.times("/api/event-bulk-create-jobs|/api/events"))
+    # 40 posts over two seconds: about five rounds, never one per post.
+    assert len(rounds) <= 8
+    assert all(later - earlier >= 0.45 for earlier, later in itertools.pairwise(rounds))
+    assert len(klaviyo.events) == 40
+
+
+def test_a_profile_that_only_names_the_person_needs_no_import_in_bulk(tmp_path, klaviyo):
+    """A newsletter form's email: the round's subscription or event creates
+    the person, with the same result in Klaviyo as the single calls."""
+    items = [Submission(action="updateProfile", profile=profile, lists=lists,
+                        event=Event(name="Joined", unique_id=f"n-{n}") if n % 2 else None)
+             for n, (profile, lists) in enumerate(
+                 [({"email": f"n{n}@example.com"}, ["A1"]) for n in range(6)]
+                 + [({"email": "sms@example.com", "phone_number": "+15005550006"}, ["A1"]),
+                    ({"email": "x@example.com", "external_id": "x-1"}, ["A1"])])]
+    drain(tmp_path, klaviyo, items)
+    bulk_state = state(klaviyo)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        singles = FakeKlaviyo(mock)
+        drain(tmp_path, singles, items, batching=False)
+    assert bulk_state == state(singles)
+    imported = [profile["attributes"] for body in klaviyo.bodies("/api/profile-bulk-import-jobs")
+                for profile in body["data"]["attributes"]["profiles"]["data"]]
+    # Only those neither a subscription nor an event names whole.
+    assert sorted(imported, key=str) == [
+        {"email": "sms@example.com", "phone_number": "+15005550006"},
+        {"email": "x@example.com", "external_id": "x-1"}]
 
 
 def test_a_refused_bulk_job_falls_back_to_single_calls(tmp_path, klaviyo):

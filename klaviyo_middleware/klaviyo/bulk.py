@@ -13,7 +13,11 @@ Klaviyo's rate limits (10,000 submissions with a list and an event are
   ``unique_id``, so Klaviyo still keeps one event per submission.
 
 The result in Klaviyo is the one the single calls give; only the number of
-calls differs. :func:`plan` only builds the calls; the courier sends them and
+calls differs. A profile that only names the person (a newsletter form's
+email) gets no import of its own when the round's subscription or event
+names them with every identifier: Klaviyo creates the person from either
+(:func:`carried_by`), so a steady trickle of such forms costs two calls a
+round, not four. :func:`plan` only builds the calls; the courier sends them and
 records, per submission, which steps each call completed — for an import
 job, once Klaviyo has processed it (``follow``; see
 :mod:`klaviyo_middleware.delivery.import_jobs`).
@@ -31,6 +35,7 @@ from klaviyo_middleware.klaviyo import payloads
 from klaviyo_middleware.klaviyo.client import KlaviyoClient
 from klaviyo_middleware.klaviyo.steps import EVENT_STEP, PROFILE_STEP, pending
 from klaviyo_middleware.model.lease import Leased
+from klaviyo_middleware.model.profile_order import identity, only_identity
 
 PROFILES_PER_IMPORT = 10_000
 PEOPLE_PER_SUBSCRIBE = 1_000
@@ -72,6 +77,39 @@ def import_steps(item: Leased) -> list[str]:
             if step == PROFILE_STEP or step.startswith("add:")]
 
 
+def carried_by(item: Leased) -> str | None:
+    """The later step of ``item`` that creates its person in Klaviyo when
+    its profile has nothing to say but who they are; ``None`` when the
+    profile needs an import of its own.
+
+    It needs one when it carries attributes (they are written in per-person
+    order), when a list is joined without consent (that takes the profile's
+    id), or when no later step names every identifier it has: a subscription
+    names the email, and the phone only with SMS consent; an event names
+    one (:func:`~klaviyo_middleware.model.profile_order.identity`).
+    """
+    if item.progress.job is not None or not only_identity(item.submission.profile):
+        return None
+    todo = list(pending(item.submission, item.progress))
+    if PROFILE_STEP not in todo or any(step.startswith("add:") for step in todo):
+        return None
+    profile = item.submission.profile
+    for step in todo:
+        if step == EVENT_STEP and identity(profile) == profile:
+            return step
+        if step.startswith("subscribe:"):
+            named = payloads.subscriber(item.submission)["attributes"]
+            if all(name in named for name in profile):
+                return step
+    return None
+
+
+def _with_profile(item: Leased, step: str) -> list[str]:
+    """The steps a call doing ``step`` completes: the profile too, when the
+    call creates the person (:func:`carried_by`)."""
+    return [PROFILE_STEP, step] if carried_by(item) == step else [step]
+
+
 def profile_imports(items: list[Leased],
                     profiles: dict[str, dict[str, Any]] | None = None) -> list[BulkCall]:
     """Import jobs for the profiles of ``items``: each as ``profiles`` gives
@@ -81,8 +119,9 @@ def profile_imports(items: list[Leased],
     groups: dict[tuple[str, ...], list[tuple[Leased, list[str]]]] = {}
     for item in items:
         todo = import_steps(item)
-        if not todo or item.progress.job is not None:
-            # Nothing to import, or already in a job being followed.
+        if not todo or item.progress.job is not None or carried_by(item) is not None:
+            # Nothing to import, already in a job being followed, or the
+            # person is created by a later call of the round.
             continue
         # A job's lists apply to every profile in it, so people going onto
         # different lists go into different jobs.
@@ -115,7 +154,7 @@ def subscriptions(items: list[Leased]) -> list[BulkCall]:
         for step in pending(item.submission, item.progress):
             if step.startswith("subscribe:"):
                 key = (step.split(":", 1)[1], item.submission.custom_source)
-                groups.setdefault(key, []).append((item, [step]))
+                groups.setdefault(key, []).append((item, _with_profile(item, step)))
     calls = []
     for (list_id, source), members in groups.items():
         entries = [(payloads.subscriber(item.submission), (item, steps))
@@ -134,7 +173,8 @@ def events(items: list[Leased]) -> list[BulkCall]:
     for item in items:
         event = item.submission.event
         if event is not None and EVENT_STEP in pending(item.submission, item.progress):
-            entries.append((payloads.bulk_event_item(item.submission, event), (item, [EVENT_STEP])))
+            entries.append((payloads.bulk_event_item(item.submission, event),
+                            (item, _with_profile(item, EVENT_STEP))))
     return [
         BulkCall(
             "event-bulk-create",

@@ -42,7 +42,7 @@ class SenderOptions:
     """How the sender behaves.
 
     :param threads: delivery threads in each process.
-    :param batch: submissions a thread leases at a time.
+    :param batch: submissions a thread leases at a time without ``batching``.
     :param lease: seconds a lease lasts before another sender (in any process) may take over;
         renewed after every step.
     :param poll: seconds between looks at the spool when idle (submissions
@@ -53,9 +53,12 @@ class SenderOptions:
     :param retry_cap: largest backoff ceiling in seconds.
     :param rate_share: share of Klaviyo's per-account limits this site uses.
     :param exit_timeout: seconds spent delivering at interpreter exit.
-    :param batching: when a lease round comes back full (a backlog), send
-        through Klaviyo's bulk endpoints instead of one call per step.
-    :param bulk_size: submissions in one bulk round.
+    :param batching: deliver in rounds at a cadence: whenever more than one
+        submission is due, through Klaviyo's bulk endpoints; ``False``: one
+        call per step, ``batch`` submissions at a time.
+    :param bulk_size: most submissions in one round.
+    :param round_interval: seconds between the starts of two rounds, for
+        all processes on the spool.
     :param dead_letter_max_age: seconds a dead letter is kept.
     :param jobs: how profile import jobs are followed until Klaviyo has
         processed them.
@@ -72,6 +75,7 @@ class SenderOptions:
     exit_timeout: float = 2.0
     batching: bool = True
     bulk_size: int = 1000
+    round_interval: float = 1.0
     dead_letter_max_age: float = DEFAULT_DEAD_LETTER_MAX_AGE
     jobs: JobFollow = field(default_factory=JobFollow)
 
@@ -263,23 +267,51 @@ class SpoolSender:
             self.spool.move_intake()
             self._stopping.wait(min(pause, self.options.poll))
             return True
-        claimed = self.spool.claim(self._owner, self.options.batch, self.options.lease)
         assert self._courier is not None, "threads start after the courier is built"
-        if (not claimed and self._courier.outage_since is not None
-                and self.spool.take_turn("probe", PROBE_INTERVAL, now)):
-            # Klaviyo was failing and everything waits out its backoff: one
-            # submission, the earliest, asks whether it answers again (one
-            # probe an interval, for every process on the spool).
-            claimed = self.spool.claim(self._owner, 1, self.options.lease, due_by=math.inf)
-            self._courier.deliver_round(claimed, use_bulk=False)
-            return bool(claimed)
-        backlog = self.options.batching and len(claimed) >= self.options.batch
-        if backlog:
-            # A full round means a backlog: take more and use the bulk endpoints.
-            claimed += self.spool.claim(
-                self._owner, max(0, self.options.bulk_size - len(claimed)), self.options.lease
-            )
-        self._courier.deliver_round(claimed, use_bulk=backlog)
+        if self.options.batching:
+            return self._round(now)
+        claimed = self.spool.claim(self._owner, self.options.batch, self.options.lease)
+        if not claimed and self._probe(now):
+            return True
+        self._courier.deliver_round(claimed, use_bulk=False)
+        return bool(claimed)
+
+    def _round(self, now: float) -> bool:
+        """One delivery round at the spool's cadence: at most one round
+        starts every ``round_interval`` for all processes on the spool, and
+        it takes everything due. Alone, a submission goes at once, one call
+        a step; what arrives while a round is young waits for the next
+        (Nagle's algorithm, for Klaviyo): at 20 posts a second that is one
+        bulk round a second, two or three calls for twenty submissions,
+        where the submissions' own calls would overrun the single
+        endpoints' limits and queue behind them."""
+        assert self._courier is not None
+        due = self.spool.next_due()
+        if due is None or due > time.time():
+            return self._probe(now)
+        wait = self.spool.turn_free_in("round", self.options.round_interval, now)
+        if wait > 0:
+            # Whoever starts the next round, in whichever process, takes
+            # what this process accepted meanwhile from the shared file.
+            self.spool.move_intake()
+            self._stopping.wait(min(wait, self.options.poll))
+            return True
+        if not self.spool.take_turn("round", self.options.round_interval, now):
+            return True  # another sender took it this instant
+        claimed = self.spool.claim(self._owner, self.options.bulk_size, self.options.lease)
+        self._courier.deliver_round(claimed, use_bulk=len(claimed) > 1)
+        return bool(claimed)
+
+    def _probe(self, now: float) -> bool:
+        """While Klaviyo fails, everything waits out its backoff: one
+        submission, the earliest, asks whether it answers again (one probe
+        an interval, for every process on the spool)."""
+        assert self._courier is not None
+        if (self._courier.outage_since is None
+                or not self.spool.take_turn("probe", PROBE_INTERVAL, now)):
+            return False
+        claimed = self.spool.claim(self._owner, 1, self.options.lease, due_by=math.inf)
+        self._courier.deliver_round(claimed, use_bulk=False)
         return bool(claimed)
 
 

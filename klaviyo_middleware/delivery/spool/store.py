@@ -971,15 +971,20 @@ class Spool:
         """Whether this process should do ``task`` now: ``True`` for one
         process on the spool at most once every ``every`` seconds."""
         now = time.time() if now is None else now
-        with self._reading() as db:
-            row = db.execute("SELECT at FROM housekeeping WHERE task = ?", (task,)).fetchone()
-        if row is not None and row[0] > now - every:
+        if self.turn_free_in(task, every, now) > 0:
             return False
         with self._transaction() as db:
             return db.execute(
                 "INSERT INTO housekeeping (task, at) VALUES (?, ?) ON CONFLICT (task) "
                 "DO UPDATE SET at = excluded.at WHERE housekeeping.at <= ?",
                 (task, now, now - every)).rowcount == 1
+
+    def turn_free_in(self, task: str, every: float, now: float | None = None) -> float:
+        """Seconds until someone may take the turn at ``task``; 0 when free."""
+        now = time.time() if now is None else now
+        with self._reading() as db:
+            row = db.execute("SELECT at FROM housekeeping WHERE task = ?", (task,)).fetchone()
+        return 0.0 if row is None else max(0.0, row[0] + every - now)
 
     def truncate_wal(self) -> bool:
         """Empty the write-ahead log into the database file and cut it to zero
