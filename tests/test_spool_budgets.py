@@ -34,8 +34,9 @@ def padded(number: int, kilobytes: int = 40) -> dict[str, str]:
 
 
 def test_dead_letters_never_refuse_a_real_visitor(make_app, klaviyo, caplog):
-    # Klaviyo refuses every profile: each junk post becomes a dead letter.
-    klaviyo.fail("/api/profile-import", 400, times=10_000)
+    # Klaviyo refuses every profile, alone or in bulk (a refused bulk job is
+    # replayed one by one): each junk post becomes a dead letter.
+    klaviyo.fail("/api/profile-(import|bulk-import-jobs)", 400, times=10_000)
     app = make_app(delivery="spool", spool_max_size=2_000_000, dead_letter_max_size=300_000)
     middleware = make_app.middleware
     for round_ in range(8):

@@ -106,6 +106,9 @@ class LeaseStore(Protocol):
 # this long after each failure, and one probe a period finds out whether it
 # answers again: not every submission backing off on its own.
 PROBE_INTERVAL = 2.0
+# Seconds between the starts of two delivery rounds, for all senders of an
+# account: whatever arrives meanwhile goes in the next round, together.
+ROUND_INTERVAL = 1.0
 
 
 class Postponed(Exception):
@@ -156,8 +159,10 @@ class Courier:
         self.hooks = hooks or Hooks()
         self.stopping = stopping or threading.Event()
         self.patience = patience
-        # When Klaviyo stopped answering (None: it answers); see _failing.
-        self.outage_since: float | None = None
+        # When Klaviyo stopped answering (None: it answers); see _failing. A
+        # fleet's store knows of an outage its other workers met.
+        shared = getattr(store, "outage_since", None)
+        self.outage_since: float | None = shared() if shared is not None else None
         self._outage_paused_at: float | None = None
         self._jobs = JobFollower(
             client, jobs or JobFollow(), self._wait_for_capacity,
@@ -431,6 +436,9 @@ class Courier:
         if now != self._outage_paused_at:
             self._outage_paused_at = now
             self.store.pause(PROBE_INTERVAL)
+            note = getattr(self.store, "note_outage", None)
+            if note is not None:
+                note(now)
 
     def _answered(self) -> None:
         """Klaviyo answered: if it had not been, what it put off is due now."""
@@ -438,6 +446,9 @@ class Courier:
         if since is None:
             return
         self.outage_since = None
+        end = getattr(self.store, "end_outage", None)
+        if end is not None:
+            end()
         bring_forward = getattr(self.store, "bring_forward", None)
         due = bring_forward() if bring_forward is not None else 0
         log.info("klaviyo_middleware: Klaviyo answers again after %.0f s; %d postponed "

@@ -42,12 +42,14 @@ local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 """
 
-# KEYS: items, ready, single-task progress. ARGV: id, record, created ms. 1 if
-# added, 0 if already pooled. Due at once, ranked by age (claims go oldest
-# first); the record carries the progress from now on.
+# KEYS: items, ready, single-task progress. ARGV: id, record, created ms, due
+# ms (0: now). 1 if added, 0 if already pooled. Due now ranked by age (claims
+# go oldest first); the record carries the progress from now on.
 _ADD = _NOW + """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('ZADD', KEYS[2], math.min(now, tonumber(ARGV[3])), ARGV[1])
+local due = tonumber(ARGV[4])
+if due <= now then due = math.min(now, tonumber(ARGV[3])) end
+redis.call('ZADD', KEYS[2], due, ARGV[1])
 redis.call('DEL', KEYS[3])
 return 1
 """
@@ -139,6 +141,29 @@ redis.call('SET', KEYS[1], due, 'PX', tonumber(ARGV[1]) + 60000)
 return 1
 """
 
+# KEYS: items, ready, owners. Makes due now what an outage put off: those
+# waiting (no lease) whose last error was Klaviyo failing (5xx, a timeout, no
+# connection: no status or one of 500 and up); how many.
+_BRING_FORWARD = _NOW + """
+local moved = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')) do
+  if redis.call('HEXISTS', KEYS[3], id) == 0 then
+    local raw = redis.call('HGET', KEYS[1], id)
+    if raw then
+      local failed = cjson.decode(raw)['last_error']
+      if type(failed) == 'table' then
+        local status = failed['status']
+        if type(status) ~= 'number' or status >= 500 then
+          redis.call('ZADD', KEYS[2], now, id)
+          moved = moved + 1
+        end
+      end
+    end
+  end
+end
+return moved
+"""
+
 # KEYS: ready. Milliseconds until the first pooled submission may be claimed, or -1.
 _NEXT_DUE = _NOW + """
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -167,7 +192,7 @@ class RedisPool(SharedCapacity, PersonTurns):
         self._scripts = {name: self.redis.register_script(source) for name, source in {
             "add": _ADD, "claim": _CLAIM, "save": _SAVE, "complete": _COMPLETE,
             "reschedule": _RESCHEDULE, "bury": _BURY, "next_due": _NEXT_DUE,
-            "want_drain": _WANT_DRAIN,
+            "want_drain": _WANT_DRAIN, "bring_forward": _BRING_FORWARD,
         }.items()}
 
     def __repr__(self) -> str:
@@ -180,12 +205,20 @@ class RedisPool(SharedCapacity, PersonTurns):
     # -- filling and claiming ---------------------------------------------------
 
     def add(self, submission: Submission, progress: Progress, attempts: int,
-            created_at: float) -> bool:
-        """Pool a submission (idempotent); ``False`` if it was already here."""
-        record = _record(Leased(submission, progress, attempts, created_at))
+            created_at: float, due_at: float = 0.0,
+            error: dict[str, Any] | None = None) -> bool:
+        """Pool a submission (idempotent), due at ``due_at`` (default: now);
+        ``False`` if it was already here. ``error``: why it waits."""
+        record = _record(Leased(submission, progress, attempts, created_at), error)
         keys = [self._items, self._ready, self.state.key("progress", submission.id)]
         return bool(self._scripts["add"](
-            keys=keys, args=[submission.id, record, int(created_at * 1000)]))
+            keys=keys, args=[submission.id, record, int(created_at * 1000),
+                             int(due_at * 1000)]))
+
+    def bring_forward(self) -> int:
+        """Klaviyo answers again after an outage: what its failures put off
+        is due now, all together, to go out in bulk (as the spool's)."""
+        return int(self._scripts["bring_forward"](keys=self._keys))
 
     def forget(self, email: str | None, phone_number: str | None) -> int:
         """Take every pooled submission about a person out of the pool; how many."""

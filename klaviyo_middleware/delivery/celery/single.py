@@ -24,6 +24,8 @@ from klaviyo_middleware.model.lease import Leased
 if TYPE_CHECKING:
     from celery.exceptions import Retry
 
+    from klaviyo_middleware.delivery.celery.pool import RedisPool
+
 
 class TaskLease(SharedCapacity, PersonTurns):
     """The lease store of one running task (see the module docstring).
@@ -33,12 +35,16 @@ class TaskLease(SharedCapacity, PersonTurns):
     :attr:`outcome` says how the submission ended (the task's result).
     """
 
-    def __init__(self, task: Task, state: RedisState, ledger: Ledger | None) -> None:
+    def __init__(self, task: Task, state: RedisState, ledger: Ledger | None,
+                 pool: RedisPool | None = None) -> None:
         self.task = task
         self.state = state
         self.ledger = ledger
+        # Where a submission Klaviyo's outage put off waits (see reschedule).
+        self.pool = pool
         self.retry: Retry | None = None
         self.outcome = "unfinished"
+        self.brought_forward = 0
 
     def save_progress_many(self, owner: str, items: list[Leased], lease: float) -> set[str]:
         for item in items:
@@ -57,7 +63,24 @@ class TaskLease(SharedCapacity, PersonTurns):
 
     def reschedule(self, owner: str, claimed: Leased, due_at: float,
                    error: dict[str, Any]) -> None:
+        status = error.get("status")
+        if self.pool is not None and (status is None or status >= 500):
+            # Klaviyo failing: the submission waits in the pool, where the
+            # probe finds it and Klaviyo's return brings it forward, rather
+            # than in the broker until its own backoff ends.
+            self.let_go(owner, claimed)
+            self.pool.add(claimed.submission, claimed.progress, claimed.attempts + 1,
+                          claimed.created_at, due_at, error)
+            self.settle(claimed.submission.id)
+            self.outcome = "pooled"
+            return
         self.postpone(owner, claimed, due_at)
+
+    def bring_forward(self) -> int:
+        """Klaviyo answers again: what the outage put off is due now (the
+        task then makes sure a drain sends it)."""
+        self.brought_forward = self.pool.bring_forward() if self.pool is not None else 0
+        return self.brought_forward
 
     def postpone(self, owner: str, claimed: Leased, due_at: float) -> None:
         self.let_go(owner, claimed)

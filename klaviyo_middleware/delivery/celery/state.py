@@ -123,6 +123,36 @@ class RedisState:
         remaining = self.redis.pttl(self.key("pause"))
         return max(0.0, remaining / 1000) if remaining and remaining > 0 else 0.0
 
+    def take_turn(self, task: str, every: float) -> bool:
+        """Whether this worker should do ``task`` now: ``True`` for one
+        worker of the fleet at most once every ``every`` seconds."""
+        return bool(self.redis.set(self.key("turn", task), "1", px=max(1, int(every * 1000)),
+                                   nx=True))
+
+    def turn_free_in(self, task: str) -> float:
+        """Seconds until someone may take the turn at ``task``; 0 when free."""
+        remaining = self.redis.pttl(self.key("turn", task))
+        return max(0.0, remaining / 1000) if remaining and remaining > 0 else 0.0
+
+    # -- Klaviyo failing -------------------------------------------------------------
+
+    def note_outage(self, now: float) -> None:
+        """Klaviyo failed (5xx, a timeout, no connection): remember since
+        when, fleet-wide, for an hour after the last failure."""
+        pipe = self.redis.pipeline()
+        pipe.set(self.key("outage"), repr(now), nx=True)
+        pipe.expire(self.key("outage"), 3600)
+        pipe.execute()
+
+    def outage_since(self) -> float | None:
+        value = self.redis.get(self.key("outage"))
+        return float(value) if value is not None else None
+
+    def end_outage(self) -> float | None:
+        """Klaviyo answered: since when it had not, if it had not."""
+        value = self.redis.getdel(self.key("outage"))
+        return float(value) if value is not None else None
+
     def take_rate_slot(self, endpoint: str, limits: RateLimits) -> float:
         """0 when a call to ``endpoint`` may go now (and counts it), else seconds to wait."""
         arguments: list[Any] = [uuid.uuid4().hex]
@@ -208,3 +238,12 @@ class SharedCapacity:
 
     def take_rate_slot(self, endpoint: str, limits: RateLimits) -> float:
         return self.state.take_rate_slot(endpoint, limits)
+
+    def note_outage(self, now: float) -> None:
+        self.state.note_outage(now)
+
+    def outage_since(self) -> float | None:
+        return self.state.outage_since()
+
+    def end_outage(self) -> float | None:
+        return self.state.end_outage()

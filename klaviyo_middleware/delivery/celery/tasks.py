@@ -40,7 +40,7 @@ from klaviyo_middleware.delivery.celery.ledger import Ledger, wants_ledger
 from klaviyo_middleware.delivery.celery.pool import RedisPool
 from klaviyo_middleware.delivery.celery.single import TaskLease
 from klaviyo_middleware.delivery.celery.state import RedisState
-from klaviyo_middleware.delivery.courier import Courier, Postponed
+from klaviyo_middleware.delivery.courier import PROBE_INTERVAL, ROUND_INTERVAL, Courier, Postponed
 from klaviyo_middleware.delivery.hooks import Hooks, OnDead, OnDelivered, OnRetry
 from klaviyo_middleware.delivery.spool.store import account_fingerprint, new_owner
 from klaviyo_middleware.errors import ConfigurationError
@@ -68,6 +68,8 @@ _DRAIN_BUDGET = 30.0
 # A drain also takes what falls due within this many seconds, so that
 # submissions retried together are sent together.
 _GATHER = 1.0
+# A probe takes the earliest pooled submission, however far off it is due.
+_EVERYTHING = 10 * 365 * 86400.0
 # How long a measured queue length is trusted: one broker round trip a
 # second per worker process, not one per task.
 _BACKLOG_TTL = 1.0
@@ -233,17 +235,17 @@ def _deliver(task: Task, payload: dict[str, Any]) -> str:
     runtime = runtime_for(task.app)
     state = runtime.state
     submission = Submission.from_dict(payload)
-    lease = TaskLease(task, state, runtime.ledger)
+    lease = TaskLease(task, state, runtime.ledger, runtime.pool)
     if state.is_finished(submission.id):
         lease.settle(submission.id)
         return "already finished"
     lease.alive(submission.id)
     progress = state.load_progress(submission.id)
-    if runtime.pool.holds(submission.id) or _backlogged(runtime):
+    if runtime.pool.holds(submission.id) or _joins_a_round(runtime):
         # The drain delivers it with the rest; the broker may acknowledge this
         # task once the pool has the submission (and a drain is on its way).
         runtime.pool.add(submission, progress, task.request.retries, _created_at(submission))
-        schedule_drain(task.app, runtime.pool)
+        schedule_drain(task.app, runtime.pool, state.turn_free_in("round"))
         lease.settle(submission.id)
         return "pooled"
     # The same courier as the spool's and the drain's, with one policy of its
@@ -259,14 +261,27 @@ def _deliver(task: Task, payload: dict[str, Any]) -> str:
         lease.let_go(courier.owner, item)
         lease.alive(submission.id, time.time() + wait.seconds)
         raise task.retry(countdown=wait.seconds, max_retries=None) from None
+    if lease.brought_forward:
+        schedule_drain(task.app, runtime.pool)
     if lease.retry is not None:
         raise lease.retry
+    if lease.outcome == "pooled":
+        # Klaviyo failed: the drain probes it and sends what waits once it answers.
+        schedule_drain(task.app, runtime.pool, PROBE_INTERVAL)
     return lease.outcome
 
 
-def _backlogged(runtime: _Runtime) -> bool:
+def _joins_a_round(runtime: _Runtime) -> bool:
+    """Whether a submission goes to the pool, to be sent with others in the
+    next round, rather than alone now: the spool's cadence, fleet-wide. A
+    round started less than :data:`ROUND_INTERVAL` ago (or the queue is backed
+    up): what arrives meanwhile is sent together, in bulk, when the next
+    starts. Otherwise this one starts a round of its own, one call a step."""
     threshold = runtime.bulk_threshold
-    return threshold > 0 and runtime.backlog.waiting() >= threshold
+    if threshold <= 0:
+        return False
+    return (runtime.backlog.waiting() >= threshold
+            or not runtime.state.take_turn("round", ROUND_INTERVAL))
 
 
 def schedule_drain(app: Celery, pool: RedisPool, countdown: float = 0.0) -> None:
@@ -296,24 +311,45 @@ def _drain(task: Task) -> str:
                       hooks=observers(task.app))
     deadline = time.monotonic() + _DRAIN_BUDGET
     sent = 0
+    batching = runtime.bulk_threshold > 0
     while time.monotonic() < deadline and pool.paused_for() <= 0:
+        wait = pool.next_due_in()
+        if wait is None or wait > _GATHER:
+            sent += _probe(courier, pool, runtime)
+            break
+        if batching and not runtime.state.take_turn("round", ROUND_INTERVAL):
+            break  # a round started under a second ago: the successor takes the next
         claimed = pool.claim(courier.owner, runtime.bulk_size, runtime.lease, _GATHER)
         if not claimed:
             break
-        # A few stragglers go one call per step: a bulk job is slower to land.
-        threshold = runtime.bulk_threshold
-        courier.deliver_round(claimed, use_bulk=threshold > 0 and len(claimed) >= threshold)
+        # Alone, a submission goes one call per step: a bulk job is slower to land.
+        courier.deliver_round(claimed, use_bulk=batching and len(claimed) > 1)
         sent += len(claimed)
     _drain_what_is_left(task.app, pool)
     return f"drained {sent}"
 
 
+def _probe(courier: Courier, pool: RedisPool, runtime: _Runtime) -> int:
+    """While Klaviyo fails, what the outage put off waits out its backoff:
+    the earliest asks whether Klaviyo answers again, one probe an interval
+    for the fleet (as the spool's senders do)."""
+    if (courier.outage_since is None
+            or not runtime.state.take_turn("probe", PROBE_INTERVAL)):
+        return 0
+    claimed = pool.claim(courier.owner, 1, runtime.lease, _EVERYTHING)
+    courier.deliver_round(claimed, use_bulk=False)
+    return len(claimed)
+
+
 def _drain_what_is_left(app: Celery, pool: RedisPool) -> None:
-    """A drain for when the pool's next submission falls due and no pause holds it."""
+    """A drain for when the pool's next submission falls due (or the next
+    round may start, or Klaviyo is to be probed) and no pause holds it."""
     wait = pool.next_due_in()
-    if wait is not None:
-        paused = pool.paused_for()
-        schedule_drain(app, pool, max(wait, paused))
+    if wait is None:
+        return
+    if pool.state.outage_since() is not None:
+        wait = min(wait, PROBE_INTERVAL)
+    schedule_drain(app, pool, max(wait, pool.paused_for(), pool.state.turn_free_in("round")))
 
 
 def sweep(app: Celery) -> int:

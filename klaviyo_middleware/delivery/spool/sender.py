@@ -18,7 +18,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 
-from klaviyo_middleware.delivery.courier import PROBE_INTERVAL, Courier
+from klaviyo_middleware.delivery.courier import PROBE_INTERVAL, ROUND_INTERVAL, Courier
 from klaviyo_middleware.delivery.hooks import Hooks
 from klaviyo_middleware.delivery.import_jobs import JobFollow
 from klaviyo_middleware.delivery.retention import DEFAULT_DEAD_LETTER_MAX_AGE
@@ -75,7 +75,7 @@ class SenderOptions:
     exit_timeout: float = 2.0
     batching: bool = True
     bulk_size: int = 1000
-    round_interval: float = 1.0
+    round_interval: float = ROUND_INTERVAL
     dead_letter_max_age: float = DEFAULT_DEAD_LETTER_MAX_AGE
     jobs: JobFollow = field(default_factory=JobFollow)
 
