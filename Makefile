@@ -55,6 +55,7 @@ bench: venv
 	$(BIN)/python benchmarks/delivery_delay.py
 	$(BIN)/python benchmarks/burst_calls.py
 	$(BIN)/python benchmarks/celery_burst.py  # needs Redis on 127.0.0.1:6379
+	$(BIN)/python benchmarks/peers.py  # needs Redis on 127.0.0.1:6379; about 20 minutes
 
 # After changing a visitor-facing message: refresh the template and every
 # language's catalog, translate what is new (marked fuzzy or empty), then

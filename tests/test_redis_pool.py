@@ -151,6 +151,55 @@ def courier(pool: RedisPool, owner: str = "drain") -> Courier:
                    lease=60, max_age=3600)
 
 
+class TestRoundsAndOutages:
+    def test_one_round_starts_an_interval_for_the_fleet(self, pool):
+        other = RedisState(REDIS, pool.state.account)
+        assert pool.state.take_turn("round", 0.3)
+        assert not other.take_turn("round", 0.3)
+        assert 0 < other.turn_free_in("round") <= 0.3
+        time.sleep(0.35)
+        assert other.turn_free_in("round") == 0 and other.take_turn("round", 0.3)
+
+    def test_klaviyos_return_brings_forward_only_what_an_outage_put_off(self, pool):
+        later = time.time() + 3600
+        waiting = {reason: submission(number) for number, reason in enumerate(
+            ["503", "timeout", "429", "none"])}
+        errors = {"503": {"status": 503}, "timeout": {"status": None, "code": "timeout"},
+                  "429": {"status": 429}, "none": None}
+        for reason, item in waiting.items():
+            pool.add(item, Progress(), 1, time.time(), later, errors[reason])
+        leased = submission(9)
+        pool.add(leased, Progress(), 1, time.time(), 0, {"status": 503})
+        assert [item.submission.id for item in pool.claim("a", 10, 60)] == [leased.id]
+        assert pool.bring_forward() == 2
+        due = {item.submission.id for item in pool.claim("b", 10, 60)}
+        assert due == {waiting["503"].id, waiting["timeout"].id}
+
+    def test_an_outage_is_known_to_the_fleet_until_klaviyo_answers(self, pool, klaviyo):
+        klaviyo.fail("/api/profile-import", 503)
+        item = submission()
+        pool.add(item, Progress(), 0, time.time())
+
+        def courier() -> Courier:
+            return Courier(pool, KlaviyoClient(API_KEY, api_url=API_URL), "c",
+                           limits=dict(ENDPOINT_LIMITS), retry=RetryPolicy(), lease=30,
+                           max_age=3600)
+
+        first = courier()
+        assert first.outage_since is None
+        first.deliver_round(pool.claim("c", 1, 30), use_bulk=False)
+        assert pool.state.outage_since() is not None
+        assert pool.next_due_in() > 0
+        # Another worker's courier knows; its first answer ends the outage
+        # and what it put off is due at once.
+        second = courier()
+        assert second.outage_since is not None
+        time.sleep(pool.paused_for())
+        second.deliver_round(pool.claim("c", 1, 30, ahead=3600), use_bulk=False)
+        assert pool.state.outage_since() is None
+        assert "r1@example.com" in klaviyo.profiles
+
+
 def test_a_patient_courier_hands_back_what_would_wait_too_long(pool, klaviyo):
     fill(pool, 1)
     [claimed] = pool.claim("a", 1, 60)

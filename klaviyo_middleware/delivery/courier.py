@@ -13,7 +13,7 @@ pause, dead-letter and batch — exactly alike:
   sent again) and stops touching a submission whose lease it lost;
 - a failure is retried later (Klaviyo's ``Retry-After``, else jittered
   backoff) or buried with Klaviyo's error once permanent or too old;
-- a backlog goes through the bulk endpoints stage by stage, and a bulk call
+- a round of more than one goes through the bulk endpoints stage by stage, and a bulk call
   Klaviyo refuses outright is replayed one call per step, so one bad
   submission cannot hold back the rest; an import job is followed until
   Klaviyo has processed it (:mod:`klaviyo_middleware.delivery.import_jobs`);
@@ -275,7 +275,7 @@ class Courier:
         return allowed
 
     def deliver_bulk(self, items: list[Leased]) -> None:
-        """Deliver a backlog through the bulk endpoints, stage by stage.
+        """Deliver a round through the bulk endpoints, stage by stage.
 
         Profiles first, in import jobs followed until Klaviyo has processed
         them (or given up on and sent one by one); then subscriptions and

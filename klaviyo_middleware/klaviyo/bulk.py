@@ -1,8 +1,10 @@
-"""Draining a backlog through Klaviyo's bulk endpoints (design.md §4).
+"""Sending a round of submissions through Klaviyo's bulk endpoints (design.md §4).
 
-When many submissions wait, one call per step would take hours against
-Klaviyo's rate limits (10,000 submissions with a list and an event are
-30,000 calls). The same work fits in a handful of bulk jobs:
+Whenever more than one submission is due, delivery sends them together:
+one call per step overruns the single endpoints' limits at steady traffic,
+and a backlog would take hours against Klaviyo's rate limits (10,000
+submissions with a list and an event are 30,000 calls). The same work fits
+in a handful of bulk jobs:
 
 - profiles — and list membership without consent — in
   ``profile-bulk-import-jobs`` (≤ 10,000 profiles, ≤ 5 MB), one job per set

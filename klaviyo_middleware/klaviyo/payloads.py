@@ -91,7 +91,7 @@ def identity_object(submission: Submission) -> dict[str, Any]:
     return {"type": "profile", "attributes": identity(submission.profile)}
 
 
-# -- the bulk endpoints, for draining a backlog (design.md §2) -------------------
+# -- the bulk endpoints, for a round of many (design.md §2) ----------------------
 
 
 def bulk_profile_import(profiles: list[dict[str, Any]], list_ids: list[str]) -> dict[str, Any]:

@@ -1,11 +1,13 @@
-"""The backlog pool for Celery delivery: submissions leased from Redis, sent in bulk.
+"""The pool for Celery delivery: submissions leased from Redis, sent in rounds.
 
-One Celery task per submission means one Klaviyo call per step, which a
-backlog cannot afford (10,000 submissions with a list and an event are 30,000
-calls, an afternoon at Klaviyo's limits). When a task finds its queue backed
-up, it moves its submission here — progress and all — and lets the broker
-acknowledge it; a *drain* task then leases the pooled submissions in rounds
-and sends them through the bulk endpoints with the same
+One Celery task per submission means one Klaviyo call per step, which
+steady traffic and a backlog cannot afford (10,000 submissions with a list
+and an event are 30,000 calls, an afternoon at Klaviyo's limits). When a
+task's submission arrives while a delivery round is young, or finds its
+queue backed up, or meets Klaviyo failing, the task moves the submission
+here — progress and all — and lets the broker acknowledge it; a *drain*
+task then leases the pooled submissions in rounds and sends them through
+the bulk endpoints with the same
 :class:`~klaviyo_middleware.delivery.courier.Courier` the SQLite spool uses.
 
 It is the spool's table, in Redis, so that every worker on every machine

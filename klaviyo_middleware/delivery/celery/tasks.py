@@ -8,12 +8,17 @@ unacknowledged task returns after ``visibility_timeout``. A re-delivered
 task reads the submission's progress from Redis and skips every step Klaviyo
 already accepted.
 
-When the queue backs up (``klaviyo_bulk_threshold`` tasks waiting, 20 by
-default), a task moves its submission into the Redis pool
-(:mod:`klaviyo_middleware.delivery.celery.pool`) instead of calling Klaviyo, and a
-``klaviyo_middleware.drain`` task sends the pool through the bulk endpoints
-in rounds of up to ``klaviyo_bulk_size`` (1,000) — a few dozen calls for ten
-thousand submissions instead of thirty thousand.
+Delivery keeps the spool's cadence: at most one round starts a second for
+the fleet (a Redis turn). A task that starts one delivers its submission at
+once; one that arrives while a round is young, or finds the queue backed up
+(``klaviyo_bulk_threshold`` tasks waiting, 20 by default), moves its
+submission into the Redis pool (:mod:`klaviyo_middleware.delivery.celery.pool`)
+instead of calling Klaviyo, and a ``klaviyo_middleware.drain`` task sends the
+pool at the next round, through the bulk endpoints when it holds more than
+one, in rounds of up to ``klaviyo_bulk_size`` (1,000) — a few dozen calls
+for ten thousand submissions instead of thirty thousand. A task that meets
+Klaviyo failing pools its submission too: the drains probe Klaviyo and its
+first answer brings the pool forward (as the spool's senders do).
 
 Workers are configured from ``app.conf`` (``klaviyo_<name>``) or the
 environment: ``KLAVIYO_PRIVATE_API_KEY``, ``KLAVIYO_API_URL``,
