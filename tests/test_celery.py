@@ -733,18 +733,6 @@ def test_retry_keeps_dead_letters_the_broker_refuses(capsys):
     assert [letter["id"] for letter in state.dead_letters()] == [submission.id]
 
 
-def test_the_01_import_paths_still_work_with_a_warning():
-    import importlib
-    import sys
-
-    for old, name in [("klaviyo_middleware.celery_tasks", "register"),
-                      ("klaviyo_middleware.celery_worker", "app")]:
-        sys.modules.pop(old, None)
-        with pytest.warns(DeprecationWarning, match="moved|use"):
-            module = importlib.import_module(old)
-        assert callable(getattr(module, name)) or getattr(module, name) is not None
-
-
 class TestDataWeKeep:
     """Celery's Redis state forgets a person on request and expires dead letters."""
 

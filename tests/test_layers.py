@@ -20,7 +20,7 @@ RANKS: dict[str, int] = {
     "delivery": 3, "testing": 3,
     "settings": 4,
     "middleware": 5,
-    "paste": 6, "contrib": 7, "__init__": 6, "celery_tasks": 6, "celery_worker": 6,
+    "paste": 6, "contrib": 7, "__init__": 6,
     "demo": 7, "check": 7,
     "cli": 8,
 }

@@ -324,7 +324,7 @@ class Courier:
                 self._answered()
             except KlaviyoError as error:
                 if error.status == 429:
-                    self.store.pause(error.retry_after or self._backoff(1))
+                    self._throttled(error)
                 if error.transient:
                     # One jitter for the whole call keeps its submissions
                     # due together, so that they are retried as one bulk
@@ -407,7 +407,7 @@ class Courier:
         submission = item.submission
         now = time.time() if now is None else now
         if error.status == 429:
-            self.store.pause(error.retry_after or self._backoff(1))
+            self._throttled(error)
         elif error.transient and error.code != "unexpected":
             # Klaviyo itself failing (5xx, a timeout, no connection), not a bug here.
             self._failing(now)
@@ -465,6 +465,7 @@ class Courier:
         self.hooks.dead(item.submission, error)
 
     def _throttled(self, error: KlaviyoError) -> None:
+        """Klaviyo answered 429: the whole account waits its ``Retry-After``."""
         self.store.pause(error.retry_after or self._backoff(1))
 
     def _backoff(self, attempt: int) -> float:

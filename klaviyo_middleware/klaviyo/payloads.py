@@ -23,16 +23,7 @@ def subscribe(submission: Submission, list_id: str) -> dict[str, Any]:
 
     Whether Klaviyo sends a confirmation is the list's own setting.
     """
-    attributes: dict[str, Any] = {"profiles": {"data": [subscriber(submission)]}}
-    if submission.custom_source:
-        attributes["custom_source"] = submission.custom_source
-    return {
-        "data": {
-            "type": "profile-subscription-bulk-create-job",
-            "attributes": attributes,
-            "relationships": {"list": {"data": {"type": "list", "id": list_id}}},
-        }
-    }
+    return bulk_subscribe([subscriber(submission)], list_id, submission.custom_source)
 
 
 def subscriber(submission: Submission) -> dict[str, Any]:

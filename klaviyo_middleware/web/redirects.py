@@ -30,7 +30,7 @@ from urllib.parse import SplitResult, quote, unquote, unquote_to_bytes, urlsplit
 
 from klaviyo_middleware.i18n.message import msg
 from klaviyo_middleware.web.fields import FieldError
-from klaviyo_middleware.web.routes import route_for_path
+from klaviyo_middleware.web.routes import ACTION_PATHS
 
 MAX_TARGET_LENGTH = 2048
 # Characters some parsers read as "/", "\\" or "." (IIS's best-fit mapping,
@@ -251,7 +251,7 @@ def forward_target(value: str, prefixes: tuple[str, ...] = ()) -> tuple[str, str
                                       for segment in unquote(path).split("/")):
         raise FieldError(msg("Forward to a plainly written path of this site."))
     path_info = unquote_to_bytes(path).decode("latin-1")
-    if route_for_path(path_info) is not None:
+    if path_info in ACTION_PATHS:
         raise FieldError(msg("Forward to a page of the site, not to another Klaviyo action."))
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in path_info):
         raise FieldError(msg("The address contains characters that are not allowed."))

@@ -66,11 +66,6 @@ def _expand() -> dict[str, Route]:
 ACTION_PATHS: Final[dict[str, Route]] = _expand()
 
 
-def route_for_path(path_info: str) -> Route | None:
-    """The route a ``PATH_INFO`` names, or ``None`` for every other path."""
-    return ACTION_PATHS.get(path_info)
-
-
 def route_for_field(value: str) -> Route | None:
     """The route named by a Craft-style hidden ``action`` form field
     (``klaviyoconnect/api/track``, as Twig's ``actionInput()`` writes it).
