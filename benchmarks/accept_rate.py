@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from klaviyo_middleware import KlaviyoMiddleware
-from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
+from klaviyo_middleware.delivery.identities import account_fingerprint
+from klaviyo_middleware.delivery.spool.store import Spool
 from klaviyo_middleware.model.submission import Event, Submission
 
 from _support import API_KEY, call, form_environ, site, slow_klaviyo

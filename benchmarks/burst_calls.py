@@ -20,7 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from klaviyo_middleware import KlaviyoMiddleware
-from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
+from klaviyo_middleware.delivery.identities import account_fingerprint
+from klaviyo_middleware.delivery.spool.store import Spool
 from klaviyo_middleware.klaviyo import steps
 from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS, endpoint_for
 from klaviyo_middleware.model.submission import Event, Submission

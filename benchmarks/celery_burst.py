@@ -26,7 +26,7 @@ import redis
 
 from klaviyo_middleware import KlaviyoMiddleware
 from klaviyo_middleware.delivery.celery.state import RedisState
-from klaviyo_middleware.delivery.spool.store import account_fingerprint
+from klaviyo_middleware.delivery.identities import account_fingerprint
 
 from _support import API_KEY, call, calls_by_endpoint, form_environ, site, slow_klaviyo
 

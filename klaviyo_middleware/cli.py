@@ -12,11 +12,11 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from klaviyo_middleware import __version__
+from klaviyo_middleware.delivery.spool.admin import SpoolAdmin
 from klaviyo_middleware.delivery.spool.store import (
     ENV_SPOOL_PATH,
     DeadLetter,
     NotASpool,
-    SpoolAdmin,
     default_spool_path,
 )
 from klaviyo_middleware.errors import ConfigurationError

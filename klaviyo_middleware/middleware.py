@@ -10,7 +10,6 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from webob import Request, Response
 
@@ -35,7 +34,8 @@ from klaviyo_middleware.klaviyo.steps import plan
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import get_logger, set_personal_data_logging
 from klaviyo_middleware.settings import BY_NAME, build_settings, options_doc, unknown_option_message
-from klaviyo_middleware.web import action_trace, fields, pages, redirects, responses
+from klaviyo_middleware.web import action_trace, fields, redirects, responses
+from klaviyo_middleware.web.answers import Answers, app_root
 from klaviyo_middleware.web.body import (
     FORM_URLENCODED,
     JSON_TYPES,
@@ -83,10 +83,6 @@ ERRORS_KEY = "klaviyo.errors"
 
 # Bodies a hidden ``action`` field can arrive in (Craft reads it from all three).
 _ACTION_FIELD_TYPES = (FORM_URLENCODED, MULTIPART, *JSON_TYPES)
-# Characters a path keeps when it is written into a Location header.
-_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
-# How long a visitor is told to wait when Klaviyo cannot take a submission.
-_RETRY_AFTER_SECONDS = "60"
 # Klaviyo error pointers (/data/attributes/...) back to the form field names.
 _POINTER_FIELDS = {
     "external_id": "id",
@@ -254,11 +250,10 @@ class KlaviyoMiddleware:
             drop_invalid_phone=self.settings.craft_compat,
         )
         self.languages = Languages(self.settings.languages, self.settings.locale_dir, messages)
-        self._page_renderer = page_renderer
-        self._language_loader = language_loader
+        self.answers = Answers(self.languages, page_renderer, language_loader,
+                               self.settings.craft_compat)
         self.delivery: Delivery = build_delivery(self.settings, self.hooks, celery_app)
         self._action_field = self.settings.action_field
-        self._craft_compat = self.settings.craft_compat
         self._limits = self.settings.limits
 
     def __repr__(self) -> str:
@@ -411,7 +406,7 @@ class KlaviyoMiddleware:
         environ[RESULT_KEY] = result
         if forward is not None:
             return self._forward(environ, body, forward, start_response)
-        response = self._success(request, redirect, result)
+        response = self.answers.success(request, redirect, result)
         return response(environ, start_response)
 
     def _intake(
@@ -480,7 +475,7 @@ class KlaviyoMiddleware:
             log.info("klaviyo_middleware: honeypot field filled; submission dropped")
             metrics.refused("honeypot")
             request.environ[RESULT_KEY] = {"success": True, "cancelled": True}
-            return self._success(request, None, {"success": True})
+            return self.answers.success(request, None, {"success": True})
         if self._csrf_session is not None:
             try:
                 session = self._csrf_session(request.environ)
@@ -545,7 +540,7 @@ class KlaviyoMiddleware:
                               "redirectInput(), but no secret is set, so it was not "
                               "verified: set secret to the Craft site's security key "
                               "(CRAFT_SECURITY_KEY)")
-                redirect = redirects.safe_redirect(target, self._hosts, _root(request.environ))
+                redirect = redirects.safe_redirect(target, self._hosts, app_root(request.environ))
             except FieldError as exc:
                 errors.setdefault("redirect", []).append(str(exc))
         return forward, redirect
@@ -580,22 +575,6 @@ class KlaviyoMiddleware:
 
     # -- answers ------------------------------------------------------------
 
-    def _success(self, request: Request, redirect: str | None, result: dict[str, Any]) -> Response:
-        if responses.wants_json(request):
-            # craft_compat: the plugin's bare "success", which Foster
-            # Commerce's components test with response === 'success'.
-            return responses.json_response(200, "success" if self._craft_compat else result)
-        if redirect is not None:
-            return responses.see_other(redirect)
-        if self._craft_compat and ACTION_PATHS.get(request.path_info) is None:
-            # Craft's redirectToPostedUrl(): back to the page the form was
-            # posted to (its path, as Craft does), not a thank-you page.
-            return responses.see_other(_posted_page(request.environ))
-        referer = redirects.same_origin_referer(request.referer, request.host_url)
-        if referer is not None:
-            return responses.see_other(referer)
-        return self._page(request, 200)
-
     def _invalid_response(
         self,
         request: Request,
@@ -607,9 +586,9 @@ class KlaviyoMiddleware:
     ) -> WSGIApplication:
         metrics.refused(reason)
         environ = request.environ
-        language = self._language(request)
+        language = self.answers.language(request)
         # The site's own page shows these beside its fields: in the visitor's language.
-        translated = self._translated(errors, language)
+        translated = self.answers.translated(errors, language)
         environ[ERRORS_KEY] = translated
         environ[RESULT_KEY] = {"success": False, "errors": translated}
         if forward is not None:
@@ -618,64 +597,21 @@ class KlaviyoMiddleware:
                 return self._forward(environ, body, forward, start_response)
 
             return forwarding
-        return self._answer_refusal(request, status, errors, language)
+        return self.answers.refusal(request, status, errors, language)
 
     def _refuse(self, request: Request, status: int, errors: Errors, *,
                 reason: str, retry_after: int | None = None) -> Response:
         """Refuse a post before it could be validated (counted by ``reason``)."""
         metrics.refused(reason)
-        return self._answer_refusal(request, status, errors, self._language(request),
+        return self.answers.refusal(request, status, errors, self.answers.language(request),
                                     retry_after)
-
-    def _answer_refusal(self, request: Request, status: int, errors: Errors, language: str,
-                        retry_after: int | None = None) -> Response:
-        """The refusal as JSON or as a page, in ``language`` (chosen once per
-        request: a site's ``language_loader`` may be costly)."""
-        if responses.wants_json(request):
-            translated = self._translated(errors, language)
-            payload: dict[str, Any] = {"success": False, "errors": translated}
-            if self._craft_compat:
-                # Craft's own failure answer (a controller's asFailure()): a
-                # message beside the errors; never the string "success".
-                payload = {"message": _first_message(translated), "errors": translated}
-            return responses.json_response(
-                status, payload,
-                **_retry_headers(status, retry_after), **{"Content-Language": language})
-        return self._page(request, status, errors, retry_after, language)
 
     def page(self, environ: WSGIEnvironment, status: int = 200,
              errors: Errors | None = None) -> Response:
         """The page the middleware would answer with itself (the thank-you
         page for 200), in the visitor's language and the site's layout: for
         an integration that must answer for it (docs/django.md, ``forward``)."""
-        return self._page(Request(environ), status, errors)
-
-    def _page(self, request: Request, status: int, errors: Errors | None = None,
-              retry_after: int | None = None, language: str | None = None) -> Response:
-        """One of the middleware's own HTML pages, in the visitor's language
-        and, with ``page_renderer``, the site's layout."""
-        language = language or self._language(request)
-        page = pages.build_page(request, status, self.languages, language, errors, retry_after)
-        html = pages.render(page, self._page_renderer, self.languages)
-        return responses.html_response(status, html, language,
-                                       **_retry_headers(status, retry_after))
-
-    def _language(self, request: Request) -> str:
-        if self._language_loader is not None:
-            try:
-                chosen = self._language_loader(request.environ)
-            except Exception:
-                log.exception("klaviyo_middleware: language_loader failed")
-                chosen = None
-            if isinstance(chosen, str) and chosen:
-                tag = self.languages.offered_tag(chosen)
-                if tag is not None:
-                    return tag
-        return self.languages.negotiate(request.headers.get("Accept-Language"))
-
-    def _translated(self, errors: Errors, language: str) -> Errors:
-        return {name: [self.languages.translate(message, language) for message in messages]
-                for name, messages in errors.items()}
+        return self.answers.page(Request(environ), status, errors)
 
     def _forward(
         self,
@@ -712,15 +648,6 @@ def _log_accepted(submission: Submission, outcome: Outcome) -> None:
              " (delivered)" if outcome.delivered else " (queued)" if outcome.queued else "")
 
 
-def _retry_headers(status: int, retry_after: int | None) -> dict[str, str]:
-    """When to try again: the limiter's wait, or a minute when Klaviyo is away."""
-    if retry_after is not None:
-        return {"Retry-After": str(retry_after)}
-    if status == 503:
-        return {"Retry-After": _RETRY_AFTER_SECONDS}
-    return {}
-
-
 def _unknown_keyword(name: str) -> str:
     known = [parameter.name for parameter
              in inspect.signature(KlaviyoMiddleware.__init__).parameters.values()
@@ -730,25 +657,6 @@ def _unknown_keyword(name: str) -> str:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else "; see help(KlaviyoMiddleware)"
     return f"KlaviyoMiddleware() got an unknown keyword {name!r}{hint}"
-
-
-def _posted_page(environ: WSGIEnvironment) -> str:
-    """The path of the page a form was posted to, for a ``Location`` header;
-    never protocol-relative, whatever ``PATH_INFO`` holds."""
-    path = environ.get("PATH_INFO", "")
-    page = _root(environ) + quote(path.encode("latin-1", "replace"), safe=_PATH_SAFE)
-    return "/" + page.lstrip("/")
-
-
-def _first_message(errors: Errors) -> str:
-    return next((message for messages in errors.values() for message in messages), "")
-
-
-def _root(environ: WSGIEnvironment) -> str:
-    """The application's root path, as a URL path (``SCRIPT_NAME`` holds the
-    raw bytes as latin-1 characters)."""
-    script_name = environ.get("SCRIPT_NAME", "")
-    return quote(script_name.encode("latin-1", "replace"), safe="/%")
 
 
 def _field_for_pointer(pointer: str | None) -> str:

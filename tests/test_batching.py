@@ -12,9 +12,10 @@ import pytest
 import responses
 
 from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.delivery.identities import account_fingerprint
 from klaviyo_middleware.delivery.spool.backend import SpoolDelivery
 from klaviyo_middleware.delivery.spool.sender import SenderOptions
-from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
+from klaviyo_middleware.delivery.spool.store import Spool
 from klaviyo_middleware.klaviyo import bulk
 from klaviyo_middleware.klaviyo.client import KlaviyoClient
 from klaviyo_middleware.model.lease import Leased

@@ -26,7 +26,7 @@ from klaviyo_middleware.delivery.celery.backend import CeleryDelivery
 from klaviyo_middleware.delivery.celery.ledger import Ledger
 from klaviyo_middleware.delivery.celery.pool import RedisPool
 from klaviyo_middleware.delivery.celery.state import RedisState
-from klaviyo_middleware.delivery.spool.store import account_fingerprint
+from klaviyo_middleware.delivery.identities import account_fingerprint
 from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.model.submission import Submission
 

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from klaviyo_middleware.cli import main
-from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
+from klaviyo_middleware.delivery.identities import account_fingerprint
+from klaviyo_middleware.delivery.spool.store import Spool
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import redact
 

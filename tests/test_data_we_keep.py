@@ -14,8 +14,9 @@ import pytest
 
 from klaviyo_middleware import KlaviyoMiddleware
 from klaviyo_middleware.cli import main
+from klaviyo_middleware.delivery.identities import account_fingerprint
 from klaviyo_middleware.delivery.spool.intake import intake_directory
-from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
+from klaviyo_middleware.delivery.spool.store import Spool
 from klaviyo_middleware.model.submission import Submission
 
 from klaviyo_fake import API_KEY

@@ -16,9 +16,11 @@ import requests
 from klaviyo_middleware import ConfigurationError, KlaviyoMiddleware
 from klaviyo_middleware.cli import main
 from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.delivery.identities import account_fingerprint
+from klaviyo_middleware.delivery.spool.admin import SpoolAdmin
 from klaviyo_middleware.delivery.spool.backend import SpoolDelivery
 from klaviyo_middleware.delivery.spool.sender import SenderOptions
-from klaviyo_middleware.delivery.spool.store import Spool, SpoolAdmin, account_fingerprint
+from klaviyo_middleware.delivery.spool.store import Spool
 from klaviyo_middleware.delivery.sync import SyncDelivery
 from klaviyo_middleware.klaviyo.client import MAX_RETRY_AFTER, KlaviyoClient
 from klaviyo_middleware.klaviyo.retry import RetryPolicy

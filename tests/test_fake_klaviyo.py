@@ -14,9 +14,10 @@ from webtest import TestApp
 
 from klaviyo_middleware import KlaviyoMiddleware
 from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.delivery.identities import account_fingerprint
 from klaviyo_middleware.delivery.spool.backend import SpoolDelivery
 from klaviyo_middleware.delivery.spool.sender import SenderOptions
-from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
+from klaviyo_middleware.delivery.spool.store import Spool
 from klaviyo_middleware.klaviyo.client import KlaviyoClient
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.testing import FakeKlaviyo, Faults, serve_fake_klaviyo

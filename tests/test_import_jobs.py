@@ -10,10 +10,11 @@ from typing import Any
 
 from klaviyo_middleware.delivery.courier import Courier
 from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.delivery.identities import account_fingerprint
 from klaviyo_middleware.delivery.import_jobs import JobFollow, JobFollower, JobOutcome
 from klaviyo_middleware.delivery.spool.backend import SpoolDelivery
 from klaviyo_middleware.delivery.spool.sender import SenderOptions
-from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
+from klaviyo_middleware.delivery.spool.store import Spool
 from klaviyo_middleware.klaviyo.client import KlaviyoClient
 from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS
 from klaviyo_middleware.klaviyo.retry import RetryPolicy

@@ -85,3 +85,45 @@ def test_no_module_imports_a_layer_above_its_own():
             if RANKS[theirs] >= RANKS[mine]:
                 wrong.append(f"{source} imports {target}")
     assert wrong == []
+
+
+# Inside delivery/: what every backend shares, the one sending loop, the
+# backends (siblings: the spool and Celery never import each other), and
+# the factory that picks one.
+DELIVERY = PACKAGE / "delivery"
+DELIVERY_RANKS: dict[str, int] = {
+    "__init__": 0, "protocol": 0, "hooks": 0, "identities": 0, "retention": 0,
+    "import_jobs": 0,
+    "courier": 1, "sync": 1,
+    "spool": 2, "celery": 2,
+    "factory": 3,
+}
+
+
+def delivery_part(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[:2] != ["klaviyo_middleware", "delivery"]:
+        return None
+    return parts[2] if len(parts) > 2 else "__init__"
+
+
+def test_every_part_of_delivery_has_a_rank():
+    names = {path.stem if path.is_file() else path.name
+             for path in DELIVERY.iterdir()
+             if (path.suffix == ".py" or (path.is_dir() and (path / "__init__.py").exists()))}
+    assert names == set(DELIVERY_RANKS)
+
+
+def test_no_part_of_delivery_imports_one_above_its_own():
+    wrong = []
+    for path in DELIVERY.rglob("*.py"):
+        source = module_name(path)
+        mine = delivery_part(source)
+        assert mine is not None
+        for target in imports(path):
+            theirs = delivery_part(target)
+            if theirs is None or theirs == mine:
+                continue
+            if DELIVERY_RANKS[theirs] >= DELIVERY_RANKS[mine]:
+                wrong.append(f"{source} imports {target}")
+    assert wrong == []

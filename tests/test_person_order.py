@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.delivery.identities import account_fingerprint
 from klaviyo_middleware.delivery.import_jobs import JobFollow
 from klaviyo_middleware.delivery.spool.backend import SpoolDelivery
 from klaviyo_middleware.delivery.spool.sender import SenderOptions
-from klaviyo_middleware.delivery.spool.store import MARK_GRACE, Spool, account_fingerprint
+from klaviyo_middleware.delivery.spool.store import MARK_GRACE, Spool
 from klaviyo_middleware.klaviyo.client import KlaviyoClient
 from klaviyo_middleware.model import profile_order
 from klaviyo_middleware.model.profile_order import still_ours

@@ -12,7 +12,7 @@ import responses
 from klaviyo_middleware.delivery.celery.pool import RedisPool
 from klaviyo_middleware.delivery.celery.state import RedisState
 from klaviyo_middleware.delivery.courier import Courier, Postponed
-from klaviyo_middleware.delivery.spool.store import account_fingerprint
+from klaviyo_middleware.delivery.identities import account_fingerprint
 from klaviyo_middleware.klaviyo.client import KlaviyoClient
 from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS
 from klaviyo_middleware.klaviyo.retry import RetryPolicy

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
+from klaviyo_middleware.delivery.identities import account_fingerprint
 from klaviyo_middleware.delivery.spool.intake import SpoolFull
-from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
+from klaviyo_middleware.delivery.spool.store import Spool
 from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS, ENDPOINT_OPERATIONS, scaled
 from klaviyo_middleware.model.submission import Event, Submission
 

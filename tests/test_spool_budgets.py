@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from klaviyo_middleware.delivery.spool.store import SpoolAdmin
+from klaviyo_middleware.delivery.spool.admin import SpoolAdmin
 
 UPDATE = "/klaviyoConnect/api/updateProfile"
 JSON = {"Accept": "application/json"}

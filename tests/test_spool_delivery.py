@@ -10,9 +10,10 @@ import pytest
 from requests import ConnectionError as RequestsConnectionError
 
 from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.delivery.identities import account_fingerprint
 from klaviyo_middleware.delivery.spool.backend import SpoolDelivery
 from klaviyo_middleware.delivery.spool.sender import SenderOptions
-from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
+from klaviyo_middleware.delivery.spool.store import Spool
 from klaviyo_middleware.klaviyo.client import KlaviyoClient
 from klaviyo_middleware.model.submission import Event, Submission
 

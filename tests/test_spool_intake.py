@@ -20,8 +20,10 @@ from pathlib import Path
 from webtest import TestApp
 
 from klaviyo_middleware import KlaviyoMiddleware
+from klaviyo_middleware.delivery.identities import account_fingerprint
+from klaviyo_middleware.delivery.spool.admin import SpoolAdmin
 from klaviyo_middleware.delivery.spool.intake import intake_directory, intake_files
-from klaviyo_middleware.delivery.spool.store import Spool, SpoolAdmin, account_fingerprint
+from klaviyo_middleware.delivery.spool.store import Spool
 from klaviyo_middleware.model.submission import Event, Submission
 
 from klaviyo_fake import API_KEY

@@ -112,7 +112,7 @@ class SpoolCollector(Collector):
                      stats.get("paused_for", 0.0))
 
     def _stats(self) -> dict[str, Any]:
-        from klaviyo_middleware.delivery.spool.store import SpoolAdmin
+        from klaviyo_middleware.delivery.spool.admin import SpoolAdmin
 
         with self._lock:
             if self._admin is None:

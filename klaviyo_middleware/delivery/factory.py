@@ -6,9 +6,10 @@ import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.delivery.identities import account_fingerprint
 from klaviyo_middleware.delivery.protocol import Delivery
 from klaviyo_middleware.delivery.spool.backend import SpoolDelivery
-from klaviyo_middleware.delivery.spool.store import Spool, account_fingerprint
+from klaviyo_middleware.delivery.spool.store import Spool
 from klaviyo_middleware.delivery.sync import SyncDelivery
 from klaviyo_middleware.errors import ConfigurationError
 from klaviyo_middleware.klaviyo.client import KlaviyoClient

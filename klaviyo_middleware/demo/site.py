@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from webob import Response
 
-from klaviyo_middleware.delivery.spool.store import ENV_SPOOL_PATH, SpoolAdmin
+from klaviyo_middleware.delivery.spool.admin import SpoolAdmin
+from klaviyo_middleware.delivery.spool.store import ENV_SPOOL_PATH
 from klaviyo_middleware.demo.dashboard import DASHBOARD
 from klaviyo_middleware.klaviyo.client import ENV_API_KEY
 from klaviyo_middleware.middleware import KlaviyoMiddleware

@@ -47,7 +47,7 @@ from klaviyo_middleware.delivery.celery.single import TaskLease
 from klaviyo_middleware.delivery.celery.state import RedisState
 from klaviyo_middleware.delivery.courier import PROBE_INTERVAL, ROUND_INTERVAL, Courier, Postponed
 from klaviyo_middleware.delivery.hooks import Hooks, OnDead, OnDelivered, OnRetry
-from klaviyo_middleware.delivery.spool.store import account_fingerprint, new_owner
+from klaviyo_middleware.delivery.identities import account_fingerprint, new_owner
 from klaviyo_middleware.errors import ConfigurationError
 from klaviyo_middleware.klaviyo.account import RETRY_BASE, RETRY_CAP
 from klaviyo_middleware.klaviyo.client import KlaviyoClient

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 
 from klaviyo_middleware.delivery.courier import PROBE_INTERVAL, ROUND_INTERVAL, Courier
 from klaviyo_middleware.delivery.hooks import Hooks
+from klaviyo_middleware.delivery.identities import new_owner
 from klaviyo_middleware.delivery.import_jobs import JobFollow
 from klaviyo_middleware.delivery.retention import DEFAULT_DEAD_LETTER_MAX_AGE
-from klaviyo_middleware.delivery.spool.store import Spool, new_owner
+from klaviyo_middleware.delivery.spool.store import Spool
 from klaviyo_middleware.klaviyo.account import (
     DEFAULT_RATE_LIMIT_SHARE,
     DEFAULT_RETRY_MAX_AGE,

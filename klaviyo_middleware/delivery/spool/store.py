@@ -26,14 +26,12 @@ profile has sent, for as long as an older one about that person waits.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
 import sqlite3
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,11 +45,8 @@ from klaviyo_middleware.delivery.spool.intake import (
     IntakeGone,
     Row,
     SpoolFull,
-    empty_log_of,
     intake_directory,
     intake_files,
-    unmoved_summary,
-    writing_to,
 )
 from klaviyo_middleware.klaviyo.steps import PROFILE_STEP
 from klaviyo_middleware.model.lease import Leased
@@ -168,7 +163,7 @@ _TOTALS = (
 )
 # A row put off by Klaviyo failing (5xx, or no answer at all: a timeout, no
 # connection), which comes due at once when Klaviyo answers again.
-_PUT_OFF_BY_OUTAGE = ("last_error IS NOT NULL "
+PUT_OFF_BY_OUTAGE = ("last_error IS NOT NULL "
                       "AND coalesce(json_extract(last_error, '$.status'), 500) >= 500")
 # Room kept free on the spool's filesystem for delivery's own writes (leases,
 # progress, moving rows out of the intakes, the write-ahead logs): new
@@ -185,10 +180,6 @@ def default_spool_path() -> Path:
     ``$XDG_CACHE_HOME/klaviyo_middleware/spool.sqlite3`` (``~/.cache/...``)."""
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "klaviyo_middleware" / "spool.sqlite3"
-
-
-def account_fingerprint(api_url: str, api_key: str) -> str:
-    return hashlib.sha256(f"{api_url}\n{api_key}".encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -242,7 +233,10 @@ class Spool:
         self.dead_max_bytes = dead_max_bytes
         self.busy_timeout = busy_timeout
         self._evictions_logged_at = 0.0
-        self._fork_guard = threading.Lock()
+        # Held around every SQLite call on the shared file (reading() and
+        # transaction() take it), so that a fork never copies a connection
+        # mid-call; SpoolAdmin holds it around the intakes it reads.
+        self.fork_guard = threading.Lock()
         self._connections: dict[int, sqlite3.Connection] = {}
         self._inherited: list[sqlite3.Connection] = []
         # Which file the open connections write to: (device, inode).
@@ -254,7 +248,7 @@ class Spool:
         self._unreadable_intakes: set[str] = set()
         self._watch_forks()
         # Create the file and its tables now: a bad path fails at start-up.
-        with self._reading() as db:
+        with self.reading() as db:
             self._measure(db)
 
     def __repr__(self) -> str:
@@ -263,7 +257,7 @@ class Spool:
     # -- connections --------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
-        """This thread's connection; call only while holding :attr:`_fork_guard`.
+        """This thread's connection; call only while holding :attr:`fork_guard`.
 
         Connections are kept in a registry, not in thread-local storage, so
         that each is closed here, under the guard, rather than whenever a
@@ -345,13 +339,16 @@ class Spool:
             self._connections.pop(ident).close()
 
     @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        with self._fork_guard:
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection to the shared file, for queries."""
+        with self.fork_guard:
             yield self._connection()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._fork_guard:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction on the shared file (``BEGIN IMMEDIATE``):
+        serialised with every other process's."""
+        with self.fork_guard:
             db = self._connection()
             with immediate(db, self.busy_timeout):
                 yield db
@@ -362,7 +359,7 @@ class Spool:
         A thread inside SQLite may hold one of its mutexes; a child forked at
         that moment inherits the mutex locked and hangs at its first SQLite
         call (gunicorn ``--preload`` forks while the sender threads run). So
-        the fork waits for :attr:`_fork_guard`, which every SQLite call on
+        the fork waits for :attr:`fork_guard`, which every SQLite call on
         the shared file holds, then for the intake's guards (in the order a
         sender takes them: a sender moving rows holds the spool's guard and
         waits for the intake's).
@@ -373,8 +370,8 @@ class Spool:
         def before() -> None:
             spool = reference()
             if spool is not None:
-                spool._fork_guard.acquire()
-                held.append(spool._fork_guard)
+                spool.fork_guard.acquire()
+                held.append(spool.fork_guard)
                 spool._intake_lock.acquire()
                 held.append(spool._intake_lock)
                 if spool._intake is not None:
@@ -399,7 +396,7 @@ class Spool:
         # child: closing one here could checkpoint or remove the parent's WAL.
         self._inherited.extend(self._connections.values())
         self._connections = {}
-        self._fork_guard = threading.Lock()
+        self.fork_guard = threading.Lock()
         # The parent's intake stays the parent's; the child makes its own.
         if self._intake is not None:
             self._intake.after_fork_in_child()
@@ -408,7 +405,7 @@ class Spool:
 
     def close(self) -> None:
         """Close this thread's connection and those of finished threads."""
-        with self._fork_guard:
+        with self.fork_guard:
             db = self._connections.pop(threading.get_ident(), None)
             if db is not None:
                 db.close()
@@ -418,7 +415,7 @@ class Spool:
         """Close every connection (when no other thread uses the spool any
         more), after handing this process's intake to the shared file."""
         self._retire_intake()
-        with self._fork_guard:
+        with self.fork_guard:
             for db in self._connections.values():
                 db.close()
             self._connections.clear()
@@ -454,7 +451,7 @@ class Spool:
             # Measured at the last claim, which may be long ago (a sender
             # idle since it delivered a backlog): before refusing, look
             # again, with a read, which waits for no writer.
-            with self._reading() as db:
+            with self.reading() as db:
                 self._measure(db)
             intake.add(submission_id, self.account, payload, now, room=self._room(intake))
 
@@ -498,10 +495,10 @@ class Spool:
             if self._intake is intake:
                 self._intake = None
         self._move_all(intake)
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("DELETE FROM intakes WHERE name = ?", (intake.name,))
         # Not remove(): whatever is at its path now is not its file.
-        with self._fork_guard:
+        with self.fork_guard:
             intake.release()
 
     def prepare_intakes(self) -> None:
@@ -532,7 +529,7 @@ class Spool:
         with a backlog. The number moved, and the seq moved through."""
         moved = upto = 0
         while True:
-            with self._transaction() as db:
+            with self.transaction() as db:
                 rows, upto = self._move(db, intake)
                 self._measure(db)
             intake.moved(upto)
@@ -573,7 +570,7 @@ class Spool:
             if path.name in self._unreadable_intakes:
                 continue
             try:
-                with self._fork_guard:
+                with self.fork_guard:
                     intake = Intake.adopt(path, self.durability, self.busy_timeout)
             except sqlite3.Error as exc:
                 # Kept, not deleted: it may hold accepted submissions.
@@ -611,16 +608,16 @@ class Spool:
         released, for adoption). The number moved, and whether it is gone."""
         try:
             moved, upto = self._move_all(intake)
-            with self._fork_guard:
+            with self.fork_guard:
                 removed = intake.remove(upto)
                 if not removed:
                     intake.release()
         except BaseException:
-            with self._fork_guard:
+            with self.fork_guard:
                 intake.release()
             raise
         if removed:
-            with self._transaction() as db:
+            with self.transaction() as db:
                 # After the file is gone, never before: the watermark is what
                 # keeps its moved rows from being moved twice.
                 db.execute("DELETE FROM intakes WHERE name = ?", (intake.name,))
@@ -630,7 +627,7 @@ class Spool:
 
     def register_sender(self, owner: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO workers (owner, hostname, pid, heartbeat_at) "
                 "VALUES (?, ?, ?, ?)",
@@ -638,7 +635,7 @@ class Spool:
             )
 
     def unregister_sender(self, owner: str) -> None:
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("UPDATE submissions SET lease_until = 0 WHERE lease_owner = ?", (owner,))
             db.execute("DELETE FROM workers WHERE owner = ?", (owner,))
 
@@ -646,7 +643,7 @@ class Spool:
         """Free at once the leases of workers on this host whose process is gone."""
         released = 0
         host = socket.gethostname()
-        with self._transaction() as db:
+        with self.transaction() as db:
             rows = db.execute("SELECT owner, pid FROM workers WHERE hostname = ?", (host,))
             for owner, pid in rows.fetchall():
                 if _process_alive(pid):
@@ -676,7 +673,7 @@ class Spool:
         if intake is not None and not (intake.owned_here and intake.has_unmoved):
             intake = None
         upto = 0
-        with self._transaction() as db:
+        with self.transaction() as db:
             if intake is not None:
                 # One transaction moves what this process accepted and claims.
                 _, upto = self._move(db, intake)
@@ -707,7 +704,7 @@ class Spool:
         submissions about one person to different owners while a profile is
         unsent. The marks say what newer submissions have sent."""
         turns = {}
-        with self._reading() as db:
+        with self.reading() as db:
             for item in items:
                 people = person_hashes(self.account, item.submission.profile)
                 places = ", ".join("?" * len(people))
@@ -722,14 +719,14 @@ class Spool:
         timeouts, no connection) put off is due now, all together, so that
         it goes out in bulk rather than as each backoff ends."""
         now = time.time() if now is None else now
-        with self._transaction() as db:
+        with self.transaction() as db:
             return int(db.execute(
                 "UPDATE submissions SET due_at = ? WHERE account = ? AND due_at > ? "  # noqa: S608
-                f"AND {_PUT_OFF_BY_OUTAGE}", (now, self.account, now)).rowcount)
+                f"AND {PUT_OFF_BY_OUTAGE}", (now, self.account, now)).rowcount)
 
     def postpone(self, owner: str, claimed: Leased, due_at: float) -> None:
         """Hand a submission back, due at ``due_at``; not a failed attempt."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "UPDATE submissions SET progress = ?, due_at = ?, lease_owner = NULL, "
                 "lease_until = 0 WHERE id = ? AND lease_owner = ?",
@@ -765,7 +762,7 @@ class Spool:
         """:meth:`save_progress` for many; returns the ids whose lease still held."""
         now = time.time() if now is None else now
         saved = set()
-        with self._transaction() as db:
+        with self.transaction() as db:
             for claimed in items:
                 updated = db.execute(
                     "UPDATE submissions SET progress = ?, lease_until = ? "
@@ -788,7 +785,7 @@ class Spool:
         self.complete_many(owner, [claimed])
 
     def complete_many(self, owner: str, items: list[Leased]) -> None:
-        with self._transaction() as db:
+        with self.transaction() as db:
             removed = 0
             for claimed in items:
                 gone = db.execute(
@@ -808,7 +805,7 @@ class Spool:
     def reschedule(
         self, owner: str, claimed: Leased, due_at: float, error: dict[str, Any]
     ) -> None:
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "UPDATE submissions SET progress = ?, attempts = attempts + 1, due_at = ?, "
                 "lease_owner = NULL, lease_until = 0, last_error = ? "
@@ -827,7 +824,7 @@ class Spool:
     ) -> None:
         """Move a submission to the dead letters with Klaviyo's error."""
         now = time.time() if now is None else now
-        with self._transaction() as db:
+        with self.transaction() as db:
             removed = db.execute(
                 "DELETE FROM submissions WHERE id = ? AND lease_owner = ?",
                 (claimed.submission.id, owner),
@@ -886,7 +883,7 @@ class Spool:
     def pause(self, seconds: float, now: float | None = None) -> None:
         """Pause delivery for the account for ``seconds`` (a pause only grows)."""
         now = time.time() if now is None else now
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO pauses (account, until) VALUES (?, ?) "
                 "ON CONFLICT (account) DO UPDATE SET until = max(until, excluded.until)",
@@ -896,7 +893,7 @@ class Spool:
     def paused_for(self, now: float | None = None) -> float:
         """Seconds the account's pause still lasts; 0 when not paused."""
         now = time.time() if now is None else now
-        with self._reading() as db:
+        with self.reading() as db:
             row = db.execute(
                 "SELECT until FROM pauses WHERE account = ?", (self.account,)
             ).fetchone()
@@ -916,7 +913,7 @@ class Spool:
         """
         now = time.time() if now is None else now
         longest = max(window for window, _ in limits)
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "DELETE FROM rate_log WHERE account = ? AND endpoint = ? AND at <= ?",
                 (self.account, endpoint, now - longest),
@@ -944,7 +941,7 @@ class Spool:
     def expire_dead_letters(self, max_age: float, now: float | None = None) -> int:
         """Delete this account's dead letters older than ``max_age`` seconds."""
         now = time.time() if now is None else now
-        with self._transaction() as db:
+        with self.transaction() as db:
             expired = db.execute(
                 "DELETE FROM dead_letters WHERE account = ? AND dead_at <= ?",
                 (self.account, now - max_age),
@@ -960,7 +957,7 @@ class Spool:
         :data:`MARK_GRACE` has passed (an older one may still be on its way
         from another process's intake)."""
         now = time.time() if now is None else now
-        with self._transaction() as db:
+        with self.transaction() as db:
             return int(db.execute(
                 "DELETE FROM profile_marks WHERE accepted < ? AND NOT EXISTS (SELECT 1 "
                 "FROM people WHERE people.person = profile_marks.person "
@@ -973,7 +970,7 @@ class Spool:
         now = time.time() if now is None else now
         if self.turn_free_in(task, every, now) > 0:
             return False
-        with self._transaction() as db:
+        with self.transaction() as db:
             return db.execute(
                 "INSERT INTO housekeeping (task, at) VALUES (?, ?) ON CONFLICT (task) "
                 "DO UPDATE SET at = excluded.at WHERE housekeeping.at <= ?",
@@ -982,7 +979,7 @@ class Spool:
     def turn_free_in(self, task: str, every: float, now: float | None = None) -> float:
         """Seconds until someone may take the turn at ``task``; 0 when free."""
         now = time.time() if now is None else now
-        with self._reading() as db:
+        with self.reading() as db:
             row = db.execute("SELECT at FROM housekeeping WHERE task = ?", (task,)).fetchone()
         return 0.0 if row is None else max(0.0, row[0] + every - now)
 
@@ -997,25 +994,25 @@ class Spool:
                 return True
         except OSError:
             return True
-        with self._reading() as db:
+        with self.reading() as db:
             (busy, _, _) = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return not busy
 
     # -- inspection ---------------------------------------------------------
 
     def dead_letters(self) -> list[DeadLetter]:
-        with self._reading() as db:
+        with self.reading() as db:
             rows = db.execute(
                 "SELECT id, payload, progress, attempts, created_at, dead_at, error "
                 "FROM dead_letters WHERE account = ? ORDER BY dead_at",
                 (self.account,),
             ).fetchall()
-        return [_dead_letter(row) for row in rows]
+        return [dead_letter_of(row) for row in rows]
 
     def outstanding(self, now: float | None = None) -> int:
         """Submissions not yet delivered or dead (for ``flush``): in the
         shared file and in this process's intake."""
-        with self._reading() as db:
+        with self.reading() as db:
             (count,) = db.execute(
                 "SELECT count(*) FROM submissions WHERE account = ?", (self.account,)
             ).fetchone()
@@ -1039,193 +1036,12 @@ class Spool:
     def next_due(self) -> float | None:
         if self.unmoved():
             return time.time()
-        with self._reading() as db:
+        with self.reading() as db:
             row = db.execute(
                 "SELECT min(max(due_at, lease_until)) FROM submissions WHERE account = ?",
                 (self.account,),
             ).fetchone()
         return float(row[0]) if row and row[0] is not None else None
-
-
-class SpoolAdmin:
-    """Operator queries over a whole spool file, every account included.
-
-    Used by ``klaviyo-middleware spool ...``; no API key is needed, and the
-    worker processes may keep running meanwhile.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        if not Path(path).exists():
-            raise FileNotFoundError(f"no spool at {path}")
-        _check_is_spool(path)
-        self.spool = Spool(path, account="")
-
-    def stats(self, now: float | None = None) -> dict[str, Any]:
-        now = time.time() if now is None else now
-        with self.spool._reading() as db:
-            stats = self._stats(db, now)
-            watermarks = watermarks_of(db)
-        # Accepted by a process and not yet moved into the shared file: due.
-        arriving = 0
-        for path in intake_files(self.spool.path):
-            # An intake removed or unreadable meanwhile counts as empty here.
-            with contextlib.suppress(sqlite3.Error), self.spool._fork_guard:
-                count, oldest = unmoved_summary(path, watermarks.get(path.stem, 0))
-                arriving += count
-                if oldest is not None:
-                    age = round(now - oldest, 3)
-                    stats["oldest_pending_age"] = max(age, stats["oldest_pending_age"] or 0.0)
-        stats["pending"] += arriving
-        stats["due"] += arriving
-        stats["arriving"] = arriving
-        return stats
-
-    @staticmethod
-    def _stats(db: sqlite3.Connection, now: float) -> dict[str, Any]:
-        pending, due, leased, retrying, oldest = db.execute(
-            "SELECT count(*), coalesce(sum(due_at <= ?), 0), coalesce(sum(lease_until >= ?), 0), "
-            "coalesce(sum(attempts > 0), 0), min(created_at) FROM submissions",
-            (now, now),
-        ).fetchone()
-        (dead,) = db.execute("SELECT count(*) FROM dead_letters").fetchone()
-        totals = dict(db.execute("SELECT name, value FROM totals").fetchall())
-        (delivered,) = db.execute(
-            "SELECT coalesce(sum(value), 0) FROM counters WHERE name = 'delivered'"
-        ).fetchone()
-        (paused,) = db.execute("SELECT coalesce(max(until), 0) FROM pauses").fetchone()
-        workers = _live_workers(db, now)
-        return {
-            "pending": pending,
-            "due": due,
-            "in_flight": leased,
-            "retrying": retrying,
-            "dead": dead,
-            # The dead letters' budget (dead_letter_max_size), and how many
-            # of the oldest were deleted to keep within it.
-            "dead_bytes": totals.get("dead_bytes", 0),
-            "dead_evicted": totals.get("dead_evicted", 0),
-            "delivered": delivered,
-            "oldest_pending_age": None if oldest is None else round(now - oldest, 3),
-            "paused_for": max(0.0, round(paused - now, 3)),
-            "workers": workers,
-        }
-
-    def dead_letters(self) -> list[DeadLetter]:
-        with self.spool._reading() as db:
-            rows = db.execute(
-                "SELECT id, payload, progress, attempts, created_at, dead_at, error "
-                "FROM dead_letters ORDER BY dead_at"
-            ).fetchall()
-        return [_dead_letter(row) for row in rows]
-
-    def retry(self, ids: list[str] | None = None, now: float | None = None) -> int:
-        """Move dead letters (all, or ``ids``) back into the spool, due at once."""
-        now = time.time() if now is None else now
-        select = "SELECT id, account, payload, progress FROM dead_letters"
-        with self.spool._transaction() as db:
-            if ids is None:
-                rows = db.execute(select).fetchall()
-            else:
-                rows = [
-                    row
-                    for submission_id in ids
-                    for row in db.execute(select + " WHERE id = ?", (submission_id,))
-                ]
-            for submission_id, account, payload, progress in rows:
-                # Finished steps stay finished: a retry never re-subscribes.
-                db.execute(
-                    "INSERT OR REPLACE INTO submissions (id, account, payload, progress, "
-                    "created_at, due_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (submission_id, account, payload, progress, now, now),
-                )
-                db.execute("DELETE FROM dead_letters WHERE id = ?", (submission_id,))
-                _readd_people(db, account, payload, progress)
-        return len(rows)
-
-    def resume(self, now: float | None = None) -> float:
-        """Lift every account's pause, and bring forward what a 429 or an
-        outage (5xx, timeouts, no connection) postponed, as the senders do
-        when Klaviyo answers again; returns the seconds the pause had left."""
-        now = time.time() if now is None else now
-        with self.spool._transaction() as db:
-            (until,) = db.execute("SELECT coalesce(max(until), 0) FROM pauses").fetchone()
-            db.execute("DELETE FROM pauses")
-            db.execute(
-                "UPDATE submissions SET due_at = ? WHERE due_at > ? AND ("  # noqa: S608
-                f"json_extract(last_error, '$.status') = 429 OR {_PUT_OFF_BY_OUTAGE})",
-                (now, now),
-            )
-        return max(0.0, float(until) - now)
-
-    def purge(
-        self,
-        ids: list[str] | None = None,
-        older_than: float | None = None,
-        now: float | None = None,
-    ) -> int:
-        """Delete dead letters (all, ``ids``, or dead for over ``older_than`` seconds)."""
-        now = time.time() if now is None else now
-        cutoff = now - older_than if older_than is not None else float("inf")
-        with self.spool._transaction() as db:
-            if ids is None:
-                return int(
-                    db.execute("DELETE FROM dead_letters WHERE dead_at <= ?", (cutoff,)).rowcount
-                )
-            return sum(
-                db.execute(
-                    "DELETE FROM dead_letters WHERE id = ? AND dead_at <= ?",
-                    (submission_id, cutoff),
-                ).rowcount
-                for submission_id in ids
-            )
-
-    def forget(self, *, email: str | None = None,
-               phone_number: str | None = None) -> dict[str, int]:
-        """Erase every queued submission and dead letter about a person, in
-        every account, found by email address (any case) or phone number
-        (E.164); the counts removed. Deleted rows are zeroed in the file
-        (secure_delete) and the write-ahead log is emptied."""
-        if not email and not phone_number:
-            raise ValueError("forget needs an email address or a phone number")
-        match = ("(lower(json_extract(payload, '$.profile.email')) = lower(?) "
-                 "OR json_extract(payload, '$.profile.phone_number') = ?)")
-        values = (email or "", phone_number or "")
-        person = {"email": email, "phone_number": phone_number}
-        with self.spool._transaction() as db:
-            # Intakes too, while holding the shared file's write lock: a
-            # process moves its intake only while holding it, so nothing
-            # erased here can be on its way into the shared file meanwhile.
-            arriving = 0
-            watermarks = watermarks_of(db)
-            for path in intake_files(self.spool.path):
-                try:
-                    with writing_to(path, self.spool.busy_timeout) as intake:
-                        arriving += intake.execute(
-                            f"DELETE FROM intake WHERE {match} AND seq > ?",  # noqa: S608
-                            (*values, watermarks.get(path.stem, 0))).rowcount
-                        # Moved rows not dropped yet: counted in the shared file.
-                        intake.execute(f"DELETE FROM intake WHERE {match}", values)  # noqa: S608
-                except sqlite3.OperationalError:
-                    if path.exists():
-                        raise  # not erased: say so rather than report success
-            queued = db.execute(f"DELETE FROM submissions WHERE {match}", values).rowcount  # noqa: S608
-            queued += arriving
-            dead = db.execute(f"DELETE FROM dead_letters WHERE {match}", values).rowcount  # noqa: S608
-            db.execute("DELETE FROM people WHERE submission_id NOT IN (SELECT id FROM submissions)")
-            accounts = [row[0] for row in db.execute(
-                "SELECT account FROM submissions UNION SELECT account FROM dead_letters "
-                "UNION SELECT account FROM counters UNION SELECT account FROM pauses")]
-            for account in accounts:
-                for hashed in person_hashes(account, person):
-                    db.execute("DELETE FROM profile_marks WHERE person = ?", (hashed,))
-        self.spool.truncate_wal()
-        for path in intake_files(self.spool.path):
-            with self.spool._fork_guard:
-                empty_log_of(path)
-        return {"queued": int(queued), "dead": int(dead)}
-
-    def close(self) -> None:
-        self.spool.close()
 
 
 # Lease the due rows, oldest first, except those about a person another row
@@ -1281,7 +1097,7 @@ def _add_people(db: sqlite3.Connection, account: str, submission: Submission) ->
     )
 
 
-def _readd_people(db: sqlite3.Connection, account: str, payload: str, progress: str) -> None:
+def readd_people(db: sqlite3.Connection, account: str, payload: str, progress: str) -> None:
     """A dead letter back in the queue takes its place in its person's order
     again, unless its profile was already sent."""
     try:
@@ -1309,7 +1125,7 @@ def _profile_sent(db: sqlite3.Connection, submission: Submission) -> None:
         )
 
 
-def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
+def dead_letter_of(row: tuple[Any, ...]) -> DeadLetter:
     submission_id, payload, progress, attempts, created_at, dead_at, error = row
     submission: Submission | None
     try:
@@ -1329,7 +1145,7 @@ class NotASpool(ValueError):
     """An operator pointed at a file that is not a spool."""
 
 
-def _check_is_spool(path: str | os.PathLike[str]) -> None:
+def check_is_spool(path: str | os.PathLike[str]) -> None:
     """Refuse, before touching it, a file that is not a spool: another
     SQLite database must not get our tables, nor any file a traceback."""
     try:
@@ -1347,7 +1163,7 @@ def _check_is_spool(path: str | os.PathLike[str]) -> None:
 WORKER_SILENCE = 60.0
 
 
-def _live_workers(db: sqlite3.Connection, now: float) -> int:
+def live_workers(db: sqlite3.Connection, now: float) -> int:
     """Senders that are running: on this host, those whose process lives
     (a killed one leaves its row until another sender's housekeeping);
     elsewhere, those heard from within :data:`WORKER_SILENCE`."""
@@ -1366,6 +1182,3 @@ def _process_alive(pid: int) -> bool:
         return True
     return True
 
-
-def new_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
