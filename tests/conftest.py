@@ -34,8 +34,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.fixture(autouse=True)
 def _no_personal_data_in_clear(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Fails the test whose logs or CLI output showed personal data in clear."""
-    for name in ("_spool_command", "_celery_state"):
-        command = getattr(cli, name)
+    for commands in (cli.spool, cli.celery):
+        command = commands.run
 
         def watched(args: Any, *rest: Any, _command: Any = command) -> int:
             *before, out = rest
@@ -45,7 +45,7 @@ def _no_personal_data_in_clear(monkeypatch: pytest.MonkeyPatch) -> Iterator[None
             finally:
                 tee.flush_to_target(bool(getattr(args, "show_personal_data", False)))
 
-        monkeypatch.setattr(cli, name, watched)
+        monkeypatch.setattr(commands, "run", watched)
     WATCH.take()
     yield
     found = WATCH.take()

@@ -125,7 +125,7 @@ def test_retrying_an_id_that_is_no_dead_letter_fails(spool_file, capsys):
 def test_workers_of_stopped_processes_are_not_counted(spool_file):
     spool = Spool(spool_file, ACCOUNT)
     spool.register_sender("gone")
-    with spool._transaction() as db:  # a killed process: its row stays, its pid is gone
+    with spool.transaction() as db:  # a killed process: its row stays, its pid is gone
         db.execute("UPDATE workers SET pid = 2147483646 WHERE owner = 'gone'")
     spool.register_sender("here")
     spool.close()
@@ -163,9 +163,9 @@ def test_log_records_are_redacted(caplog):
 def every_option(parser=None, prefix=""):
     import argparse
 
-    from klaviyo_middleware.cli import _parser
+    from klaviyo_middleware.cli.parser import build_parser
 
-    parser = parser or _parser()
+    parser = parser or build_parser()
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
@@ -204,20 +204,21 @@ def test_worker_metrics_listen_on_loopback_unless_asked(monkeypatch, tmp_path):
     pytest.importorskip("prometheus_client")
     import prometheus_client
 
-    from klaviyo_middleware import cli
+    from klaviyo_middleware.cli.celery import serve_worker_metrics
+    from klaviyo_middleware.cli.parser import build_parser
 
     served: list[dict[str, object]] = []
     monkeypatch.setattr(prometheus_client, "start_http_server",
                         lambda port, addr="0.0.0.0", **kwargs: served.append(  # noqa: S104
                             {"port": port, "addr": addr}))
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    parser = cli._parser()
+    parser = build_parser()
     everywhere = "0.0.0.0"  # noqa: S104 - what the test asks for
     for argv, address in ((["worker", "--metrics-port", "9464"], "127.0.0.1"),
                           (["worker", "--metrics-port", "9464", "--metrics-host", everywhere],
                            everywhere)):
         args = parser.parse_args(argv)
-        cli._serve_worker_metrics(args.metrics_host, args.metrics_port, "redis://127.0.0.1:9/0")
+        serve_worker_metrics(args.metrics_host, args.metrics_port, "redis://127.0.0.1:9/0")
         assert served[-1] == {"port": 9464, "addr": address}
 
 

@@ -54,7 +54,7 @@ def spool_delivery(tmp_path: Any, options: SenderOptions = FAST) -> SpoolDeliver
 
 def raw_row(spool: Spool, submission_id: str, payload: str) -> None:
     """A row as another version (or a damaged file) might have left it."""
-    with spool._transaction() as db:
+    with spool.transaction() as db:
         db.execute("INSERT INTO submissions (id, account, payload, created_at, due_at) "
                    "VALUES (?, ?, ?, ?, ?)", (submission_id, ACCOUNT, payload, 0.0, 0.0))
 

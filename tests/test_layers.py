@@ -93,7 +93,7 @@ def test_no_module_imports_a_layer_above_its_own():
 DELIVERY = PACKAGE / "delivery"
 DELIVERY_RANKS: dict[str, int] = {
     "__init__": 0, "protocol": 0, "hooks": 0, "identities": 0, "retention": 0,
-    "import_jobs": 0,
+    "import_jobs": 0, "dead_letters": 0,
     "courier": 1, "sync": 1,
     "spool": 2, "celery": 2,
     "factory": 3,

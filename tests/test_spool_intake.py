@@ -299,13 +299,13 @@ def test_a_backlog_moves_in_batches(tmp_path, monkeypatch):
         spool.enqueue(submission)
         ids.append(submission.id)
     commits = []
-    real = spool._transaction
+    real = spool.transaction
 
     def counted(*args, **kwargs):
         commits.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(spool, "_transaction", counted)
+    monkeypatch.setattr(spool, "transaction", counted)
     assert spool.move_intake() == 30
     assert len(commits) == 5  # 7 + 7 + 7 + 7 + 2
     claimed = spool.claim("w", 100, lease=60)

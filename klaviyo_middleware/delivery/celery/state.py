@@ -111,6 +111,10 @@ class RedisState:
         pipe.expire(self.key("finished"), PROGRESS_TTL)
         pipe.execute()
 
+    def unfinish(self, submission_id: str) -> None:
+        """A dead letter sent again: its task must run, not find it finished."""
+        self.redis.srem(self.key("finished"), submission_id)
+
     # -- pause and rate limits ----------------------------------------------------------
 
     def pause(self, seconds: float) -> None:

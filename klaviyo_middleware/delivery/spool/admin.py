@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from klaviyo_middleware.delivery.dead_letters import DeadLetter
 from klaviyo_middleware.delivery.spool.intake import (
     empty_log_of,
     intake_files,
@@ -23,7 +24,6 @@ from klaviyo_middleware.delivery.spool.intake import (
 )
 from klaviyo_middleware.delivery.spool.store import (
     PUT_OFF_BY_OUTAGE,
-    DeadLetter,
     Spool,
     check_is_spool,
     dead_letter_of,

@@ -35,10 +35,10 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from klaviyo_middleware.delivery.dead_letters import DeadLetter
 from klaviyo_middleware.delivery.spool.connections import file_identity, immediate, open_wal
 from klaviyo_middleware.delivery.spool.intake import (
     Intake,
@@ -180,26 +180,6 @@ def default_spool_path() -> Path:
     ``$XDG_CACHE_HOME/klaviyo_middleware/spool.sqlite3`` (``~/.cache/...``)."""
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "klaviyo_middleware" / "spool.sqlite3"
-
-
-@dataclass
-class DeadLetter:
-    """A submission Klaviyo refused for good, or a row that could not be read
-    (then ``submission`` is ``None``)."""
-
-    id: str
-    submission: Submission | None
-    progress: Progress
-    attempts: int
-    created_at: float
-    dead_at: float
-    error: dict[str, Any]
-
-    @property
-    def email(self) -> str:
-        if self.submission is None:
-            return ""
-        return str(self.submission.profile.get("email", ""))
 
 
 class Spool:
@@ -1127,18 +1107,15 @@ def _profile_sent(db: sqlite3.Connection, submission: Submission) -> None:
 
 def dead_letter_of(row: tuple[Any, ...]) -> DeadLetter:
     submission_id, payload, progress, attempts, created_at, dead_at, error = row
-    submission: Submission | None
+    return DeadLetter.read(submission_id, _loaded(payload), _loaded(progress), attempts,
+                           created_at, dead_at, json.loads(error))
+
+
+def _loaded(text: str) -> Any:
     try:
-        submission = Submission.from_dict(json.loads(payload))
-    except Exception:
-        submission = None
-    try:
-        done = Progress.from_dict(json.loads(progress))
-    except Exception:
-        done = Progress()
-    return DeadLetter(
-        submission_id, submission, done, attempts, created_at, dead_at, json.loads(error)
-    )
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 class NotASpool(ValueError):
