@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test bench lint typecheck pytest venv browser clean messages docs dist
+.PHONY: demo test test-fast bench lint typecheck pytest venv browser clean messages docs dist
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ pytest: venv browser
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest
+
+# The quick loop while working: lint, types and the tests that need no
+# processes, servers or waiting (seconds); `make test` runs everything.
+test-fast: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
 
 # Benchmarks print ratios measured in one run; wrk comes from Debian.
 bench: venv

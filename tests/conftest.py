@@ -21,6 +21,25 @@ from openapi_contract import spec_path
 WATCH = Watch()
 
 
+# Modules whose tests start processes, servers, brokers' workers or a
+# browser, or wait for delivery across real time: `make test-fast` leaves
+# them out (`pytest -m "not slow"`) for a loop of seconds; `make test` runs all.
+SLOW_MODULES = frozenset({
+    "test_browser", "test_celery", "test_redis_pool", "test_spool_processes",
+    "test_delivery_survives", "test_spool_budgets", "test_fuzz_server", "test_fuzz",
+    "test_docs_site", "test_docs_commands", "test_docs_python", "test_examples",
+    "test_packaging", "test_django", "test_batching", "test_spool_delivery",
+    "test_person_order", "test_import_jobs", "test_metrics", "test_cli",
+    "test_data_we_keep", "test_fake_klaviyo", "test_paste", "test_flask",
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     # In CI the contract tests are the point: a missing spec fails the run.
     if os.environ.get("CI") and not spec_path().exists():

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from webtest import TestApp
 
 from klaviyo_middleware import KlaviyoMiddleware
@@ -223,6 +224,7 @@ def test_a_spool_file_of_the_previous_format_is_taken_over_with_nothing_lost(
     assert (stats["pending"], stats["dead"], stats["delivered"]) == (0, 1, 9)
 
 
+@pytest.mark.slow
 def test_many_processes_accepting_and_delivering_one_killed_mid_commit(
         tmp_path, loopback_klaviyo):
     """Two processes post through the middleware and deliver, one only
