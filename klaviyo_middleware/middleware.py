@@ -1,4 +1,11 @@
-"""The WSGI middleware: intercept Klaviyo Connect form posts, pass the rest through."""
+"""The WSGI middleware: intercept Klaviyo Connect form posts, pass the rest through.
+
+The request flow — screen, read, validate, hand over, answer — in one
+place. Longer than the ~500 lines a module here keeps to because the
+constructor declares every option, with its help, as keyword arguments (a
+third of the file); how the visitor hears the outcome is web/answers.py's,
+what each option means is settings.py's.
+"""
 
 from __future__ import annotations
 

@@ -291,9 +291,9 @@ def test_an_intake_that_cannot_be_created_is_a_clear_503_not_a_500(tmp_path, kla
 def test_a_backlog_moves_in_batches(tmp_path, monkeypatch):
     """A sender held up while visitors kept coming: the intake's backlog goes
     into the shared file a batch per transaction, every row exactly once."""
-    from klaviyo_middleware.delivery.spool import store
+    from klaviyo_middleware.delivery.spool import moves, store
 
-    monkeypatch.setattr(store, "MOVE_BATCH", 7)
+    monkeypatch.setattr(moves, "MOVE_BATCH", 7)
     spool = store.Spool(tmp_path / "s.sqlite3", "acct")
     ids = []
     for number in range(30):

@@ -15,6 +15,18 @@ Everything that must be consistent across processes — claims, the
 account-wide pause after a 429, rate-limit bookkeeping — happens inside
 ``BEGIN IMMEDIATE`` transactions, which SQLite serialises between processes.
 
+This module is the lease store the courier uses
+(:class:`~klaviyo_middleware.delivery.courier.LeaseStore`); under it,
+:mod:`~klaviyo_middleware.delivery.spool.moves` takes submissions into each
+process's intake and moves them into the shared file, and
+:mod:`~klaviyo_middleware.delivery.spool.file` keeps the file itself (its
+tables in :mod:`~klaviyo_middleware.delivery.spool.schema`, a connection
+per thread, forks, a file replaced under a running site). Operators'
+queries are :mod:`~klaviyo_middleware.delivery.spool.admin`'s. What is
+left here (about 600 lines) is one or two SQL statements for each operation
+the courier needs of a lease store, kept together because they share the
+tables' invariants (leases, people, marks, budgets).
+
 A person's profiles are written in acceptance order
 (:mod:`klaviyo_middleware.model.profile_order`): ``people`` lists, for each
 submission whose profile is still to send, the (hashed) people it is about,
@@ -25,28 +37,30 @@ profile has sent, for as long as an older one about that person waits.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
 import sqlite3
-import threading
 import time
-import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from klaviyo_middleware.delivery.dead_letters import DeadLetter
-from klaviyo_middleware.delivery.spool.connections import file_identity, immediate, open_wal
-from klaviyo_middleware.delivery.spool.intake import (
-    Intake,
-    IntakeGone,
-    Row,
-    SpoolFull,
-    intake_directory,
-    intake_files,
+from klaviyo_middleware.delivery.spool.file import (
+    DURABILITY,
+    ENV_SPOOL_PATH,
+    NotASpool,
+    SpoolFile,
+    check_is_spool,
+    default_spool_path,
+)
+from klaviyo_middleware.delivery.spool.intake import SpoolFull
+from klaviyo_middleware.delivery.spool.moves import (
+    DISK_PER_BYTE,
+    DISK_RESERVE,
+    MOVE_BATCH,
+    IntakeSpool,
+    add_people,
+    dead_bytes,
 )
 from klaviyo_middleware.klaviyo.steps import PROFILE_STEP
 from klaviyo_middleware.model.lease import Leased
@@ -57,133 +71,20 @@ from klaviyo_middleware.redact import get_logger
 
 log = get_logger(__name__)
 
-ENV_SPOOL_PATH = "KLAVIYO_SPOOL_PATH"
 # Seconds a profile mark outlives every submission that needed it. A process
 # moves what it accepted into the shared file within moments, unless it is
 # stopped (then another adopts its intake within seconds) or stalled; an
 # older submission about the same person arriving from there within this
 # time still gives way to what a newer one sent.
 MARK_GRACE = 600.0
-# Rows moved from an intake per transaction on the shared file: a backlog
-# (a sender held up) moves in steps, never all in memory or under one lock.
-MOVE_BATCH = 1000
-DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS submissions (
-    id TEXT PRIMARY KEY,
-    account TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    progress TEXT NOT NULL DEFAULT '{}',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    due_at REAL NOT NULL,
-    lease_owner TEXT,
-    lease_until REAL NOT NULL DEFAULT 0,
-    last_error TEXT
-);
-CREATE INDEX IF NOT EXISTS submissions_due ON submissions (account, due_at);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id TEXT PRIMARY KEY,
-    account TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    progress TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    dead_at REAL NOT NULL,
-    error TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS workers (
-    owner TEXT PRIMARY KEY,
-    hostname TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    heartbeat_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS pauses (
-    account TEXT PRIMARY KEY,
-    until REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS rate_log (
-    account TEXT NOT NULL,
-    endpoint TEXT NOT NULL,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS rate_log_at ON rate_log (account, endpoint, at);
-CREATE TABLE IF NOT EXISTS people (
-    submission_id TEXT NOT NULL,
-    person TEXT NOT NULL,
-    accepted INTEGER NOT NULL,
-    PRIMARY KEY (person, submission_id)
-);
-CREATE INDEX IF NOT EXISTS people_submission ON people (submission_id);
-CREATE TABLE IF NOT EXISTS profile_marks (
-    person TEXT NOT NULL,
-    path TEXT NOT NULL,
-    accepted INTEGER NOT NULL,
-    PRIMARY KEY (person, path)
-);
-CREATE TABLE IF NOT EXISTS housekeeping (
-    task TEXT PRIMARY KEY,
-    at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS intakes (
-    name TEXT PRIMARY KEY,
-    moved_through INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS counters (
-    account TEXT NOT NULL,
-    name TEXT NOT NULL,
-    value INTEGER NOT NULL,
-    PRIMARY KEY (account, name)
-);
-CREATE TABLE IF NOT EXISTS totals (
-    name TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS dead_letters_dead_at ON dead_letters (dead_at);
-"""
-
-# Dead letters have a budget of their own (dead_letter_max_size): their bytes
-# are kept in ``totals`` by triggers, so that neither the request path nor a
-# claim ever has to add them up. A file from before the totals is counted
-# once, when first opened by this version. Statements with BEGIN ... END,
-# so not split on ";" as _SCHEMA is.
-_TOTALS = (
-    "INSERT INTO totals (name, value) SELECT 'dead_bytes', "
-    "(SELECT coalesce(sum(length(payload) + length(progress) + length(error)), 0) "
-    "FROM dead_letters) WHERE NOT EXISTS (SELECT 1 FROM totals WHERE name = 'dead_bytes')",
-    "CREATE TRIGGER IF NOT EXISTS dead_letter_added AFTER INSERT ON dead_letters BEGIN "
-    "INSERT INTO totals (name, value) VALUES "
-    "('dead_bytes', length(NEW.payload) + length(NEW.progress) + length(NEW.error)) "
-    "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value; END",
-    "CREATE TRIGGER IF NOT EXISTS dead_letter_removed AFTER DELETE ON dead_letters BEGIN "
-    "UPDATE totals SET value = "
-    "max(0, value - (length(OLD.payload) + length(OLD.progress) + length(OLD.error))) "
-    "WHERE name = 'dead_bytes'; END",
-)
-# A row put off by Klaviyo failing (5xx, or no answer at all: a timeout, no
-# connection), which comes due at once when Klaviyo answers again.
 PUT_OFF_BY_OUTAGE = ("last_error IS NOT NULL "
                       "AND coalesce(json_extract(last_error, '$.status'), 500) >= 500")
-# Room kept free on the spool's filesystem for delivery's own writes (leases,
-# progress, moving rows out of the intakes, the write-ahead logs): new
-# submissions are refused before the disk is full, never delivery's writes.
-# Half of a small filesystem at most.
-DISK_RESERVE = 16 * 1024 * 1024
-# An accepted byte on disk: in the intake, then moved into the shared file
-# and its log, then zeroed out of the intake through the intake's log.
-DISK_PER_BYTE = 4
 
 
-def default_spool_path() -> Path:
-    """Where the spool lives unless ``spool_path`` or ``$KLAVIYO_SPOOL_PATH`` says:
-    ``$XDG_CACHE_HOME/klaviyo_middleware/spool.sqlite3`` (``~/.cache/...``)."""
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "klaviyo_middleware" / "spool.sqlite3"
 
-
-class Spool:
-    """The SQLite file and every query against it.
+class Spool(IntakeSpool):
+    """The lease store: every query the senders make on the shared file.
 
     :param path: the spool file; its directory is created if missing.
     :param account: the fingerprint this process delivers for.
@@ -206,402 +107,16 @@ class Spool:
         dead_max_bytes: int = 64 * 1024 * 1024,
         busy_timeout: float = 30.0,
     ) -> None:
-        self.path = Path(path)
-        self.account = account
-        self.durability = DURABILITY[durability]
-        self.max_bytes = max_bytes
         self.dead_max_bytes = dead_max_bytes
-        self.busy_timeout = busy_timeout
         self._evictions_logged_at = 0.0
-        # Held around every SQLite call on the shared file (reading() and
-        # transaction() take it), so that a fork never copies a connection
-        # mid-call; SpoolAdmin holds it around the intakes it reads.
-        self.fork_guard = threading.Lock()
-        self._connections: dict[int, sqlite3.Connection] = {}
-        self._inherited: list[sqlite3.Connection] = []
-        # Which file the open connections write to: (device, inode).
-        self._file: tuple[int, int] | None = None
-        self._wal_file: tuple[int, int] | None = None
-        # This process's own intake (intake.py), made at its first submission.
-        self._intake: Intake | None = None
-        self._intake_lock = threading.Lock()
-        self._unreadable_intakes: set[str] = set()
-        self._watch_forks()
+        super().__init__(path, account, durability=durability, max_bytes=max_bytes,
+                         busy_timeout=busy_timeout)
         # Create the file and its tables now: a bad path fails at start-up.
         with self.reading() as db:
             self._measure(db)
 
     def __repr__(self) -> str:
         return f"<Spool {str(self.path)!r}>"
-
-    # -- connections --------------------------------------------------------
-
-    def _connection(self) -> sqlite3.Connection:
-        """This thread's connection; call only while holding :attr:`fork_guard`.
-
-        Connections are kept in a registry, not in thread-local storage, so
-        that each is closed here, under the guard, rather than whenever a
-        thread's storage happens to be freed: closing touches SQLite's
-        process-wide mutexes, and a fork at that moment would hang the child.
-        """
-        if self._connections and self._current_file() != self._file:
-            self._file_replaced()
-        ident = threading.get_ident()
-        db = self._connections.get(ident)
-        if db is None:
-            self._close_finished_threads()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Shared between threads only in the sense that a new thread may
-            # reuse a finished one's ident; calls are serialised by the guard.
-            db = open_wal(self.path, self.durability, self.busy_timeout)
-            current = self._current_file()
-            if current != self._file:
-                # A new file (or a first look at this one): make sure it has
-                # our tables, in one write transaction (several processes may
-                # be starting on it).
-                with immediate(db, self.busy_timeout):
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            db.execute(statement)
-                    for statement in _TOTALS:
-                        db.execute(statement)
-                self._file = current
-                self._wal_file = self._current_file("-wal")
-            self._connections[ident] = db
-        return db
-
-    def _current_file(self, suffix: str = "") -> tuple[int, int] | None:
-        return file_identity(f"{self.path}{suffix}")
-
-    def _file_replaced(self) -> None:
-        """The spool file was deleted or replaced under us (an operator
-        cleaning up, a deploy swapping directories). Writing on through the
-        old file would lose every later submission with it, so: carry what
-        it still holds into the file now at the path (created if need be),
-        and open every connection afresh there."""
-        log.error("klaviyo_middleware: the spool file %s was deleted or replaced while in "
-                  "use; moving what it held into the file now at that path", self.path)
-        old = next(iter(self._connections.values()))
-        submissions = old.execute("SELECT * FROM submissions").fetchall()
-        dead = old.execute("SELECT * FROM dead_letters").fetchall()
-        people = old.execute("SELECT * FROM people").fetchall()
-        marks = old.execute("SELECT * FROM profile_marks").fetchall()
-        # Which intake rows are already moved: without them, moved ones
-        # would be moved (and delivered) again.
-        intakes = old.execute("SELECT * FROM intakes").fetchall()
-        for db in self._connections.values():
-            db.close()
-        self._connections.clear()
-        if self._wal_file is not None and self._current_file("-wal") == self._wal_file:
-            # The old file's log is still at the path; SQLite would apply it
-            # to the new file. Its content is in the rows carried over.
-            for suffix in ("-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(f"{self.path}{suffix}")
-        self._file = None
-        # Already under the fork guard (called from _connection), so not
-        # through _transaction, which takes it.
-        db = self._connection()
-        with immediate(db, self.busy_timeout):
-            db.executemany("INSERT OR IGNORE INTO submissions VALUES "
-                           "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", submissions)
-            db.executemany("INSERT OR IGNORE INTO dead_letters VALUES "
-                           "(?, ?, ?, ?, ?, ?, ?, ?)", dead)
-            db.executemany("INSERT OR IGNORE INTO people VALUES (?, ?, ?)", people)
-            db.executemany("INSERT OR IGNORE INTO profile_marks VALUES (?, ?, ?)", marks)
-            db.executemany("INSERT OR REPLACE INTO intakes VALUES (?, ?)", intakes)
-        log.warning("klaviyo_middleware: carried %d queued submissions and %d dead letters "
-                    "into the new spool file", len(submissions), len(dead))
-
-    def _close_finished_threads(self) -> None:
-        alive = {thread.ident for thread in threading.enumerate()}
-        for ident in [ident for ident in self._connections if ident not in alive]:
-            self._connections.pop(ident).close()
-
-    @contextmanager
-    def reading(self) -> Iterator[sqlite3.Connection]:
-        """This thread's connection to the shared file, for queries."""
-        with self.fork_guard:
-            yield self._connection()
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction on the shared file (``BEGIN IMMEDIATE``):
-        serialised with every other process's."""
-        with self.fork_guard:
-            db = self._connection()
-            with immediate(db, self.busy_timeout):
-                yield db
-
-    def _watch_forks(self) -> None:
-        """Never let a fork happen while a thread of ours is inside SQLite.
-
-        A thread inside SQLite may hold one of its mutexes; a child forked at
-        that moment inherits the mutex locked and hangs at its first SQLite
-        call (gunicorn ``--preload`` forks while the sender threads run). So
-        the fork waits for :attr:`fork_guard`, which every SQLite call on
-        the shared file holds, then for the intake's guards (in the order a
-        sender takes them: a sender moving rows holds the spool's guard and
-        waits for the intake's).
-        """
-        reference = weakref.ref(self)
-        held: list[threading.Lock] = []
-
-        def before() -> None:
-            spool = reference()
-            if spool is not None:
-                spool.fork_guard.acquire()
-                held.append(spool.fork_guard)
-                spool._intake_lock.acquire()
-                held.append(spool._intake_lock)
-                if spool._intake is not None:
-                    held.extend(spool._intake.hold_for_fork())
-
-        def after_in_parent() -> None:
-            while held:
-                held.pop().release()
-
-        def after_in_child() -> None:
-            held.clear()
-            spool = reference()
-            if spool is not None:
-                spool._after_fork_in_child()
-
-        os.register_at_fork(
-            before=before, after_in_parent=after_in_parent, after_in_child=after_in_child
-        )
-
-    def _after_fork_in_child(self) -> None:
-        # The parent's connections stay referenced, never closed, in the
-        # child: closing one here could checkpoint or remove the parent's WAL.
-        self._inherited.extend(self._connections.values())
-        self._connections = {}
-        self.fork_guard = threading.Lock()
-        # The parent's intake stays the parent's; the child makes its own.
-        if self._intake is not None:
-            self._intake.after_fork_in_child()
-        self._intake = None
-        self._intake_lock = threading.Lock()
-
-    def close(self) -> None:
-        """Close this thread's connection and those of finished threads."""
-        with self.fork_guard:
-            db = self._connections.pop(threading.get_ident(), None)
-            if db is not None:
-                db.close()
-            self._close_finished_threads()
-
-    def close_all(self) -> None:
-        """Close every connection (when no other thread uses the spool any
-        more), after handing this process's intake to the shared file."""
-        self._retire_intake()
-        with self.fork_guard:
-            for db in self._connections.values():
-                db.close()
-            self._connections.clear()
-
-    # -- the web side -------------------------------------------------------
-
-    def enqueue(self, submission: Submission, now: float | None = None) -> None:
-        """Commit a submission to this process's intake; raises
-        :class:`SpoolFull` or ``sqlite3.Error``.
-
-        Only this process writes its intake, so the visitor never waits for
-        another process's work on the shared file. The sender moves it there
-        at its next claim (:meth:`move_intake`).
-        """
-        now = time.time() if now is None else now
-        # allow_nan=False: NaN and Infinity are not JSON and Klaviyo cannot
-        # take them; a hook that put one in gets a ValueError here, at once,
-        # rather than a submission that can never be delivered.
-        payload = json.dumps(submission.to_dict(), separators=(",", ":"), allow_nan=False)
-        # The shared file's size as last measured (at every claim): reading it
-        # here would mean waiting on the shared file after all.
-        intake = self._own_intake()
-        try:
-            self._add(intake, submission.id, payload, now)
-        except IntakeGone:
-            self._intake_replaced(intake)
-            self._add(self._own_intake(), submission.id, payload, now)
-
-    def _add(self, intake: Intake, submission_id: str, payload: str, now: float) -> None:
-        try:
-            intake.add(submission_id, self.account, payload, now, room=self._room(intake))
-        except SpoolFull:
-            # Measured at the last claim, which may be long ago (a sender
-            # idle since it delivered a backlog): before refusing, look
-            # again, with a read, which waits for no writer.
-            with self.reading() as db:
-                self._measure(db)
-            intake.add(submission_id, self.account, payload, now, room=self._room(intake))
-
-    def _measure(self, db: sqlite3.Connection) -> None:
-        """Note the shared file's use, for the request path to judge room
-        without reading the shared file (see :meth:`_room`)."""
-        used, free = db.execute(
-            "SELECT (page_count - freelist_count) * page_size, freelist_count * page_size "
-            "FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()"
-        ).fetchone()
-        # Dead letters have a budget of their own: not counted against max_bytes.
-        self._shared_used = max(0, int(used) - _dead_bytes(db))
-        self._shared_free = int(free)
-
-    def _room(self, intake: Intake) -> int:
-        """Bytes this process may hold unmoved in its intake: what is left of
-        ``max_bytes``, and what the disk can take while keeping
-        :data:`DISK_RESERVE` free for delivery (one ``statvfs``, no lock)."""
-        room = self.max_bytes - self._shared_used
-        try:
-            disk = os.statvfs(intake.path.parent)
-        except OSError:
-            return room
-        reserve = _disk_reserve(disk)
-        # Free pages inside the shared file take moved rows without the
-        # disk growing (after a backlog is delivered, most of it is free).
-        spare = disk.f_bavail * disk.f_frsize + self._shared_free - reserve
-        # Each byte accepted takes one now (the intake) and DISK_PER_BYTE - 1
-        # more when it moves; what is already held has paid the first.
-        held = intake.unmoved_bytes
-        return min(room, held + (spare - (DISK_PER_BYTE - 1) * held) // DISK_PER_BYTE)
-
-    def _intake_replaced(self, intake: Intake) -> None:
-        """This process's intake was deleted under it (an operator cleaning
-        up ``spool.sqlite3*``). Its open connections still read the rows it
-        held: move them into the shared file now, and start a new intake."""
-        log.error("klaviyo_middleware: this process's intake %s was deleted or replaced while "
-                  "in use; moving what it held into the spool and starting a new one",
-                  intake.path)
-        with self._intake_lock:
-            if self._intake is intake:
-                self._intake = None
-        self._move_all(intake)
-        with self.transaction() as db:
-            db.execute("DELETE FROM intakes WHERE name = ?", (intake.name,))
-        # Not remove(): whatever is at its path now is not its file.
-        with self.fork_guard:
-            intake.release()
-
-    def prepare_intakes(self) -> None:
-        """Create the intakes' directory now, so that a site whose spool
-        directory is not writable fails at start-up, not at a visitor's post."""
-        intake_directory(self.path).mkdir(mode=0o700, exist_ok=True)
-
-    def _own_intake(self) -> Intake:
-        intake = self._intake
-        if intake is not None and intake.owned_here:
-            return intake
-        with self._intake_lock:
-            if self._intake is None or not self._intake.owned_here:
-                self._intake = Intake.create(self.path, self.durability, self.busy_timeout)
-            return self._intake
-
-    def move_intake(self) -> int:
-        """Move what this process accepted into the shared file now (the
-        claim does it too); the number of submissions moved."""
-        intake = self._intake
-        if intake is None or not intake.owned_here or not intake.has_unmoved:
-            return 0
-        return self._move_all(intake)[0]
-
-    def _move_all(self, intake: Intake) -> tuple[int, int]:
-        """Move everything ``intake`` holds, a batch per transaction, so that
-        neither this process's memory nor the shared file's write lock grows
-        with a backlog. The number moved, and the seq moved through."""
-        moved = upto = 0
-        while True:
-            with self.transaction() as db:
-                rows, upto = self._move(db, intake)
-                self._measure(db)
-            intake.moved(upto)
-            moved += len(rows)
-            if len(rows) < MOVE_BATCH:
-                return moved, upto
-
-    def _move(self, db: sqlite3.Connection, intake: Intake) -> tuple[list[Row], int]:
-        """Inside a write transaction on the shared file: copy up to
-        :data:`MOVE_BATCH` of the intake's rows not moved yet, and advance
-        its watermark in the same commit. The rows, and the seq through which
-        the intake is now moved."""
-        found = db.execute("SELECT moved_through FROM intakes WHERE name = ?",
-                           (intake.name,)).fetchone()
-        rows, upto = intake.rows_after(found[0] if found else 0, MOVE_BATCH)
-        if not rows:
-            return rows, upto
-        db.executemany(
-            "INSERT OR IGNORE INTO submissions (id, account, payload, created_at, due_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [(submission_id, account, payload, created_at, created_at)
-             for _, submission_id, account, payload, created_at in rows])
-        for _, _, account, payload, _ in rows:
-            submission = _readable(payload)
-            # Unreadable: the claim buries it, with the reason.
-            if submission is not None:
-                _add_people(db, account, submission)
-        db.execute(
-            "INSERT INTO intakes (name, moved_through) VALUES (?, ?) ON CONFLICT (name) "
-            "DO UPDATE SET moved_through = excluded.moved_through", (intake.name, rows[-1][0]))
-        return rows, upto
-
-    def adopt_orphans(self) -> int:
-        """Move what the intakes of ended processes hold into the shared file
-        and remove them; the number of submissions moved."""
-        moved = 0
-        for path in intake_files(self.path):
-            if path.name in self._unreadable_intakes:
-                continue
-            try:
-                with self.fork_guard:
-                    intake = Intake.adopt(path, self.durability, self.busy_timeout)
-            except sqlite3.Error as exc:
-                # Kept, not deleted: it may hold accepted submissions.
-                self._unreadable_intakes.add(path.name)
-                log.error("klaviyo_middleware: cannot read the intake %s (%s); left in place",
-                          path, type(exc).__name__)
-                continue
-            if intake is None:
-                continue  # its process is alive
-            taken, _ = self._move_and_remove(intake)
-            if taken:
-                log.warning("klaviyo_middleware: took over %d submissions a stopped process "
-                            "had accepted", taken)
-            moved += taken
-        return moved
-
-    def _retire_intake(self) -> None:
-        """Hand this process's intake over: moved and removed if the shared
-        file takes its rows now, else left for another process to adopt."""
-        with self._intake_lock:
-            intake, self._intake = self._intake, None
-        if intake is None or not intake.owned_here:
-            return
-        try:
-            # Not removed if a visitor's submission arrived meanwhile: then
-            # it is left to adoption.
-            self._move_and_remove(intake)
-        except Exception as exc:
-            log.error("klaviyo_middleware: could not move this process's intake into the "
-                      "spool (%s); another process will", type(exc).__name__)
-
-    def _move_and_remove(self, intake: Intake) -> tuple[int, bool]:
-        """Move everything ``intake`` holds into the shared file and remove
-        it, unless a row was committed to it meanwhile (then it is only
-        released, for adoption). The number moved, and whether it is gone."""
-        try:
-            moved, upto = self._move_all(intake)
-            with self.fork_guard:
-                removed = intake.remove(upto)
-                if not removed:
-                    intake.release()
-        except BaseException:
-            with self.fork_guard:
-                intake.release()
-            raise
-        if removed:
-            with self.transaction() as db:
-                # After the file is gone, never before: the watermark is what
-                # keeps its moved rows from being moved twice.
-                db.execute("DELETE FROM intakes WHERE name = ?", (intake.name,))
-        return moved, removed
 
     # -- the sender side ----------------------------------------------------
 
@@ -833,7 +348,7 @@ class Spool:
         """Past ``dead_max_bytes``, delete the oldest dead letters: a flood of
         posts Klaviyo will always refuse must never turn real visitors away
         (nor, since dead letters hold personal data, be kept without bound)."""
-        over = _dead_bytes(db) - self.dead_max_bytes
+        over = dead_bytes(db) - self.dead_max_bytes
         evicted = 0
         while over > 0:
             # A dead letter's weight: its JSON, written with ensure_ascii, so
@@ -963,21 +478,6 @@ class Spool:
             row = db.execute("SELECT at FROM housekeeping WHERE task = ?", (task,)).fetchone()
         return 0.0 if row is None else max(0.0, row[0] + every - now)
 
-    def truncate_wal(self) -> bool:
-        """Empty the write-ahead log into the database file and cut it to zero
-        bytes, so that pages of delivered or erased submissions do not linger
-        there (secure_delete zeroes them in the database file itself).
-        ``False`` when a reader or writer elsewhere kept it from finishing."""
-        wal = self.path.with_name(self.path.name + "-wal")
-        try:
-            if wal.stat().st_size == 0:
-                return True
-        except OSError:
-            return True
-        with self.reading() as db:
-            (busy, _, _) = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        return not busy
-
     # -- inspection ---------------------------------------------------------
 
     def dead_letters(self) -> list[DeadLetter]:
@@ -997,21 +497,6 @@ class Spool:
                 "SELECT count(*) FROM submissions WHERE account = ?", (self.account,)
             ).fetchone()
         return int(count) + self.unmoved()
-
-    def unmoved(self) -> int:
-        """Submissions this process accepted and has not moved yet."""
-        intake = self._intake
-        return intake.unmoved_rows if intake is not None and intake.owned_here else 0
-
-    def tidy_intake(self) -> None:
-        """When idle: drop moved rows from this process's intake and cut its
-        log, so that nothing delivered lingers there."""
-        intake = self._intake
-        if intake is not None and intake.owned_here and not intake.has_unmoved:
-            intake.drop_moved()
-            # On a disk short of its reserve, the log's space is what new
-            # visitors need: cut it now, not at the next minute.
-            intake.empty_log(force=_disk_low(intake.path.parent))
 
     def next_due(self) -> float | None:
         if self.unmoved():
@@ -1044,39 +529,6 @@ def watermarks_of(db: sqlite3.Connection) -> dict[str, int]:
     return dict(db.execute("SELECT name, moved_through FROM intakes").fetchall())
 
 
-def _disk_reserve(disk: os.statvfs_result) -> int:
-    """What :data:`DISK_RESERVE` is on this filesystem (half of a small one)."""
-    return min(DISK_RESERVE, disk.f_blocks * disk.f_frsize // 2)
-
-
-def _disk_low(folder: Path) -> bool:
-    try:
-        disk = os.statvfs(folder)
-    except OSError:
-        return False
-    return disk.f_bavail * disk.f_frsize < _disk_reserve(disk)
-
-
-def _dead_bytes(db: sqlite3.Connection) -> int:
-    row = db.execute("SELECT value FROM totals WHERE name = 'dead_bytes'").fetchone()
-    return int(row[0]) if row else 0
-
-
-def _readable(payload: str) -> Submission | None:
-    try:
-        return Submission.from_dict(json.loads(payload))
-    except Exception:
-        return None
-
-
-def _add_people(db: sqlite3.Connection, account: str, submission: Submission) -> None:
-    db.executemany(
-        "INSERT OR IGNORE INTO people (submission_id, person, accepted) VALUES (?, ?, ?)",
-        [(submission.id, person, submission.accepted)
-         for person in person_hashes(account, submission.profile)],
-    )
-
-
 def readd_people(db: sqlite3.Connection, account: str, payload: str, progress: str) -> None:
     """A dead letter back in the queue takes its place in its person's order
     again, unless its profile was already sent."""
@@ -1086,7 +538,7 @@ def readd_people(db: sqlite3.Connection, account: str, payload: str, progress: s
     except Exception:
         return  # unreadable: the claim buries it again, with the reason
     if PROFILE_STEP not in done:
-        _add_people(db, account, submission)
+        add_people(db, account, submission)
 
 
 def _profile_sent(db: sqlite3.Connection, submission: Submission) -> None:
@@ -1118,24 +570,6 @@ def _loaded(text: str) -> Any:
         return None
 
 
-class NotASpool(ValueError):
-    """An operator pointed at a file that is not a spool."""
-
-
-def check_is_spool(path: str | os.PathLike[str]) -> None:
-    """Refuse, before touching it, a file that is not a spool: another
-    SQLite database must not get our tables, nor any file a traceback."""
-    try:
-        with contextlib.closing(sqlite3.connect(path)) as db:
-            found = db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'submissions'"
-            ).fetchone()
-    except sqlite3.DatabaseError as exc:
-        raise NotASpool(f"{path} is not a spool file ({exc})") from None
-    if found is None:
-        raise NotASpool(f"{path} is an SQLite database but not a spool file")
-
-
 # A sender re-registers every 5 s; one silent for a minute on another host is gone.
 WORKER_SILENCE = 60.0
 
@@ -1159,3 +593,9 @@ def _process_alive(pid: int) -> bool:
         return True
     return True
 
+
+
+__all__ = [
+    "DISK_PER_BYTE", "DISK_RESERVE", "DURABILITY", "ENV_SPOOL_PATH", "MOVE_BATCH", "NotASpool",
+    "Spool", "SpoolFile", "SpoolFull", "check_is_spool", "default_spool_path",
+]
