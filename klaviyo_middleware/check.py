@@ -35,7 +35,7 @@ LOW_DISK = 64 * 1024 * 1024
 
 
 @dataclass
-class Outcome:
+class Finding:
     ok: bool
     what: str
     detail: str
@@ -55,11 +55,11 @@ def run(out: TextIO, *, api_key: str | None, api_url: str, revision: str,
 
 
 def _all(api_key: str | None, api_url: str, revision: str, lists: list[str],
-         spool_path: str | None, broker_url: str | None) -> Iterable[Outcome]:
+         spool_path: str | None, broker_url: str | None) -> Iterable[Finding]:
     try:
         key = check_api_key("api_key", api_key)
     except ConfigurationError as exc:
-        yield Outcome(False, "key", str(exc))
+        yield Finding(False, "key", str(exc))
     else:
         client = KlaviyoClient(key, api_url=api_url, revision=revision, timeout=(5.0, 15.0))
         try:
@@ -72,7 +72,7 @@ def _all(api_key: str | None, api_url: str, revision: str, lists: list[str],
         yield _broker(broker_url)
 
 
-def _key_and_lists(client: KlaviyoClient, lists: list[str]) -> Iterable[Outcome]:
+def _key_and_lists(client: KlaviyoClient, lists: list[str]) -> Iterable[Finding]:
     refused = False
     for scope, path in _SCOPES:
         outcome = _probe(client, scope, "POST", path, {"data": {}})
@@ -89,65 +89,65 @@ def _key_and_lists(client: KlaviyoClient, lists: list[str]) -> Iterable[Outcome]
 
 
 def _probe(client: KlaviyoClient, scope: str, method: str, path: str,
-           body: dict[str, object]) -> Outcome:
+           body: dict[str, object]) -> Finding:
     status, _ = client.probe(method, path, body)
     what = f"key may {scope}"
     if status == 401:
-        return Outcome(False, what, "Klaviyo refused the key (401): copy the private key "
+        return Finding(False, what, "Klaviyo refused the key (401): copy the private key "
                                     "again from Klaviyo, Settings > API keys")
     if status == 403:
-        return Outcome(False, what, f"the key lacks the {scope} scope (403): give it that "
+        return Finding(False, what, f"the key lacks the {scope} scope (403): give it that "
                                     "scope in Klaviyo, Settings > API keys")
     if status is None or status >= 500 or status == 429:
-        return Outcome(False, what, f"Klaviyo did not answer ({status or 'unreachable'}) at "
+        return Finding(False, what, f"Klaviyo did not answer ({status or 'unreachable'}) at "
                                     f"{client.api_url}: try again, or check api_url")
-    return Outcome(True, what, f"{method} {path} answered {status}")
+    return Finding(True, what, f"{method} {path} answered {status}")
 
 
-def _list(client: KlaviyoClient, list_id: str) -> Outcome:
+def _list(client: KlaviyoClient, list_id: str) -> Finding:
     status, answer = client.probe("GET", f"/api/lists/{list_id}")
     what = f"list {list_id}"
     if status == 404:
-        return Outcome(False, what, "no such list in this account: check the id (Klaviyo, "
+        return Finding(False, what, "no such list in this account: check the id (Klaviyo, "
                                     "Lists & segments > the list > Settings)")
     if status == 403:
-        return Outcome(False, what, "the key lacks lists:read, needed to check a list")
+        return Finding(False, what, "the key lacks lists:read, needed to check a list")
     if status != 200 or not isinstance(answer, dict):
-        return Outcome(False, what, f"Klaviyo answered {status or 'nothing'}")
+        return Finding(False, what, f"Klaviyo answered {status or 'nothing'}")
     attributes = (answer.get("data") or {}).get("attributes") or {}
     opt_in = attributes.get("opt_in_process")
     confirm = ("a confirmation email first (double opt-in)" if opt_in == "double_opt_in"
                else "no confirmation (single opt-in)" if opt_in == "single_opt_in"
                else f"opt-in {opt_in!r}")
-    return Outcome(True, what, f"{attributes.get('name', '?')!r}; subscribers get {confirm}")
+    return Finding(True, what, f"{attributes.get('name', '?')!r}; subscribers get {confirm}")
 
 
-def _spool(path: Path) -> Outcome:
+def _spool(path: Path) -> Finding:
     what = f"spool {path}"
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        return Outcome(False, what, f"{folder if not path.exists() else path} is not writable "
+        return Finding(False, what, f"{folder if not path.exists() else path} is not writable "
                                     "by this user: set spool_path (KLAVIYO_SPOOL_PATH)")
     free = shutil.disk_usage(folder).free
     if free < LOW_DISK:
-        return Outcome(False, what, f"only {free // (1024 * 1024)} MiB free on its disk: "
+        return Finding(False, what, f"only {free // (1024 * 1024)} MiB free on its disk: "
                                     "a backlog needs room (docs/delivery.md)")
-    return Outcome(True, what, f"writable, {free // (1024 * 1024)} MiB free")
+    return Finding(True, what, f"writable, {free // (1024 * 1024)} MiB free")
 
 
-def _broker(url: str) -> Outcome:
+def _broker(url: str) -> Finding:
     what = "broker"
     try:
         from celery import Celery
     except ImportError:
-        return Outcome(False, what, 'needs Celery: pip install "klaviyo_middleware[celery]"')
+        return Finding(False, what, 'needs Celery: pip install "klaviyo_middleware[celery]"')
     try:
         with Celery(broker=url).connection_for_write(connect_timeout=2) as connection:
             connection.ensure_connection(max_retries=1, timeout=2)
     except Exception as exc:
-        return Outcome(False, what, f"cannot connect ({type(exc).__name__}): check broker_url "
+        return Finding(False, what, f"cannot connect ({type(exc).__name__}): check broker_url "
                                     "and that the broker runs")
-    return Outcome(True, what, "connected")
+    return Finding(True, what, "connected")
 

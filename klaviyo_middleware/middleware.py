@@ -24,7 +24,7 @@ from klaviyo_middleware import metrics
 from klaviyo_middleware import settings as opts
 from klaviyo_middleware.delivery.factory import build_delivery
 from klaviyo_middleware.delivery.hooks import BeforeSend, Hooks, OnDead, OnDelivered, OnRetry
-from klaviyo_middleware.delivery.protocol import Delivery, Outcome
+from klaviyo_middleware.delivery.protocol import CANCELLED, Delivery, Outcome
 from klaviyo_middleware.delivery.retention import DEAD_LETTER_MAX_AGE
 from klaviyo_middleware.errors import ConfigurationError
 from klaviyo_middleware.i18n.catalogs import Languages, Overrides
@@ -390,12 +390,12 @@ class KlaviyoMiddleware:
         body, submission, forward, redirect = (
             intake.body, intake.submission, intake.forward, intake.redirect)
         outcome = self._send(request, submission)
-        if outcome is not None and not outcome.accepted:
+        if not outcome.accepted:
             status, failure = self._failure(outcome.error)
             answer = self._invalid_response(request, body, forward, failure, status,
                                              "unavailable" if status == 503 else "rejected")
             return answer(environ, start_response)
-        if outcome is None:
+        if outcome.cancelled:
             metrics.refused("cancelled")
         else:
             metrics.accepted(action)
@@ -405,10 +405,10 @@ class KlaviyoMiddleware:
             # As posted (track, updateProfile …), not our internal name.
             "action": route.name,
             "submission_id": submission.id,
-            "cancelled": outcome is None,
-            "delivered": bool(outcome and outcome.delivered),
-            "queued": bool(outcome and outcome.queued),
-            "profile_id": outcome.profile_id if outcome else None,
+            "cancelled": outcome.cancelled,
+            "delivered": outcome.delivered,
+            "queued": outcome.queued,
+            "profile_id": outcome.profile_id,
         }
         environ[RESULT_KEY] = result
         if forward is not None:
@@ -554,11 +554,11 @@ class KlaviyoMiddleware:
 
     # -- delivery -----------------------------------------------------------
 
-    def _send(self, request: Request, submission: Submission) -> Outcome | None:
-        """Hand the submission to delivery; ``None`` when a hook cancelled it."""
+    def _send(self, request: Request, submission: Submission) -> Outcome:
+        """Hand the submission to delivery, unless a hook cancels it."""
         if not self.hooks.run_before_send(submission, request):
             log.info("klaviyo_middleware: submission %s cancelled by a hook", submission.id)
-            return None
+            return CANCELLED
         try:
             return self.delivery.submit(submission)
         except Exception as exc:

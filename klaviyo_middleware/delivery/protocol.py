@@ -21,7 +21,8 @@ class Outcome:
     """What a backend did with a submission.
 
     ``accepted`` means the submission is safe: delivered, or durably queued
-    for delivery. When it is not, ``error`` says why.
+    for delivery. When it is not, ``error`` says why. ``cancelled``: a
+    ``before_send`` hook kept it from delivery (the visitor is still thanked).
     """
 
     accepted: bool
@@ -29,6 +30,11 @@ class Outcome:
     queued: bool = False
     profile_id: str | None = None
     error: KlaviyoError | None = None
+    cancelled: bool = False
+
+
+# What the middleware records when a before_send hook cancels a submission.
+CANCELLED = Outcome(accepted=True, cancelled=True)
 
 
 class Delivery(Protocol):
