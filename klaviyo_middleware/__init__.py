@@ -18,7 +18,7 @@ with warnings.catch_warnings():
     import webob  # noqa: F401
 
 from klaviyo_middleware.delivery.hooks import CancelSubmission
-from klaviyo_middleware.errors import ConfigurationError
+from klaviyo_middleware.errors import ConfigurationError, DeliveryError
 from klaviyo_middleware.klaviyo.client import KlaviyoError
 from klaviyo_middleware.middleware import KlaviyoMiddleware
 from klaviyo_middleware.model.submission import Event, Submission
@@ -32,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CancelSubmission",
     "ConfigurationError",
+    "DeliveryError",
     "Event",
     "KlaviyoError",
     "KlaviyoMiddleware",

@@ -26,7 +26,7 @@ from klaviyo_middleware.delivery.factory import build_delivery
 from klaviyo_middleware.delivery.hooks import BeforeSend, Hooks, OnDead, OnDelivered, OnRetry
 from klaviyo_middleware.delivery.protocol import CANCELLED, Delivery, Outcome
 from klaviyo_middleware.delivery.retention import DEAD_LETTER_MAX_AGE
-from klaviyo_middleware.errors import ConfigurationError
+from klaviyo_middleware.errors import ConfigurationError, DeliveryError
 from klaviyo_middleware.i18n.catalogs import Languages, Overrides
 from klaviyo_middleware.i18n.message import msg
 from klaviyo_middleware.klaviyo.account import (
@@ -36,7 +36,6 @@ from klaviyo_middleware.klaviyo.account import (
     RETRY_MAX_AGE,
     REVISION,
 )
-from klaviyo_middleware.klaviyo.client import KlaviyoError
 from klaviyo_middleware.klaviyo.steps import plan
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import get_logger, set_personal_data_logging
@@ -565,10 +564,10 @@ class KlaviyoMiddleware:
             # Whatever went wrong, the visitor gets a clear "try again", and
             # the log gets the traceback (submissions' reprs hold no personal data).
             log.exception("klaviyo_middleware: delivery of %s failed", submission.id)
-            return Outcome(accepted=False, error=KlaviyoError(f"delivery failed: {exc!r}"))
+            return Outcome(accepted=False, error=DeliveryError(f"delivery failed: {exc!r}"))
 
     @staticmethod
-    def _failure(error: KlaviyoError | None) -> tuple[int, Errors]:
+    def _failure(error: DeliveryError | None) -> tuple[int, Errors]:
         """What the visitor sees when a submission could not be accepted."""
         if error is not None and error.status in (400, 409, 422) and not error.transient:
             field = _field_for_pointer(error.pointer)

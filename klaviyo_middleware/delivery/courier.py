@@ -47,8 +47,9 @@ from typing import Any, Protocol
 
 from klaviyo_middleware.delivery.hooks import Hooks
 from klaviyo_middleware.delivery.import_jobs import JobFollow, JobFollower, JobOutcome
+from klaviyo_middleware.errors import DeliveryError
 from klaviyo_middleware.klaviyo import bulk, steps
-from klaviyo_middleware.klaviyo.client import KlaviyoClient, KlaviyoError, unserialisable
+from klaviyo_middleware.klaviyo.client import KlaviyoClient, unserialisable
 from klaviyo_middleware.klaviyo.limits import RateLimits, endpoint_for
 from klaviyo_middleware.klaviyo.retry import RetryPolicy
 from klaviyo_middleware.model import profile_order
@@ -211,12 +212,12 @@ class Courier:
                 return
             try:
                 steps.run_step(self.client, sending, step, item.progress)
-            except KlaviyoError as error:
+            except DeliveryError as error:
                 self._failed(item, error)
                 return
             except Exception as exc:
                 log.exception("klaviyo_middleware: unexpected error delivering %s", submission.id)
-                self._failed(item, KlaviyoError(f"unexpected {type(exc).__name__}",
+                self._failed(item, DeliveryError(f"unexpected {type(exc).__name__}",
                                                 code="unexpected", transient=True))
                 return
             self._answered()
@@ -322,7 +323,7 @@ class Courier:
             try:
                 job_id = call.send(self.client)
                 self._answered()
-            except KlaviyoError as error:
+            except DeliveryError as error:
                 if error.status == 429:
                     self._throttled(error)
                 if error.transient:
@@ -402,7 +403,7 @@ class Courier:
             self.stopping.wait(min(wait, self.lease / 2))
         return False
 
-    def _failed(self, item: Leased, error: KlaviyoError,
+    def _failed(self, item: Leased, error: DeliveryError,
                 rng: random.Random | None = None, now: float | None = None) -> None:
         submission = item.submission
         now = time.time() if now is None else now
@@ -454,7 +455,7 @@ class Courier:
         log.info("klaviyo_middleware: Klaviyo answers again after %.0f s; %d postponed "
                  "submissions are due now", time.time() - since, due)
 
-    def _bury(self, item: Leased, error: KlaviyoError) -> None:
+    def _bury(self, item: Leased, error: DeliveryError) -> None:
         log.error(
             "klaviyo_middleware: submission %s dead-lettered (steps done: %s): %s",
             item.submission.id,
@@ -464,7 +465,7 @@ class Courier:
         self.store.bury(self.owner, item, error.to_dict())
         self.hooks.dead(item.submission, error)
 
-    def _throttled(self, error: KlaviyoError) -> None:
+    def _throttled(self, error: DeliveryError) -> None:
         """Klaviyo answered 429: the whole account waits its ``Retry-After``."""
         self.store.pause(error.retry_after or self._backoff(1))
 
@@ -479,9 +480,9 @@ class _Round:
         self.items = items
         self.active = list(items)
         # id → the error and the jitter of the call that failed it.
-        self.failed: dict[str, tuple[KlaviyoError, float]] = {}
+        self.failed: dict[str, tuple[DeliveryError, float]] = {}
         self.singles: list[Leased] = []
-        self.refused: list[tuple[Leased, KlaviyoError]] = []
+        self.refused: list[tuple[Leased, DeliveryError]] = []
 
     def keep(self, kept: set[str], members: list[Leased]) -> None:
         """Leave out the members whose lease was lost (or who are undecided)."""

@@ -22,7 +22,7 @@ from typing import Any
 from webob import Request
 
 from klaviyo_middleware import metrics
-from klaviyo_middleware.klaviyo.client import KlaviyoError
+from klaviyo_middleware.errors import DeliveryError
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import get_logger
 
@@ -30,8 +30,8 @@ log = get_logger(__name__)
 
 BeforeSend = Callable[[Submission, Request], Any]
 OnDelivered = Callable[[Submission], Any]
-OnRetry = Callable[[Submission, KlaviyoError, float], Any]
-OnDead = Callable[[Submission, KlaviyoError], Any]
+OnRetry = Callable[[Submission, DeliveryError, float], Any]
+OnDead = Callable[[Submission, DeliveryError], Any]
 
 
 class CancelSubmission(Exception):
@@ -84,11 +84,11 @@ class Hooks:
         metrics.delivered()
         self._observe(self.delivered_hooks, submission)
 
-    def retrying(self, submission: Submission, error: KlaviyoError, delay: float) -> None:
+    def retrying(self, submission: Submission, error: DeliveryError, delay: float) -> None:
         metrics.retried()
         self._observe(self.retry_hooks, submission, error, delay)
 
-    def dead(self, submission: Submission, error: KlaviyoError) -> None:
+    def dead(self, submission: Submission, error: DeliveryError) -> None:
         metrics.dead()
         self._observe(self.dead_hooks, submission, error)
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from klaviyo_middleware.errors import DeliveryError
 from klaviyo_middleware.klaviyo.client import KlaviyoClient, KlaviyoError
 from klaviyo_middleware.model.lease import Leased
 from klaviyo_middleware.model.progress import ImportJob
@@ -54,7 +55,7 @@ class JobOutcome:
     """What the followed jobs did with their members' profiles."""
 
     imported: list[Leased] = field(default_factory=list)
-    refused: list[tuple[Leased, KlaviyoError]] = field(default_factory=list)
+    refused: list[tuple[Leased, DeliveryError]] = field(default_factory=list)
     # Never finished, cancelled or forgotten by Klaviyo: send one call each.
     unfinished: list[Leased] = field(default_factory=list)
 
@@ -67,7 +68,7 @@ KeepLeases = Callable[[list[Leased], float], set[str]]
 
 class JobFollower:
     def __init__(self, client: KlaviyoClient, policy: JobFollow, wait_for_capacity: WaitForCapacity,
-                 keep_leases: KeepLeases, on_throttled: Callable[[KlaviyoError], None],
+                 keep_leases: KeepLeases, on_throttled: Callable[[DeliveryError], None],
                  stopping: threading.Event) -> None:
         self.client = client
         self.policy = policy
@@ -125,7 +126,7 @@ class JobFollower:
                 self._decide(job_id, members, int(status.get("failed_count") or 0), errors,
                              outcome)
                 return True
-        except KlaviyoError as error:
+        except DeliveryError as error:
             if error.status == 429:
                 self.on_throttled(error)
             if not error.transient:
@@ -143,7 +144,7 @@ class JobFollower:
 
     def _decide(self, job_id: str, members: list[Leased], failed: int,
                 errors: list[dict[str, Any]], outcome: JobOutcome) -> None:
-        refused: dict[str, KlaviyoError] = {}
+        refused: dict[str, DeliveryError] = {}
         # Failures counted but not listed, then listed but naming nobody here.
         unnamed = max(0, failed - len(errors))
         for error in errors:

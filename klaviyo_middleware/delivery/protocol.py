@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from klaviyo_middleware.klaviyo.client import KlaviyoError
+from klaviyo_middleware.errors import DeliveryError
 from klaviyo_middleware.model.submission import Submission
 
 
@@ -29,7 +29,7 @@ class Outcome:
     delivered: bool = False
     queued: bool = False
     profile_id: str | None = None
-    error: KlaviyoError | None = None
+    error: DeliveryError | None = None
     cancelled: bool = False
 
 

@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 from klaviyo_middleware.delivery.hooks import Hooks
 from klaviyo_middleware.delivery.protocol import Outcome
+from klaviyo_middleware.errors import DeliveryError
 from klaviyo_middleware.klaviyo import steps
-from klaviyo_middleware.klaviyo.client import KlaviyoClient, KlaviyoError
+from klaviyo_middleware.klaviyo.client import KlaviyoClient
 from klaviyo_middleware.klaviyo.retry import RetryPolicy
 from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.model.submission import Submission
@@ -58,7 +59,7 @@ class SyncDelivery:
             attempt += 1
             try:
                 steps.deliver(self.client, submission, progress)
-            except KlaviyoError as error:
+            except DeliveryError as error:
                 # Time spent in calls counts too, not only the sleeps.
                 delay = self.retry.next_delay(error, attempt, self._clock() - started)
                 if delay is None:
@@ -76,7 +77,7 @@ class SyncDelivery:
             return Outcome(accepted=True, delivered=True, profile_id=progress.profile_id)
 
     def _failed(
-        self, submission: Submission, progress: Progress, error: KlaviyoError
+        self, submission: Submission, progress: Progress, error: DeliveryError
     ) -> Outcome:
         log.error(
             "klaviyo_middleware: submission %s not delivered (steps done: %s): %s",

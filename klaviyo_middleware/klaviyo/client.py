@@ -22,6 +22,7 @@ from urllib.parse import quote
 import requests
 
 from klaviyo_middleware import metrics
+from klaviyo_middleware.errors import DeliveryError
 from klaviyo_middleware.redact import redact
 
 # Where every process (web node, spool thread, Celery worker) finds the account.
@@ -46,42 +47,14 @@ _JSON_API = "application/vnd.api+json"
 _EXPECTED_IN = re.compile(r"available in (\d+(?:\.\d+)?) second", re.IGNORECASE)
 
 
-class KlaviyoError(Exception):
-    """Klaviyo did not do what was asked.
+class KlaviyoError(DeliveryError):
+    """Klaviyo did not do what was asked: it refused (4xx), failed (5xx), did
+    not answer in time or could not be reached.
 
     ``transient`` says whether asking again later may work (429, 5xx other
-    than 501, timeouts, connection errors). ``detail`` is Klaviyo's own
-    explanation, kept for dead-letter records; ``str()`` stays free of it
-    because it may echo personal data back.
+    than 501, timeouts, connection errors); ``detail`` is Klaviyo's own
+    explanation (see :class:`~klaviyo_middleware.errors.DeliveryError`).
     """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        code: str | None = None,
-        detail: str | None = None,
-        pointer: str | None = None,
-        retry_after: float | None = None,
-        transient: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.pointer = pointer
-        self.retry_after = retry_after
-        self.transient = transient
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "message": str(self),
-            "status": self.status,
-            "code": self.code,
-            "detail": self.detail,
-            "pointer": self.pointer,
-        }
 
 
 class KlaviyoClient:
@@ -295,9 +268,10 @@ def _new_id(answer: Any, what: str) -> str:
     return found
 
 
-def unserialisable(exc: Exception) -> KlaviyoError:
-    """The permanent error of a submission holding a value JSON cannot carry."""
-    return KlaviyoError(
+def unserialisable(exc: Exception) -> DeliveryError:
+    """The permanent error of a submission holding a value JSON cannot carry
+    (ours: Klaviyo never saw it)."""
+    return DeliveryError(
         f"the submission holds a value that cannot be sent as JSON ({type(exc).__name__})",
         code="unserialisable",
         transient=False,

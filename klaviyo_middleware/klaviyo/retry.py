@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from klaviyo_middleware.klaviyo.client import KlaviyoError
+from klaviyo_middleware.errors import DeliveryError
 
 
 @dataclass(frozen=True)
@@ -35,13 +35,13 @@ class RetryPolicy:
         ceiling = min(self.cap, self.base * (2 ** (attempt - 1)))
         return (rng or random).uniform(0, ceiling)
 
-    def delay(self, error: KlaviyoError, attempt: int, rng: random.Random | None = None) -> float:
+    def delay(self, error: DeliveryError, attempt: int, rng: random.Random | None = None) -> float:
         if error.retry_after is not None:
             return error.retry_after
         return self.backoff(attempt, rng)
 
     def later(
-        self, error: KlaviyoError, attempt: int, age: float, max_age: float,
+        self, error: DeliveryError, attempt: int, age: float, max_age: float,
         rng: random.Random | None = None,
     ) -> float | None:
         """For queued delivery: seconds until the next attempt, or ``None`` to
@@ -51,7 +51,7 @@ class RetryPolicy:
         delay = self.delay(error, attempt, rng)
         return delay if age + delay <= max_age else None
 
-    def next_delay(self, error: KlaviyoError, attempt: int, elapsed: float) -> float | None:
+    def next_delay(self, error: DeliveryError, attempt: int, elapsed: float) -> float | None:
         """Seconds to wait before trying again, or ``None`` to stop trying.
 
         ``elapsed`` is the time spent so far, calls included.

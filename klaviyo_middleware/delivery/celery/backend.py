@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 from klaviyo_middleware.delivery.protocol import Outcome
-from klaviyo_middleware.klaviyo.client import KlaviyoError
+from klaviyo_middleware.errors import DeliveryError
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import get_logger
 
@@ -69,7 +69,7 @@ class CeleryDelivery:
             log.error("klaviyo_middleware: could not enqueue %s: %s", submission.id,
                       type(exc).__name__)
             self._forget(submission.id)
-            return Outcome(accepted=False, error=KlaviyoError("broker unavailable",
+            return Outcome(accepted=False, error=DeliveryError("broker unavailable",
                                                               transient=True))
         return Outcome(accepted=True, queued=True)
 

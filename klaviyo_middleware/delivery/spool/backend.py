@@ -10,7 +10,8 @@ from klaviyo_middleware.delivery.protocol import Outcome
 from klaviyo_middleware.delivery.spool.intake import SpoolFull
 from klaviyo_middleware.delivery.spool.sender import SenderOptions, SpoolSender
 from klaviyo_middleware.delivery.spool.store import Spool
-from klaviyo_middleware.klaviyo.client import KlaviyoClient, KlaviyoError, unserialisable
+from klaviyo_middleware.errors import DeliveryError
+from klaviyo_middleware.klaviyo.client import KlaviyoClient, unserialisable
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import get_logger
 
@@ -39,12 +40,12 @@ class SpoolDelivery:
             self.spool.enqueue(submission)
         except SpoolFull as exc:
             log.error("klaviyo_middleware: refusing submission %s: %s", submission.id, exc)
-            return Outcome(accepted=False, error=KlaviyoError(str(exc), transient=True))
+            return Outcome(accepted=False, error=DeliveryError(str(exc), transient=True))
         except (sqlite3.Error, OSError) as exc:
             # OSError: this process's intake could not be created (a full
             # disk, a directory made read-only under a running site).
             log.error("klaviyo_middleware: could not spool %s: %r", submission.id, exc)
-            return Outcome(accepted=False, error=KlaviyoError("spool unavailable", transient=True))
+            return Outcome(accepted=False, error=DeliveryError("spool unavailable", transient=True))
         except (TypeError, ValueError) as exc:
             # Only a before_send hook can put a value JSON cannot hold into a
             # submission; trying again would not help.
