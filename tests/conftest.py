@@ -88,19 +88,13 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _close_workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[SpoolSender]]:
-    """Stop every spool worker a test started, so none outlives its test."""
-    started: list[SpoolSender] = []
-    original = SpoolSender.__init__
-
-    def recording_init(self: SpoolSender, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        started.append(self)
-
-    monkeypatch.setattr(SpoolSender, "__init__", recording_init)
-    yield started
-    for worker in started:
-        worker.close(timeout=5)
+def _close_senders() -> Iterator[None]:
+    """Stop every spool sender a test started, so none outlives its test."""
+    before = set(SpoolSender.open_senders())
+    yield
+    for sender in SpoolSender.open_senders():
+        if sender not in before:
+            sender.close(timeout=5)
 
 
 @pytest.fixture

@@ -81,7 +81,17 @@ class SenderOptions:
     jobs: JobFollow = field(default_factory=JobFollow)
 
 
+# Every sender made in this process, for as long as it lives (weakly held).
+_SENDERS: weakref.WeakSet[SpoolSender] = weakref.WeakSet()
+
+
 class SpoolSender:
+    @staticmethod
+    def open_senders() -> list[SpoolSender]:
+        """The senders of this process not closed yet (a test suite closes
+        those its test left running)."""
+        return [sender for sender in list(_SENDERS) if not sender._closed]
+
     def __init__(
         self,
         spool: Spool,
@@ -100,6 +110,7 @@ class SpoolSender:
         self._retry = RetryPolicy(base=self.options.retry_base, cap=self.options.retry_cap)
         self._reset()
         self._closed = False
+        _SENDERS.add(self)
         # Weak references: registering the sender must not keep it alive.
         reference = weakref.ref(self)
 
