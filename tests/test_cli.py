@@ -122,15 +122,15 @@ def test_retrying_an_id_that_is_no_dead_letter_fails(spool_file, capsys):
     assert "1 of the --id values named no dead letter" in capsys.readouterr().err
 
 
-def test_workers_of_stopped_processes_are_not_counted(spool_file):
+def test_senders_of_stopped_processes_are_not_counted(spool_file):
     spool = Spool(spool_file, ACCOUNT)
     spool.register_sender("gone")
     with spool.transaction() as db:  # a killed process: its row stays, its pid is gone
-        db.execute("UPDATE workers SET pid = 2147483646 WHERE owner = 'gone'")
+        db.execute("UPDATE senders SET pid = 2147483646 WHERE owner = 'gone'")
     spool.register_sender("here")
     spool.close()
     stats = json.loads(run("spool", "stats", "--spool", spool_file, "--json")[1])
-    assert stats["workers"] == 1
+    assert stats["senders"] == 1
 
 
 def test_console_script_is_installed():

@@ -112,7 +112,7 @@ def test_dead_owners_are_released_at_once(spool):
     spool.enqueue(make_submission(), now=0.0)
     spool.claim(dead_owner, 1, lease=3600, now=0.0)
     with spool.reading() as db:
-        db.execute("INSERT INTO workers VALUES (?, ?, ?, 0)",
+        db.execute("INSERT INTO senders VALUES (?, ?, ?, 0)",
                    (dead_owner, socket.gethostname(), process.pid))
     assert spool.release_dead_owners() == 1
     assert len(spool.claim("alive", 1, lease=60)) == 1

@@ -223,7 +223,7 @@ class Courier:
             self._answered()
             if not self.store.save_progress_many(self.owner, [item], self.lease):
                 log.warning(
-                    "klaviyo_middleware: lost the lease on %s; another worker has it",
+                    "klaviyo_middleware: lost the lease on %s; another sender has it",
                     submission.id,
                 )
                 return

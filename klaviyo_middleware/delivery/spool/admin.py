@@ -27,7 +27,7 @@ from klaviyo_middleware.delivery.spool.store import (
     Spool,
     check_is_spool,
     dead_letter_of,
-    live_workers,
+    live_senders,
     readd_people,
     watermarks_of,
 )
@@ -80,7 +80,7 @@ class SpoolAdmin:
             "SELECT coalesce(sum(value), 0) FROM counters WHERE name = 'delivered'"
         ).fetchone()
         (paused,) = db.execute("SELECT coalesce(max(until), 0) FROM pauses").fetchone()
-        workers = live_workers(db, now)
+        senders = live_senders(db, now)
         return {
             "pending": pending,
             "due": due,
@@ -94,7 +94,7 @@ class SpoolAdmin:
             "delivered": delivered,
             "oldest_pending_age": None if oldest is None else round(now - oldest, 3),
             "paused_for": max(0.0, round(paused - now, 3)),
-            "workers": workers,
+            "senders": senders,
         }
 
     def dead_letters(self) -> list[DeadLetter]:

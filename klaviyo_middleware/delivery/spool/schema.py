@@ -2,8 +2,8 @@
 
 ``submissions`` waiting for Klaviyo with their progress and lease,
 ``dead_letters``, ``people`` and ``profile_marks`` for per-person order,
-``intakes`` (how far each process's intake was moved), ``workers`` (the
-senders running), ``pauses``, ``rate_events``, ``counters``, ``housekeeping``
+``intakes`` (how far each process's intake was moved), ``senders`` (those
+running), ``pauses``, ``rate_events``, ``counters``, ``housekeeping``
 turns, and ``totals`` kept by triggers (the dead letters' bytes). Created
 if missing by every process that opens the file, in one transaction.
 """
@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     dead_at REAL NOT NULL,
     error TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS workers (
+CREATE TABLE IF NOT EXISTS senders (
     owner TEXT PRIMARY KEY,
     hostname TEXT NOT NULL,
     pid INTEGER NOT NULL,

@@ -124,7 +124,7 @@ class Spool(IntakeSpool):
         now = time.time() if now is None else now
         with self.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO workers (owner, hostname, pid, heartbeat_at) "
+                "INSERT OR REPLACE INTO senders (owner, hostname, pid, heartbeat_at) "
                 "VALUES (?, ?, ?, ?)",
                 (owner, socket.gethostname(), os.getpid(), now),
             )
@@ -132,21 +132,21 @@ class Spool(IntakeSpool):
     def unregister_sender(self, owner: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE submissions SET lease_until = 0 WHERE lease_owner = ?", (owner,))
-            db.execute("DELETE FROM workers WHERE owner = ?", (owner,))
+            db.execute("DELETE FROM senders WHERE owner = ?", (owner,))
 
     def release_dead_owners(self) -> int:
-        """Free at once the leases of workers on this host whose process is gone."""
+        """Free at once the leases of senders on this host whose process is gone."""
         released = 0
         host = socket.gethostname()
         with self.transaction() as db:
-            rows = db.execute("SELECT owner, pid FROM workers WHERE hostname = ?", (host,))
+            rows = db.execute("SELECT owner, pid FROM senders WHERE hostname = ?", (host,))
             for owner, pid in rows.fetchall():
                 if _process_alive(pid):
                     continue
                 released += db.execute(
                     "UPDATE submissions SET lease_until = 0 WHERE lease_owner = ?", (owner,)
                 ).rowcount
-                db.execute("DELETE FROM workers WHERE owner = ?", (owner,))
+                db.execute("DELETE FROM senders WHERE owner = ?", (owner,))
         return released
 
     def claim(
@@ -571,17 +571,17 @@ def _loaded(text: str) -> Any:
 
 
 # A sender re-registers every 5 s; one silent for a minute on another host is gone.
-WORKER_SILENCE = 60.0
+SENDER_SILENCE = 60.0
 
 
-def live_workers(db: sqlite3.Connection, now: float) -> int:
+def live_senders(db: sqlite3.Connection, now: float) -> int:
     """Senders that are running: on this host, those whose process lives
     (a killed one leaves its row until another sender's housekeeping);
-    elsewhere, those heard from within :data:`WORKER_SILENCE`."""
+    elsewhere, those heard from within :data:`SENDER_SILENCE`."""
     host = socket.gethostname()
-    rows = db.execute("SELECT hostname, pid, heartbeat_at FROM workers").fetchall()
+    rows = db.execute("SELECT hostname, pid, heartbeat_at FROM senders").fetchall()
     return sum(1 for hostname, pid, heartbeat in rows
-               if (_process_alive(pid) if hostname == host else now - heartbeat < WORKER_SILENCE))
+               if (_process_alive(pid) if hostname == host else now - heartbeat < SENDER_SILENCE))
 
 
 def _process_alive(pid: int) -> bool:
