@@ -7,7 +7,7 @@ from typing import Any
 
 from klaviyo_middleware.model.submission import Event, Submission
 
-from klaviyo_fake import FakeKlaviyo
+from klaviyo_fake import MockedKlaviyo
 
 
 def backlog(count: int) -> list[Submission]:
@@ -28,7 +28,7 @@ def backlog(count: int) -> list[Submission]:
     return items
 
 
-def state(fake: FakeKlaviyo) -> dict[str, Any]:
+def state(fake: MockedKlaviyo) -> dict[str, Any]:
     return {
         "profiles": fake.profiles,
         "members": fake.members,
@@ -38,7 +38,7 @@ def state(fake: FakeKlaviyo) -> dict[str, Any]:
     }
 
 
-def subscriptions_sent(fake: FakeKlaviyo) -> Counter[tuple[str, str]]:
+def subscriptions_sent(fake: MockedKlaviyo) -> Counter[tuple[str, str]]:
     """How often each (list, person) subscription was sent."""
     return Counter(
         (body["data"]["relationships"]["list"]["data"]["id"], profile["attributes"]["email"])

@@ -15,7 +15,7 @@ from webtest import TestApp
 from klaviyo_middleware import KlaviyoMiddleware, cli
 from klaviyo_middleware.delivery.spool.sender import SpoolSender
 
-from klaviyo_fake import API_KEY, API_URL, FakeKlaviyo, LoopbackKlaviyo
+from klaviyo_fake import API_KEY, API_URL, LoopbackKlaviyo, MockedKlaviyo
 from openapi_contract import spec_path
 
 WATCH = Watch()
@@ -98,11 +98,11 @@ def _close_senders() -> Iterator[None]:
 
 
 @pytest.fixture
-def klaviyo() -> Iterator[FakeKlaviyo]:
+def klaviyo() -> Iterator[MockedKlaviyo]:
     if not spec_path().exists():
         pytest.skip(f"Klaviyo's OpenAPI spec is not at {spec_path()}")
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        fake = FakeKlaviyo(mock)
+        fake = MockedKlaviyo(mock)
         yield fake
     assert fake.violations == [], "requests that Klaviyo would reject"
 
@@ -154,7 +154,7 @@ def make_app(inner: RecordingApp) -> Callable[..., TestApp]:
 
 
 @pytest.fixture
-def app(make_app: Callable[..., TestApp], klaviyo: FakeKlaviyo) -> TestApp:
+def app(make_app: Callable[..., TestApp], klaviyo: MockedKlaviyo) -> TestApp:
     return make_app()
 
 

@@ -55,7 +55,10 @@ class Scripted:
     exception: Exception | None = None
 
 
-class FakeKlaviyo:
+class MockedKlaviyo:
+    """The shipped ``FakeKlaviyo``, recorded and held to the spec (see the
+    module); a name of its own, so that one name means one class."""
+
     def __init__(self, mock: responses.RequestsMock | None = None, api_url: str = API_URL):
         self.api_url = api_url
         self.calls: list[Call] = []
@@ -248,10 +251,10 @@ def _error(status: int) -> dict[str, Any]:
 
 
 class LoopbackKlaviyo:
-    """Serves a :class:`FakeKlaviyo` over real HTTP on 127.0.0.1."""
+    """Serves a :class:`MockedKlaviyo` over real HTTP on 127.0.0.1."""
 
-    def __init__(self, fake: FakeKlaviyo | None = None) -> None:
-        self.fake = fake or FakeKlaviyo()
+    def __init__(self, fake: MockedKlaviyo | None = None) -> None:
+        self.fake = fake or MockedKlaviyo()
         behaviour = self.fake
 
         class Handler(BaseHTTPRequestHandler):

@@ -23,12 +23,12 @@ from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.model.submission import Event, Submission
 
 from backlogs import backlog, state, subscriptions_sent
-from klaviyo_fake import API_KEY, API_URL, FakeKlaviyo
+from klaviyo_fake import API_KEY, API_URL, MockedKlaviyo
 
 ACCOUNT = account_fingerprint(API_URL, API_KEY)
 
 
-def drain(tmp_path, fake: FakeKlaviyo, items: list[Submission], **options: Any) -> Spool:
+def drain(tmp_path, fake: MockedKlaviyo, items: list[Submission], **options: Any) -> Spool:
     spool = Spool(tmp_path / f"{options.get('batching', True)}.sqlite3", ACCOUNT)
     for item in items:
         spool.enqueue(item)
@@ -48,7 +48,7 @@ def test_bulk_gives_the_same_klaviyo_as_single_calls(tmp_path, klaviyo):
     drain(tmp_path, klaviyo, items, batching=True)
     bulk_state, bulk_calls = state(klaviyo), Counter(klaviyo.paths())
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        singles = FakeKlaviyo(mock)
+        singles = MockedKlaviyo(mock)
         drain(tmp_path, singles, items, batching=False)
     assert singles.violations == []
     assert bulk_state == state(singles)
@@ -121,7 +121,7 @@ def test_a_profile_that_only_names_the_person_needs_no_import_in_bulk(tmp_path, 
     drain(tmp_path, klaviyo, items)
     bulk_state = state(klaviyo)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        singles = FakeKlaviyo(mock)
+        singles = MockedKlaviyo(mock)
         drain(tmp_path, singles, items, batching=False)
     assert bulk_state == state(singles)
     imported = [profile["attributes"] for body in klaviyo.bodies("/api/profile-bulk-import-jobs")
@@ -211,7 +211,7 @@ def test_sms_sign_ups_in_a_backlog_reach_klaviyo_as_single_calls_would(tmp_path,
     assert klaviyo.sms_subscribed == {"S1": {f"+1415555{n:04d}" for n in range(30)}}
     bulk_state = state(klaviyo)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        singles = FakeKlaviyo(mock)
+        singles = MockedKlaviyo(mock)
         drain(tmp_path, singles, items, batching=False)
     assert singles.violations == []
     assert state(singles) == bulk_state and singles.sms_subscribed == klaviyo.sms_subscribed

@@ -21,7 +21,7 @@ from klaviyo_middleware.model import profile_order
 from klaviyo_middleware.model.profile_order import still_ours
 from klaviyo_middleware.model.submission import Submission
 
-from klaviyo_fake import API_KEY, API_URL, FakeKlaviyo
+from klaviyo_fake import API_KEY, API_URL, MockedKlaviyo
 from spool_process import start
 from waiting import wait_for
 
@@ -33,7 +33,7 @@ def version(person: int, round_: int) -> dict[str, str]:
     return {"email": f"p{person}@example.com", "first_name": f"v{round_}"}
 
 
-def first_names(fake: FakeKlaviyo) -> dict[str, str]:
+def first_names(fake: MockedKlaviyo) -> dict[str, str]:
     return {email: profile.get("first_name", "") for email, profile in fake.profiles.items()}
 
 

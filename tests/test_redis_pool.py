@@ -20,7 +20,7 @@ from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.model.submission import Submission
 
 from backlogs import backlog, state, subscriptions_sent
-from klaviyo_fake import API_KEY, API_URL, FakeKlaviyo
+from klaviyo_fake import API_KEY, API_URL, MockedKlaviyo
 from services import REDIS, require_redis
 
 require_redis()
@@ -232,7 +232,7 @@ def test_a_pooled_backlog_gives_the_same_klaviyo_as_single_calls(pool, klaviyo):
     bulk_state = state(klaviyo)
     redis.Redis.from_url(REDIS).flushdb()
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        singles = FakeKlaviyo(mock)
+        singles = MockedKlaviyo(mock)
         drain(pool, items, use_bulk=False)
     assert singles.violations == []
     assert bulk_state == state(singles)
