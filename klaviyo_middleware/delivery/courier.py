@@ -112,6 +112,15 @@ PROBE_INTERVAL = 2.0
 ROUND_INTERVAL = 1.0
 
 
+def put_off_by_outage(error: dict[str, Any]) -> bool:
+    """Whether a recorded failure (``DeliveryError.to_dict()``) was Klaviyo
+    failing — no status (a timeout, no connection) or a 5xx — rather than
+    refusing or throttling: what Klaviyo's return brings forward. The spool
+    says the same in SQL (``PUT_OFF_BY_OUTAGE``), the Redis pool in Lua."""
+    status = error.get("status")
+    return not isinstance(status, int) or status >= 500
+
+
 class Postponed(Exception):
     """Capacity returns in :attr:`seconds`, later than the courier's patience:
     hand the submission back (progress is saved) and try again then."""

@@ -19,6 +19,7 @@ from celery import Task
 from klaviyo_middleware.delivery.celery.ledger import Ledger
 from klaviyo_middleware.delivery.celery.state import RedisState, SharedCapacity
 from klaviyo_middleware.delivery.celery.turns import PersonTurns
+from klaviyo_middleware.delivery.courier import put_off_by_outage
 from klaviyo_middleware.model.lease import Leased
 
 if TYPE_CHECKING:
@@ -63,8 +64,7 @@ class TaskLease(SharedCapacity, PersonTurns):
 
     def reschedule(self, owner: str, claimed: Leased, due_at: float,
                    error: dict[str, Any]) -> None:
-        status = error.get("status")
-        if self.pool is not None and (status is None or status >= 500):
+        if self.pool is not None and put_off_by_outage(error):
             # Klaviyo failing: the submission waits in the pool, where the
             # probe finds it and Klaviyo's return brings it forward, rather
             # than in the broker until its own backoff ends.

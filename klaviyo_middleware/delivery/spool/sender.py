@@ -308,7 +308,7 @@ class SpoolSender:
             self.spool.move_intake()
             self._stopping.wait(min(wait, self.options.poll))
             return True
-        if not self.spool.take_turn("round", self.options.round_interval, now):
+        if not self.spool.claim_turn("round", self.options.round_interval, now):
             return True  # another sender took it this instant
         claimed = self.spool.claim(self._owner, self.options.bulk_size, self.options.lease)
         self._courier.deliver_round(claimed, use_bulk=len(claimed) > 1)

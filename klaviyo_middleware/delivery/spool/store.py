@@ -463,8 +463,13 @@ class Spool(IntakeSpool):
         """Whether this process should do ``task`` now: ``True`` for one
         process on the spool at most once every ``every`` seconds."""
         now = time.time() if now is None else now
-        if self.turn_free_in(task, every, now) > 0:
-            return False
+        # A read first: most looks find the turn taken, and need no write.
+        return self.turn_free_in(task, every, now) <= 0 and self.claim_turn(task, every, now)
+
+    def claim_turn(self, task: str, every: float, now: float) -> bool:
+        """Take the turn at ``task`` if nobody took it in the last ``every``
+        seconds (decided in the write itself), for a caller that has just
+        looked with :meth:`turn_free_in`."""
         with self.transaction() as db:
             return db.execute(
                 "INSERT INTO housekeeping (task, at) VALUES (?, ?) ON CONFLICT (task) "
