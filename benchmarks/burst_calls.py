@@ -87,7 +87,7 @@ def drain(burst: list[Submission], args: argparse.Namespace,
         spool.close_all()
         started = time.perf_counter()
         middleware = KlaviyoMiddleware(site, api_key=API_KEY, api_url=url,
-                                       spool_path=str(path), worker_threads=4)
+                                       spool_path=str(path), sender_threads=4)
         if not batching:
             middleware.delivery.sender.options = replace(  # type: ignore[attr-defined]
                 middleware.delivery.sender.options, batching=False)  # type: ignore[attr-defined]

@@ -106,7 +106,7 @@ UNREADABLE = msg("The submission could not be read. Please check the form and tr
 
 
 @dataclass(frozen=True)
-class _Accepted:
+class _ValidPost:
     """A post that passed every check, ready to hand to delivery."""
 
     body: bytes
@@ -182,7 +182,7 @@ class KlaviyoMiddleware:
         spool_durability: str = opts.SPOOL_DURABILITY.default,
         spool_max_size: int = opts.SPOOL_MAX_SIZE.default,
         dead_letter_max_size: int = opts.DEAD_LETTER_MAX_SIZE.default,
-        worker_threads: int = opts.WORKER_THREADS.default,
+        sender_threads: int = opts.SENDER_THREADS.default,
         retry_max_age: float = RETRY_MAX_AGE.default,
         rate_limit_share: float = RATE_LIMIT_SHARE.default,
         allow_cross_site: bool = opts.ALLOW_CROSS_SITE.default,
@@ -217,6 +217,8 @@ class KlaviyoMiddleware:
         # Django setting gets, not Python's bare TypeError.
         **unknown: Any,
     ) -> None:
+        # An option's old name (settings.RENAMED) still works, with a warning.
+        old_names = {name: unknown.pop(name) for name in list(unknown) if name in opts.RENAMED}
         if unknown:
             raise ConfigurationError(_unknown_keyword(sorted(unknown)[0]))
         if not callable(app):
@@ -226,7 +228,8 @@ class KlaviyoMiddleware:
         # adding an option means one declaration and one keyword, not a third
         # list here.
         arguments = locals()
-        self.settings = build_settings({name: arguments[name] for name in opts.BY_NAME})
+        self.settings = build_settings(_with_old_names(
+            {name: arguments[name] for name in opts.BY_NAME}, old_names))
         if csrf_session is not None and self.settings.secret is None:
             raise ConfigurationError("csrf_session needs a secret to sign tokens with")
         self._csrf_session = csrf_session
@@ -377,17 +380,17 @@ class KlaviyoMiddleware:
         request = Request(environ)
         action = route.action
         try:
-            intake = self._intake(request, route, parsed)
+            post = self._read_post(request, route, parsed)
         except Exception:
             # The one place where anything unexpected while reading a post
             # (a parser's corner case, a site's mapping with a bug) becomes a
             # clear 400 instead of a 500. The traceback is logged redacted.
             log.exception("klaviyo_middleware: could not read a post to %s", action)
-            intake = self._refuse(request, 400, {"form": [UNREADABLE]}, reason="unreadable")
-        if not isinstance(intake, _Accepted):
-            return intake(environ, start_response)
+            post = self._refuse(request, 400, {"form": [UNREADABLE]}, reason="unreadable")
+        if not isinstance(post, _ValidPost):
+            return post(environ, start_response)
         body, submission, forward, redirect = (
-            intake.body, intake.submission, intake.forward, intake.redirect)
+            post.body, post.submission, post.forward, post.redirect)
         outcome = self._send(request, submission)
         if not outcome.accepted:
             status, failure = self._failure(outcome.error)
@@ -415,12 +418,12 @@ class KlaviyoMiddleware:
         response = self.answers.success(request, redirect, result)
         return response(environ, start_response)
 
-    def _intake(
+    def _read_post(
         self,
         request: Request,
         route: Route,
         parsed: tuple[bytes, dict[str, Any]] | None,
-    ) -> _Accepted | WSGIApplication:
+    ) -> _ValidPost | WSGIApplication:
         """Screen, read and validate a post: a valid submission, or the answer to give."""
         environ = request.environ
         refusal = self._screen(request)
@@ -443,7 +446,7 @@ class KlaviyoMiddleware:
         forward, redirect = self._targets(request, form, errors)
         if submission is None or errors:
             return self._invalid_response(request, body, forward, errors or {}, 400, "invalid")
-        return _Accepted(body, submission, forward, redirect)
+        return _ValidPost(body, submission, forward, redirect)
 
     def _screen(self, request: Request) -> Response | None:
         """Refuse cross-site posts and clients over their rate, before reading the body."""
@@ -652,6 +655,21 @@ def _log_accepted(submission: Submission, outcome: Outcome) -> None:
              submission.id, submission.action, person, ", ".join(submission.lists),
              ", ".join(plan(submission)),
              " (delivered)" if outcome.delivered else " (queued)" if outcome.queued else "")
+
+
+def _with_old_names(given: dict[str, Any], old_names: dict[str, Any]) -> dict[str, Any]:
+    """The keywords with the options given under their old names put in;
+    the new keyword must then be left at its default (one value, not two)."""
+    defaults = inspect.signature(KlaviyoMiddleware.__init__).parameters
+    for old in old_names:
+        new = opts.RENAMED[old][0]
+        if given[new] != defaults[new].default:
+            raise ConfigurationError(
+                f"KlaviyoMiddleware() got {old!r}, the old name of {new!r}, and {new!r}; "
+                f"give {new!r} alone")
+    # stacklevel: the warning points at the line that made the middleware.
+    given.update(opts.current_names(old_names, stacklevel=4))
+    return given
 
 
 def _unknown_keyword(name: str) -> str:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from klaviyo_middleware.errors import ConfigurationError
 from klaviyo_middleware.middleware import KlaviyoMiddleware
-from klaviyo_middleware.settings import BY_NAME, unknown_option_message
+from klaviyo_middleware.settings import BY_NAME, current_names, unknown_option_message
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -30,7 +30,7 @@ def filter_app_factory(
     # Each declared option knows how to read itself from text; the options
     # that take Python objects (hooks, loaders) have no ini form.
     options: dict[str, Any] = {}
-    for name, value in local_conf.items():
+    for name, value in current_names(local_conf, where="the ini file's filter section").items():
         declared = BY_NAME.get(name)
         if declared is None:
             raise ConfigurationError(unknown_option_message(name))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -235,9 +236,9 @@ DEAD_LETTER_MAX_SIZE: Option[int] = Option(
     "dead_letter_max_size", 64 * 1024 * 1024, option.positive_int, option.as_int,
     help="bytes of dead letters the spool keeps; past it the oldest are deleted "
          "(logged, and counted in ``spool stats``), never a new submission refused.")
-WORKER_THREADS: Option[int] = Option(
-    "worker_threads", 2, option.positive_int, option.as_int,
-    help="spool delivery threads per process.")
+SENDER_THREADS: Option[int] = Option(
+    "sender_threads", 2, option.positive_int, option.as_int,
+    help="threads of the spool's sender in each process (formerly ``worker_threads``).")
 ALLOW_CROSS_SITE: Option[bool] = Option(
     # Refuse form posts that a browser says come from another site (CSRF).
     "allow_cross_site", False, option.boolean, option.as_bool,
@@ -310,12 +311,45 @@ OPTIONS: tuple[Option[Any], ...] = (
     PHONE_REGION, CUSTOM_SOURCE, EVENT_PREFIX, SMS_CONSENT, TIMEOUT, SYNC_RETRY_BUDGET,
     MAX_BODY_SIZE, MAX_FIELDS, MAX_DEPTH, SPOOL_PATH, SPOOL_DURABILITY, SPOOL_MAX_SIZE,
     DEAD_LETTER_MAX_SIZE,
-    WORKER_THREADS, RETRY_MAX_AGE, RATE_LIMIT_SHARE, ALLOW_CROSS_SITE, CSRF_MAX_AGE,
+    SENDER_THREADS, RETRY_MAX_AGE, RATE_LIMIT_SHARE, ALLOW_CROSS_SITE, CSRF_MAX_AGE,
     HONEYPOT, CLIENT_RATE_LIMIT, CLIENT_IPV6_PREFIX, TRUSTED_PROXIES, MAX_LISTS, MAX_PROPERTIES,
     MAX_STRING_LENGTH, LOG_PERSONAL_DATA, LANGUAGES, LOCALE_DIR, BROKER_URL,
     DEAD_LETTER_MAX_AGE, CRAFT_COMPAT,
 )
 BY_NAME: dict[str, Option[Any]] = {declared.name: declared for declared in OPTIONS}
+# Options that had another name: the old one is still read, with a warning
+# naming the release that stops reading it (Werkzeug's way with renames).
+RENAMED: dict[str, tuple[str, str]] = {
+    # The spool's background threads are its sender; a worker is Celery's
+    # (docs/design.md, "Words with one meaning each").
+    "worker_threads": (SENDER_THREADS.name, "0.3"),
+}
+
+
+def current_names(given: Mapping[str, Any], where: str = "",
+                  stacklevel: int = 3) -> dict[str, Any]:
+    """``given`` with each renamed option under its current name, warning
+    once per old name used (a :class:`FutureWarning`: the person who must
+    act edits a settings file, and Python shows these by default).
+
+    ``where`` says where the old name was read (``"settings.KLAVIYO_MIDDLEWARE"``).
+    """
+    current: dict[str, Any] = {}
+    for name, value in given.items():
+        if name not in RENAMED:
+            current[name] = value
+            continue
+        new, removal = RENAMED[name]
+        if new in given:
+            raise ConfigurationError(
+                f"{where + ': ' if where else ''}{name!r} is the old name of {new!r}; "
+                f"give {new!r} alone")
+        warnings.warn(
+            f"klaviyo_middleware: the option {name!r} is now {new!r}"
+            f"{' (' + where + ')' if where else ''}; the old name stops working in "
+            f"{removal}", FutureWarning, stacklevel=stacklevel)
+        current[new] = value
+    return current
 
 
 @dataclass(frozen=True)
@@ -343,7 +377,7 @@ class Settings:
     spool_durability: str
     spool_max_size: int
     dead_letter_max_size: int
-    worker_threads: int
+    sender_threads: int
     retry_max_age: float
     rate_limit_share: float
     allow_cross_site: bool
@@ -377,9 +411,9 @@ class Settings:
     @property
     def sender(self) -> SenderOptions:
         return SenderOptions(
-            threads=self.worker_threads,
-            max_age=self.retry_max_age,
-            rate_share=self.rate_limit_share,
+            sender_threads=self.sender_threads,
+            retry_max_age=self.retry_max_age,
+            rate_limit_share=self.rate_limit_share,
             dead_letter_max_age=self.dead_letter_max_age,
         )
 

@@ -91,7 +91,7 @@ def test_rounds_keep_their_cadence(tmp_path, klaviyo):
     round starts an interval, and each takes all that is due."""
     spool = Spool(tmp_path / "cadence.sqlite3", ACCOUNT)
     delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(),
-                             SenderOptions(threads=4, poll=0.05, round_interval=0.5))
+                             SenderOptions(sender_threads=4, poll=0.05, round_interval=0.5))
     items = [Submission(action="updateProfile", profile={"email": f"c{n}@example.com"},
                         lists=["A1"], event=Event(name="Joined", unique_id=f"c-{n}"))
              for n in range(40)]

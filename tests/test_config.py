@@ -64,7 +64,7 @@ def test_defaults():
         ({"allowed_hosts": [1]}, "allowed_hosts"),
         ({"spool_durability": "paranoid"}, "spool_durability"),
         ({"spool_max_size": 0}, "spool_max_size"),
-        ({"worker_threads": 0}, "worker_threads"),
+        ({"sender_threads": 0}, "sender_threads"),
         ({"retry_max_age": -1}, "retry_max_age"),
         ({"rate_limit_share": 0}, "rate_limit_share"),
         ({"rate_limit_share": 1.5}, "rate_limit_share"),

@@ -30,7 +30,7 @@ from klaviyo_fake import API_KEY, API_URL
 from waiting import wait_for
 
 ACCOUNT = account_fingerprint(API_URL, API_KEY)
-FAST = SenderOptions(threads=2, poll=0.05, retry_base=0.01, retry_cap=0.05, lease=5.0,
+FAST = SenderOptions(sender_threads=2, poll=0.05, retry_base=0.01, retry_cap=0.05, lease=5.0,
                      batch=5)
 UPDATE = "/klaviyoConnect/api/updateProfile"
 JSON = {"Accept": "application/json"}
@@ -82,7 +82,7 @@ class TestTheLoop:
             delivery.close()
 
     def test_a_thread_that_died_is_restarted(self, tmp_path, klaviyo, monkeypatch, caplog):
-        delivery = spool_delivery(tmp_path, SenderOptions(threads=1, poll=0.05))
+        delivery = spool_delivery(tmp_path, SenderOptions(sender_threads=1, poll=0.05))
         try:
             class Fatal(BaseException):
                 pass

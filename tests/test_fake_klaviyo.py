@@ -102,8 +102,8 @@ class TestThroughTheMiddleware:
                                      profile={"email": f"n{number}@example.com"},
                                      lists=["M1"], confirm_opt_in=False))
         delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=fake_klaviyo.url),
-                                 Hooks(), SenderOptions(threads=4, poll=0.05, batching=False,
-                                                        rate_share=1.0))
+                                 Hooks(), SenderOptions(sender_threads=4, poll=0.05, batching=False,
+                                                        rate_limit_share=1.0))
         try:
             assert delivery.flush(60)
         finally:

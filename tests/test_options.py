@@ -227,3 +227,58 @@ def test_a_misspelt_keyword_gets_a_did_you_mean(misspelt, meant):
     with pytest.raises(ConfigurationError, match=f"did you mean {meant!r}"):
         KlaviyoMiddleware(lambda e, s: [], api_key=API_KEY, delivery="sync",
                           **{misspelt: "x"})
+
+
+# -- options under an old name -------------------------------------------------
+
+def test_every_renamed_option_is_in_the_docs_table():
+    from klaviyo_middleware.settings import BY_NAME, RENAMED
+
+    text = CONFIGURATION.read_text()
+    for old, (new, removal) in RENAMED.items():
+        assert new in BY_NAME
+        assert re.search(rf"^\| `{old}` \| `{new}`.*\| {re.escape(removal)} \|$", text,
+                         re.MULTILINE), old
+
+
+def test_an_old_keyword_still_works_and_says_its_new_name(tmp_path):
+    with pytest.warns(FutureWarning, match="'worker_threads' is now 'sender_threads'.*0.3"):
+        middleware = KlaviyoMiddleware(lambda e, s: [], api_key=API_KEY, worker_threads=5,
+                                       spool_path=str(tmp_path / "spool.sqlite3"))
+    try:
+        assert middleware.settings.sender_threads == 5
+        assert middleware.settings.sender.sender_threads == 5
+    finally:
+        middleware.close()
+
+
+def test_an_old_ini_key_still_works(tmp_path):
+    with pytest.warns(FutureWarning, match="'worker_threads' is now 'sender_threads'.*ini"):
+        middleware = filter_app_factory(lambda e, s: [], {}, api_key=API_KEY,
+                                        worker_threads="3",
+                                        spool_path=str(tmp_path / "spool.sqlite3"))
+    try:
+        assert middleware.settings.sender_threads == 3
+    finally:
+        middleware.close()
+
+
+def test_an_option_under_both_names_is_refused(tmp_path):
+    with pytest.raises(ConfigurationError, match="'sender_threads' alone"):
+        KlaviyoMiddleware(lambda e, s: [], api_key=API_KEY, worker_threads=5,
+                          sender_threads=3, spool_path=str(tmp_path / "spool.sqlite3"))
+    with pytest.raises(ConfigurationError, match="'sender_threads' alone"):
+        filter_app_factory(lambda e, s: [], {}, api_key=API_KEY, worker_threads="5",
+                           sender_threads="3")
+
+
+def test_an_old_name_in_the_settings_of_django_or_flask_warns():
+    from klaviyo_middleware.contrib.flask import config_options
+    from klaviyo_middleware.settings import current_names
+
+    with pytest.warns(FutureWarning, match=r"settings.KLAVIYO_MIDDLEWARE"):
+        assert current_names({"worker_threads": 4, "delivery": "spool"},
+                             where="settings.KLAVIYO_MIDDLEWARE") == {
+            "sender_threads": 4, "delivery": "spool"}
+    with pytest.warns(FutureWarning, match="app.config"):
+        assert config_options({"KLAVIYO_WORKER_THREADS": 4}) == {"sender_threads": 4}

@@ -86,14 +86,14 @@ def test_factory_converts_spool_options(tmp_path):
     middleware = filter_app_factory(
         lambda e, s: [], {}, api_key="pk_test_0123456789abcdef",
         spool_path=str(tmp_path / "paste.sqlite3"), spool_durability="normal",
-        spool_max_size="1048576", worker_threads="3", retry_max_age="3600",
+        spool_max_size="1048576", sender_threads="3", retry_max_age="3600",
         rate_limit_share="0.5",
     )
     try:
         settings = middleware.settings
         assert settings.delivery == "spool"
         assert (settings.spool_durability, settings.spool_max_size) == ("normal", 1048576)
-        assert (settings.sender.threads, settings.sender.max_age,
-                settings.sender.rate_share) == (3, 3600.0, 0.5)
+        assert (settings.sender.sender_threads, settings.sender.retry_max_age,
+                settings.sender.rate_limit_share) == (3, 3600.0, 0.5)
     finally:
         middleware.close()

@@ -45,7 +45,7 @@ def test_sixty_people_three_times_each_end_at_their_last_version(attempt, make_a
     """The issue's own scenario: four sender threads, Klaviyo answering in
     0-30 ms in no particular order; each run a fresh race."""
     klaviyo.latency_range = (0.0, 0.03)
-    app = make_app(delivery="spool", worker_threads=4)
+    app = make_app(delivery="spool", sender_threads=4)
     for person in range(PEOPLE):
         for round_ in range(ROUNDS):
             app.post(IDENTIFY, version(person, round_), status=200)
@@ -81,7 +81,7 @@ def test_a_backlog_in_bulk_rounds_ends_at_each_persons_last_version(attempt, tmp
     items = [Submission(action="identify", profile=version(person, round_))
              for round_ in range(ROUNDS) for person in range(PEOPLE)]
     spool = _spool_with(tmp_path, items)
-    _deliver(spool, threads=4, batch=10, bulk_size=50)
+    _deliver(spool, sender_threads=4, batch=10, bulk_size=50)
     assert "/api/profile-bulk-import-jobs" in klaviyo.paths()
     assert first_names(klaviyo) == LAST
     assert spool.dead_letters() == []
@@ -98,7 +98,7 @@ def test_an_older_submission_sent_late_keeps_only_what_is_still_its_own(tmp_path
                                                    "first_name": "New"})
     klaviyo.fail("/api/profile-import", 503)  # the first call: the first version
     spool = _spool_with(tmp_path, [first, second, third])
-    _deliver(spool, threads=1, batch=1, batching=False)
+    _deliver(spool, sender_threads=1, batch=1, batching=False)
     assert klaviyo.profiles["ann@example.com"] == {
         "email": "ann@example.com", "first_name": "New", "last_name": "Lee",
         "properties": {"shoe": 38, "hat": "L"}}
@@ -141,7 +141,7 @@ def test_marks_are_kept_while_an_older_submission_waits_and_a_grace_after(tmp_pa
     claimed_new.progress.done.append("profile")
     spool.save_progress_many("one", [claimed_new], 30.0)
     turns = spool.take_profile_turns("one", [claimed_old], 30.0)
-    assert turns[old.id].marks == {"email": new.accepted, "first_name": new.accepted}
+    assert turns[old.id].marks == {"email": new.accepted_at, "first_name": new.accepted_at}
     assert spool.prune_marks() == 0  # the older one still waits
     # The older one's profile goes in too: nobody needs the marks any more.
     spool.complete_many("one", [claimed_new])
@@ -170,7 +170,7 @@ def test_an_older_submission_still_in_another_process_intake_gives_way(tmp_path)
     second.complete_many("b", [claimed_new])
     (claimed_old,) = first.claim("a", 10, 30.0)
     turns = first.take_profile_turns("a", [claimed_old], 30.0)
-    assert still_ours(old.profile, turns[old.id].marks, old.accepted) == {
+    assert still_ours(old.profile, turns[old.id].marks, old.accepted_at) == {
         "email": "a@example.com", "last_name": "Only-A"}
 
 
@@ -189,8 +189,8 @@ class TestInRound:
     def test_the_anchor_identifier_always_stays(self):
         old = Submission(action="identify", profile={"phone_number": "+14155550100",
                                                      "external_id": "X1"})
-        marks = {"phone_number": old.accepted + 5, "external_id": old.accepted + 5}
-        assert profile_order.still_ours(old.profile, marks, old.accepted) == {
+        marks = {"phone_number": old.accepted_at + 5, "external_id": old.accepted_at + 5}
+        assert profile_order.still_ours(old.profile, marks, old.accepted_at) == {
             "phone_number": "+14155550100"}
 
     def test_people_are_the_same_by_any_identifier_and_email_in_any_case(self):

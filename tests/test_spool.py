@@ -238,3 +238,44 @@ class TestPrivateFiles:
         monkeypatch.setattr(os, "chmod", refused)
         with pytest.raises(ConfigurationError, match=r"readable by other users.*chmod 600"):
             Spool(path, ACCOUNT)
+
+
+class TestFilesOfAnEarlierVersion:
+    """What an earlier version wrote is read under today's names."""
+
+    def test_a_submission_stored_with_its_acceptance_stamp_as_accepted(self):
+        stored = make_submission().to_dict()
+        stored["accepted"] = stored.pop("accepted_at")
+        assert Submission.from_dict(stored).accepted_at == stored["accepted"]
+
+    def test_a_submission_stored_before_acceptance_stamps_is_oldest(self):
+        stored = make_submission().to_dict()
+        del stored["accepted_at"]
+        assert Submission.from_dict(stored).accepted_at == 0
+
+    def test_a_spool_file_with_the_old_column_names_is_brought_up_to_date(self, tmp_path):
+        import sqlite3
+
+        from klaviyo_middleware.delivery.spool.schema import RENAMED_COLUMNS, SCHEMA
+
+        path = tmp_path / "old.sqlite3"
+        old_schema = SCHEMA
+        for _table, old, new in RENAMED_COLUMNS:
+            old_schema = old_schema.replace(f"{new} INTEGER", f"{old} INTEGER")
+        with sqlite3.connect(path) as db:
+            db.executescript(old_schema)
+            db.execute("INSERT INTO profile_marks VALUES ('someone', 'first_name', 7)")
+        db.close()
+        spool = Spool(path, ACCOUNT)
+        spool.enqueue(make_submission(), now=100.0)
+        [claimed] = spool.claim("sender-a", limit=10, lease=60, now=100.0)
+        with sqlite3.connect(path) as db:
+            for table, old, new in RENAMED_COLUMNS:
+                columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                assert new in columns and old not in columns
+            assert db.execute("SELECT accepted_at FROM profile_marks").fetchall() == [(7,)]
+            assert db.execute("SELECT accepted_at FROM people").fetchone() == (
+                claimed.submission.accepted_at,)
+        db.close()
+        # The old mark, of nobody waiting, is pruned by the renamed columns' SQL.
+        assert spool.prune_marks(now=1e6) == 1

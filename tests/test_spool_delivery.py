@@ -22,7 +22,7 @@ from waiting import wait_for
 
 UPDATE = "/klaviyoConnect/api/updateProfile"
 JSON = {"Accept": "application/json"}
-FAST = SenderOptions(threads=2, poll=0.05, retry_base=0.01, retry_cap=0.05, lease=5.0)
+FAST = SenderOptions(sender_threads=2, poll=0.05, retry_base=0.01, retry_cap=0.05, lease=5.0)
 
 
 class Observed:
@@ -150,7 +150,7 @@ def test_429_pauses_the_whole_account_for_retry_after(delivery, klaviyo, observe
 def test_too_old_goes_to_dead_letters(tmp_path, klaviyo, observed):
     klaviyo.fail("/api/profile-import", 500, times=50)
     spool = Spool(tmp_path / "old.sqlite3", account_fingerprint(API_URL, API_KEY))
-    options = SenderOptions(poll=0.05, retry_base=0.01, retry_cap=0.02, max_age=0.2)
+    options = SenderOptions(poll=0.05, retry_base=0.01, retry_cap=0.02, retry_max_age=0.2)
     backend = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), observed.hooks,
                             options)
     try:
@@ -183,7 +183,7 @@ def test_delivery_resumes_after_close_in_a_new_sender(tmp_path, klaviyo, observe
 def test_rate_limits_hold_across_threads(tmp_path, klaviyo):
     # add-to-list allows 10 calls a second; at a share of 0.3 that is 3.
     spool = Spool(tmp_path / "rate.sqlite3", account_fingerprint(API_URL, API_KEY))
-    options = SenderOptions(threads=4, poll=0.05, rate_share=0.3, batching=False)
+    options = SenderOptions(sender_threads=4, poll=0.05, rate_limit_share=0.3, batching=False)
     backend = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(), options)
     try:
         for number in range(9):

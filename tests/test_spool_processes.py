@@ -136,7 +136,7 @@ def test_forks_while_worker_threads_are_inside_sqlite(tmp_path, loopback_klaviyo
     Without the fork guard about one fork in 600 hung here; FORKS=2000 stresses it.
     """
     middleware = KlaviyoMiddleware(lambda e, s: [], api_key=API_KEY, api_url=loopback_klaviyo.url,
-                                   spool_path=str(tmp_path / "busy.sqlite3"), worker_threads=4)
+                                   spool_path=str(tmp_path / "busy.sqlite3"), sender_threads=4)
     spool = middleware.delivery.spool  # type: ignore[attr-defined]
     for item in submissions(200):
         spool.enqueue(item)

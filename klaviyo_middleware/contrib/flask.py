@@ -31,7 +31,7 @@ from flask import Flask, render_template, request
 from klaviyo_middleware import KlaviyoMiddleware
 from klaviyo_middleware.errors import ConfigurationError
 from klaviyo_middleware.redact import get_logger
-from klaviyo_middleware.settings import BY_NAME, OPTIONS
+from klaviyo_middleware.settings import BY_NAME, OPTIONS, RENAMED, current_names
 from klaviyo_middleware.web.form_inputs import hidden_inputs
 from klaviyo_middleware.web.pages import Page, PageRenderer
 
@@ -105,7 +105,7 @@ def config_options(config: Any) -> dict[str, Any]:
         if not key.startswith(PREFIX) or key == PAGE_TEMPLATE:
             continue
         name = key[len(PREFIX):].lower()
-        if name in BY_NAME:
+        if name in BY_NAME or name in RENAMED:
             options[name] = value
             continue
         if key in _ENV_NAMES:
@@ -117,7 +117,7 @@ def config_options(config: Any) -> dict[str, Any]:
         if close:
             log.warning("klaviyo_middleware: app.config[%r] is not an option; did you mean "
                         "%r?", key, PREFIX + close[0].upper())
-    return options
+    return current_names(options, where="app.config")
 
 
 def flask_login_user_loader(app: Flask) -> Any:

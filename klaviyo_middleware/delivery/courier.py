@@ -248,7 +248,7 @@ class Courier:
             self._postpone(item, turn.wait)
             return None
         return profile_order.still_ours(item.submission.profile, turn.marks,
-                                        item.submission.accepted)
+                                        item.submission.accepted_at)
 
     def _nothing_new(self, item: Leased, profile: dict[str, Any]) -> bool:
         """Newer submissions have sent everything this one would (and it

@@ -75,7 +75,7 @@ def newest(*marks: Marks) -> Marks:
     return merged
 
 
-def still_ours(profile: dict[str, Any], marks: Marks, accepted: int) -> dict[str, Any]:
+def still_ours(profile: dict[str, Any], marks: Marks, accepted_at: int) -> dict[str, Any]:
     """``profile`` without the attributes a newer submission has sent.
 
     The first identifier given (email, else phone number, else external id)
@@ -87,10 +87,10 @@ def still_ours(profile: dict[str, Any], marks: Marks, accepted: int) -> dict[str
     for name, value in profile.items():
         if name in MERGED and isinstance(value, dict):
             inner = {key: copy.deepcopy(item) for key, item in value.items()
-                     if marks.get(f"{name}{SEP}{key}", -1) < accepted}
+                     if marks.get(f"{name}{SEP}{key}", -1) < accepted_at}
             if inner:
                 kept[name] = inner
-        elif name == anchor or marks.get(name, -1) < accepted:
+        elif name == anchor or marks.get(name, -1) < accepted_at:
             kept[name] = copy.deepcopy(value)
     return kept
 
@@ -125,11 +125,11 @@ def order_in_round(items: list[tuple[Submission, Marks]]) -> dict[str, dict[str,
     """
     by_person: dict[str, Marks] = {}
     allowed: dict[str, dict[str, Any]] = {}
-    for submission, stored in sorted(items, key=lambda pair: -pair[0].accepted):
+    for submission, stored in sorted(items, key=lambda pair: -pair[0].accepted_at):
         keys = submission.person_keys()
         later = newest(stored, *(by_person.get(key, {}) for key in keys))
-        allowed[submission.id] = still_ours(submission.profile, later, submission.accepted)
-        mine = dict.fromkeys(attribute_paths(submission.profile), submission.accepted)
+        allowed[submission.id] = still_ours(submission.profile, later, submission.accepted_at)
+        mine = dict.fromkeys(attribute_paths(submission.profile), submission.accepted_at)
         for key in keys:
             by_person[key] = newest(by_person.get(key, {}), mine)
     return allowed

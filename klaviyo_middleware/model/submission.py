@@ -74,7 +74,7 @@ class Submission:
     )
     # When it was accepted (see acceptance_stamp): a person's profile is
     # written in this order, whatever order delivery happens in.
-    accepted: int = field(default_factory=acceptance_stamp)
+    accepted_at: int = field(default_factory=acceptance_stamp)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,8 +82,11 @@ class Submission:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Submission:
         values = dict(data)
+        # Stored under its earlier name by a process of an older version.
+        if "accepted" in values:
+            values.setdefault("accepted_at", values.pop("accepted"))
         # Queued before acceptance stamps existed: older than anything stamped.
-        values.setdefault("accepted", 0)
+        values.setdefault("accepted_at", 0)
         event = values.pop("event", None)
         return cls(event=Event(**event) if event else None, **values)
 

@@ -22,7 +22,7 @@ from django.utils.module_loading import import_string
 
 from klaviyo_middleware import ConfigurationError, KlaviyoMiddleware
 from klaviyo_middleware.i18n.catalogs import Overrides, available_languages
-from klaviyo_middleware.settings import BY_NAME, unknown_option_message
+from klaviyo_middleware.settings import BY_NAME, current_names, unknown_option_message
 
 SETTING = "KLAVIYO_MIDDLEWARE"
 PAGE_TEMPLATE = "page_template"
@@ -50,7 +50,7 @@ def middleware_options() -> dict[str, Any]:
     from klaviyo_middleware.contrib.django.language import django_language
     from klaviyo_middleware.contrib.django.pages import django_renderer
 
-    given = configured()
+    given = current_names(configured(), where=f"settings.{SETTING}")
     for name in given:
         if name not in BY_NAME and name not in CALLABLE_KEYS and name != PAGE_TEMPLATE:
             raise ConfigurationError(f"settings.{SETTING}: " + unknown_option_message(name))

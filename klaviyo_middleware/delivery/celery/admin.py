@@ -83,7 +83,8 @@ class CeleryAdmin:
 
 def _created_at(letter: dict[str, Any]) -> float:
     """Redis keeps no arrival time beside a dead letter: the submission's own."""
-    accepted = (letter.get("submission") or {}).get("accepted")
-    if isinstance(accepted, int) and accepted > 0:
-        return accepted / 1_000_000  # an acceptance stamp, in microseconds
+    stored = letter.get("submission") or {}
+    accepted_at = stored.get("accepted_at", stored.get("accepted"))  # or its earlier name
+    if isinstance(accepted_at, int) and accepted_at > 0:
+        return accepted_at / 1_000_000  # an acceptance stamp, in microseconds
     return float(letter["dead_at"])

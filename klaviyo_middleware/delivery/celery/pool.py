@@ -249,7 +249,7 @@ class RedisPool(SharedCapacity, PersonTurns):
         records = self._scripts["claim"](
             keys=self._keys, args=[owner, limit, _milliseconds(lease), int(ahead * 1000)])
         claimed = [_claimed(json.loads(record)) for record in records]
-        claimed.sort(key=lambda item: (item.submission.accepted, item.created_at))
+        claimed.sort(key=lambda item: (item.submission.accepted_at, item.created_at))
         return claimed
 
     def size(self) -> int:

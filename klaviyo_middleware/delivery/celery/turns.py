@@ -114,7 +114,7 @@ class PersonTurns:
             if PROFILE_STEP in item.progress.done:
                 self.state.script(_SENT)(
                     keys=[*self._holds(people), *self._marks(people)],
-                    args=[owner, item.submission.accepted, MARKS_TTL,
+                    args=[owner, item.submission.accepted_at, MARKS_TTL,
                           *attribute_paths(item.submission.profile)])
                 item.holding = False
             else:

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from klaviyo_middleware.delivery.spool.connections import file_identity, immediate, open_wal
-from klaviyo_middleware.delivery.spool.schema import SCHEMA, TOTALS
+from klaviyo_middleware.delivery.spool.schema import RENAMED_COLUMNS, SCHEMA, TOTALS
 from klaviyo_middleware.redact import get_logger
 
 log = get_logger(__name__)
@@ -102,6 +102,7 @@ class SpoolFile:
                             db.execute(statement)
                     for statement in TOTALS:
                         db.execute(statement)
+                    _rename_columns(db)
                 self._file = current
                 self._wal_file = self._current_file("-wal")
             self._connections[ident] = db
@@ -262,3 +263,11 @@ def check_is_spool(path: str | os.PathLike[str]) -> None:
         raise NotASpool(f"{path} is not a spool file ({exc})") from None
     if found is None:
         raise NotASpool(f"{path} is an SQLite database but not a spool file")
+
+
+def _rename_columns(db: sqlite3.Connection) -> None:
+    """A file made by an earlier version: its columns under today's names."""
+    for table, old, new in RENAMED_COLUMNS:
+        columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if old in columns:
+            db.execute(f"ALTER TABLE {table} RENAME COLUMN {old} TO {new}")

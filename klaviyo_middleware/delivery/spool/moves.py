@@ -323,7 +323,7 @@ def _readable(payload: str) -> Submission | None:
 
 def add_people(db: sqlite3.Connection, account: str, submission: Submission) -> None:
     db.executemany(
-        "INSERT OR IGNORE INTO people (submission_id, person, accepted) VALUES (?, ?, ?)",
-        [(submission.id, person, submission.accepted)
+        "INSERT OR IGNORE INTO people (submission_id, person, accepted_at) VALUES (?, ?, ?)",
+        [(submission.id, person, submission.accepted_at)
          for person in person_hashes(account, submission.profile)],
     )

@@ -53,14 +53,14 @@ CREATE INDEX IF NOT EXISTS rate_log_at ON rate_log (account, endpoint, at);
 CREATE TABLE IF NOT EXISTS people (
     submission_id TEXT NOT NULL,
     person TEXT NOT NULL,
-    accepted INTEGER NOT NULL,
+    accepted_at INTEGER NOT NULL,
     PRIMARY KEY (person, submission_id)
 );
 CREATE INDEX IF NOT EXISTS people_submission ON people (submission_id);
 CREATE TABLE IF NOT EXISTS profile_marks (
     person TEXT NOT NULL,
     path TEXT NOT NULL,
-    accepted INTEGER NOT NULL,
+    accepted_at INTEGER NOT NULL,
     PRIMARY KEY (person, path)
 );
 CREATE TABLE IF NOT EXISTS housekeeping (
@@ -83,6 +83,13 @@ CREATE TABLE IF NOT EXISTS totals (
 );
 CREATE INDEX IF NOT EXISTS dead_letters_dead_at ON dead_letters (dead_at);
 """
+
+# Columns renamed since a spool file may have been made: (table, old, new).
+# A file's tables are brought up to date where the schema is applied.
+RENAMED_COLUMNS = (
+    ("people", "accepted", "accepted_at"),
+    ("profile_marks", "accepted", "accepted_at"),
+)
 
 # Dead letters have a budget of their own (dead_letter_max_size): their bytes
 # are kept in ``totals`` by triggers, so that neither the request path nor a

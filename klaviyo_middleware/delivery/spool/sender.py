@@ -42,17 +42,20 @@ log = get_logger(__name__)
 class SenderOptions:
     """How the sender behaves.
 
-    :param threads: delivery threads in each process.
+    The fields a site sets are its options of the same names
+    (docs/configuration.md); the rest are for tests and benchmarks.
+
+    :param sender_threads: delivery threads in each process.
     :param batch: submissions a thread leases at a time without ``batching``.
     :param lease: seconds a lease lasts before another sender (in any process) may take over;
         renewed after every step.
     :param poll: seconds between looks at the spool when idle (submissions
         from this process wake the sender at once).
-    :param max_age: seconds after which a submission that still fails
+    :param retry_max_age: seconds after which a submission that still fails
         transiently goes to the dead letters.
     :param retry_base: first backoff ceiling in seconds (full jitter).
     :param retry_cap: largest backoff ceiling in seconds.
-    :param rate_share: share of Klaviyo's per-account limits this site uses.
+    :param rate_limit_share: share of Klaviyo's per-account limits this site uses.
     :param exit_timeout: seconds spent delivering at interpreter exit.
     :param batching: deliver in rounds at a cadence: whenever more than one
         submission is due, through Klaviyo's bulk endpoints; ``False``: one
@@ -65,14 +68,14 @@ class SenderOptions:
         processed them.
     """
 
-    threads: int = 2
+    sender_threads: int = 2
     batch: int = 20
     lease: float = 60.0
     poll: float = 1.0
-    max_age: float = DEFAULT_RETRY_MAX_AGE
+    retry_max_age: float = DEFAULT_RETRY_MAX_AGE
     retry_base: float = RETRY_BASE
     retry_cap: float = RETRY_CAP
-    rate_share: float = DEFAULT_RATE_LIMIT_SHARE
+    rate_limit_share: float = DEFAULT_RATE_LIMIT_SHARE
     exit_timeout: float = 2.0
     batching: bool = True
     bulk_size: int = 1000
@@ -104,7 +107,7 @@ class SpoolSender:
         self.hooks = hooks
         self.options = options or SenderOptions()
         self._limits: dict[str, RateLimits] = {
-            name: scaled(limits, self.options.rate_share)
+            name: scaled(limits, self.options.rate_limit_share)
             for name, limits in ENDPOINT_LIMITS.items()
         }
         self._retry = RetryPolicy(base=self.options.retry_base, cap=self.options.retry_cap)
@@ -149,11 +152,12 @@ class SpoolSender:
             # Per process: a forked child has its own owner and jitter.
             self._courier = Courier(
                 self.spool, self.client, self._owner, limits=self._limits, retry=self._retry,
-                lease=self.options.lease, max_age=self.options.max_age, hooks=self.hooks,
+                lease=self.options.lease, max_age=self.options.retry_max_age, hooks=self.hooks,
                 stopping=self._stopping, jobs=self.options.jobs,
             )
             self._stopping.clear()
-            self._threads = [self._start_thread(number) for number in range(self.options.threads)]
+            self._threads = [self._start_thread(number)
+                             for number in range(self.options.sender_threads)]
             self._pid = os.getpid()
 
     def _start_thread(self, number: int) -> threading.Thread:

@@ -190,7 +190,7 @@ class Spool(IntakeSpool):
         if intake is not None:
             intake.moved(upto)
         # In acceptance order: a round sends a person's submissions oldest first.
-        claimed.sort(key=lambda item: (item.submission.accepted, item.created_at))
+        claimed.sort(key=lambda item: (item.submission.accepted_at, item.created_at))
         return claimed
 
     def take_profile_turns(self, owner: str, items: list[Leased],
@@ -203,7 +203,7 @@ class Spool(IntakeSpool):
             for item in items:
                 people = person_hashes(self.account, item.submission.profile)
                 places = ", ".join("?" * len(people))
-                marks = ("SELECT path, max(accepted) FROM profile_marks "  # noqa: S608
+                marks = ("SELECT path, max(accepted_at) FROM profile_marks "  # noqa: S608
                          f"WHERE person IN ({places}) GROUP BY path")
                 rows = db.execute(marks, people).fetchall() if people else []
                 turns[item.submission.id] = Turn(0.0, {path: int(stamp) for path, stamp in rows})
@@ -454,9 +454,9 @@ class Spool(IntakeSpool):
         now = time.time() if now is None else now
         with self.transaction() as db:
             return int(db.execute(
-                "DELETE FROM profile_marks WHERE accepted < ? AND NOT EXISTS (SELECT 1 "
+                "DELETE FROM profile_marks WHERE accepted_at < ? AND NOT EXISTS (SELECT 1 "
                 "FROM people WHERE people.person = profile_marks.person "
-                "AND people.accepted < profile_marks.accepted)",
+                "AND people.accepted_at < profile_marks.accepted_at)",
                 (int((now - MARK_GRACE) * 1_000_000),)).rowcount)
 
     def take_turn(self, task: str, every: float, now: float | None = None) -> bool:
@@ -555,9 +555,10 @@ def _profile_sent(db: sqlite3.Connection, submission: Submission) -> None:
                       (submission.id,)).fetchall()
     for (person,) in rows:
         db.executemany(
-            "INSERT INTO profile_marks (person, path, accepted) VALUES (?, ?, ?) "
-            "ON CONFLICT (person, path) DO UPDATE SET accepted = max(accepted, excluded.accepted)",
-            [(person, path, submission.accepted)
+            "INSERT INTO profile_marks (person, path, accepted_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (person, path) DO UPDATE SET "
+            "accepted_at = max(accepted_at, excluded.accepted_at)",
+            [(person, path, submission.accepted_at)
              for path in attribute_paths(submission.profile)],
         )
 
