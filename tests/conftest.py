@@ -9,14 +9,14 @@ from wsgiref.validate import validator
 
 import pytest
 import responses
-from personal_data import Watch, WatchedOut
 from webtest import TestApp
 
 from klaviyo_middleware import KlaviyoMiddleware, cli
 from klaviyo_middleware.delivery.spool.sender import SpoolSender
 
-from klaviyo_fake import API_KEY, API_URL, LoopbackKlaviyo, MockedKlaviyo
-from openapi_contract import spec_path
+from support.klaviyo_fake import API_KEY, API_URL, LoopbackKlaviyo, MockedKlaviyo
+from support.openapi_contract import spec_path
+from support.personal_data import Watch, WatchedOut
 
 WATCH = Watch()
 

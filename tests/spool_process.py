@@ -25,7 +25,7 @@ from klaviyo_middleware.delivery.identities import account_fingerprint
 from klaviyo_middleware.delivery.spool.store import Spool
 from klaviyo_middleware.model.submission import Event, Submission
 
-from klaviyo_fake import API_KEY
+from support.klaviyo_fake import API_KEY
 
 
 def start(mode: str, spool: Path, url: str, *args: str) -> subprocess.Popen[str]:

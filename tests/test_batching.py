@@ -11,36 +11,24 @@ from typing import Any
 import pytest
 import responses
 
-from klaviyo_middleware.delivery.hooks import Hooks
 from klaviyo_middleware.delivery.identities import account_fingerprint
-from klaviyo_middleware.delivery.spool.backend import SpoolDelivery
-from klaviyo_middleware.delivery.spool.sender import SenderOptions
 from klaviyo_middleware.delivery.spool.store import Spool
 from klaviyo_middleware.klaviyo import bulk
-from klaviyo_middleware.klaviyo.client import KlaviyoClient
 from klaviyo_middleware.model.lease import Leased
 from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.model.submission import Event, Submission
 
-from backlogs import backlog, state, subscriptions_sent
-from klaviyo_fake import API_KEY, API_URL, MockedKlaviyo
+from support.factories import backlog, deliver_all, spool_delivery, spooled, submissions
+from support.klaviyo_fake import API_KEY, API_URL, MockedKlaviyo
+from support.klaviyo_state import state, subscriptions_sent
 
 ACCOUNT = account_fingerprint(API_URL, API_KEY)
 
 
 def drain(tmp_path, fake: MockedKlaviyo, items: list[Submission], **options: Any) -> Spool:
-    spool = Spool(tmp_path / f"{options.get('batching', True)}.sqlite3", ACCOUNT)
-    for item in items:
-        spool.enqueue(item)
-    worker_options = SenderOptions(poll=0.05, batch=5, retry_base=0.01, retry_cap=0.02,
-                                   **options)
-    delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(),
-                             worker_options)
-    try:
-        assert delivery.flush(60)
-    finally:
-        delivery.close()
-    return spool
+    """Deliver ``items`` from a spool of their own, five a lease."""
+    name = f"{options.get('batching', True)}.sqlite3"
+    return deliver_all(spooled(tmp_path, items, name), batch=5, **options)
 
 
 def test_bulk_gives_the_same_klaviyo_as_single_calls(tmp_path, klaviyo):
@@ -63,9 +51,7 @@ def test_bulk_gives_the_same_klaviyo_as_single_calls(tmp_path, klaviyo):
 
 
 def test_a_submission_alone_goes_one_call_a_step(tmp_path, klaviyo):
-    spool = Spool(tmp_path / "alone.sqlite3", ACCOUNT)
-    delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(),
-                             SenderOptions(poll=0.05, round_interval=0.05))
+    delivery = spool_delivery(tmp_path, round_interval=0.05)
     try:
         for item in backlog(3):
             delivery.submit(item)
@@ -89,12 +75,8 @@ def test_two_due_together_go_in_bulk(tmp_path, klaviyo):
 def test_rounds_keep_their_cadence(tmp_path, klaviyo):
     """Posts arriving faster than the cadence share rounds: at most one
     round starts an interval, and each takes all that is due."""
-    spool = Spool(tmp_path / "cadence.sqlite3", ACCOUNT)
-    delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(),
-                             SenderOptions(sender_threads=4, poll=0.05, round_interval=0.5))
-    items = [Submission(action="updateProfile", profile={"email": f"c{n}@example.com"},
-                        lists=["A1"], event=Event(name="Joined", unique_id=f"c-{n}"))
-             for n in range(40)]
+    delivery = spool_delivery(tmp_path, sender_threads=4, round_interval=0.5)
+    items = submissions(40, lists=["A1"])
     try:
         for item in items:
             delivery.submit(item)

@@ -28,12 +28,12 @@ from klaviyo_middleware.delivery.celery.pool import RedisPool
 from klaviyo_middleware.delivery.celery.state import RedisState
 from klaviyo_middleware.delivery.identities import account_fingerprint
 from klaviyo_middleware.model.progress import Progress
-from klaviyo_middleware.model.submission import Submission
 
-from klaviyo_fake import API_KEY
-from services import RABBIT, REDIS, free_port, require_redis
-from services import listening as _listening
-from waiting import wait_for
+from support.factories import identify
+from support.klaviyo_fake import API_KEY
+from support.services import RABBIT, REDIS, free_port, require_redis
+from support.services import listening as _listening
+from support.waiting import wait_for
 
 UPDATE = "/klaviyoConnect/api/updateProfile"
 
@@ -121,7 +121,7 @@ class TestRedisState:
 
     def test_progress_and_dead_letters(self):
         state = self.state()
-        submission = Submission(action="identify", profile={"email": "d@example.com"})
+        submission = identify("d@example.com")
         state.save_progress(submission.id, Progress(done=["profile"], profile_id="01X"))
         assert state.load_progress(submission.id).done == ["profile"]
         state.bury(submission, Progress(done=["profile"]), {"status": 400}, attempts=1)
@@ -558,7 +558,7 @@ class TestLedger:
 
     def test_a_pool_without_a_drain_gets_one(self, loopback_klaviyo):
         state = RedisState(REDIS, account_fingerprint(loopback_klaviyo.url, API_KEY))
-        submission = Submission(action="identify", profile={"email": "pooled@example.com"})
+        submission = identify("pooled@example.com")
         # Pooled, but the drain task that should follow was lost.
         RedisPool(state).add(submission, Progress(), 0, time.time())
         worker = start_worker(loopback_klaviyo.url, REDIS, "--visibility-timeout", "3")
@@ -611,7 +611,7 @@ def test_an_unexpected_error_is_retried_not_dropped(loopback_klaviyo, monkeypatc
         return is_finished(self, submission_id)
 
     monkeypatch.setattr(RedisState, "is_finished", flaky)
-    submission = Submission(action="identify", profile={"email": "flaky@example.com"})
+    submission = identify("flaky@example.com")
     # Run in this process: a retry is re-run at once, so the result is the last attempt's.
     result = app.tasks[TASK_NAME].apply(args=[submission.to_dict()])
     assert result.get() == "delivered" and outage == []
@@ -626,14 +626,14 @@ def test_a_task_result_says_how_its_submission_ended(loopback_klaviyo):
     app.conf.update(klaviyo_api_key=API_KEY, klaviyo_api_url=loopback_klaviyo.url,
                     klaviyo_state_url=REDIS)
     loopback_klaviyo.fake.fail("/api/profile-import", 400)
-    refused = Submission(action="identify", profile={"email": "refused@example.com"})
+    refused = identify("refused@example.com")
     assert app.tasks[TASK_NAME].apply(args=[refused.to_dict()]).get() == "dead"
     # Within a second of the round that one started, the next waits for
     # the next round, in the pool, to be sent with whatever else comes.
-    joining = Submission(action="identify", profile={"email": "joining@example.com"})
+    joining = identify("joining@example.com")
     assert app.tasks[TASK_NAME].apply(args=[joining.to_dict()]).get() == "pooled"
     time.sleep(ROUND_INTERVAL)
-    taken = Submission(action="identify", profile={"email": "taken@example.com"})
+    taken = identify("taken@example.com")
     assert app.tasks[TASK_NAME].apply(args=[taken.to_dict()]).get() == "delivered"
 
 
@@ -722,7 +722,7 @@ def _refused(monkeypatch: Any, capsys: Any, flags: tuple[str, ...], message: str
 
 def test_retry_keeps_dead_letters_the_broker_refuses(capsys):
     state = RedisState(REDIS, account_fingerprint("https://klaviyo.test", API_KEY))
-    submission = Submission(action="identify", profile={"email": "kept@example.com"})
+    submission = identify("kept@example.com")
     state.bury(submission, Progress(), {"status": 400}, attempts=1)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -738,14 +738,14 @@ class TestDataWeKeep:
 
     def test_forget_erases_dead_letters_pool_and_ledger(self):
         state = RedisState(REDIS, account_fingerprint("https://klaviyo.test", API_KEY))
-        jane = Submission(action="identify", profile={"email": "Jane.Roe@example.com"})
-        texter = Submission(action="identify", profile={"phone_number": "+14155552671"})
-        other = Submission(action="identify", profile={"email": "other@example.com"})
+        jane = identify("Jane.Roe@example.com")
+        texter = identify(phone="+14155552671")
+        other = identify("other@example.com")
         for item in (jane, other):
             state.bury(item, Progress(), {"status": 400}, attempts=1)
         pool = RedisPool(state)
         pool.add(texter, Progress(), 0, time.time())
-        pool.add(Submission(action="identify", profile={"email": "jane.roe@example.com"}),
+        pool.add(identify("jane.roe@example.com"),
                  Progress(), 0, time.time())
         ledger = Ledger(REDIS)
         ledger.record(jane.id, jane.to_dict())
@@ -770,7 +770,7 @@ class TestDataWeKeep:
 
     def test_old_dead_letters_expire(self, caplog):
         state = RedisState(REDIS, account_fingerprint("https://klaviyo.test", API_KEY))
-        old = Submission(action="identify", profile={"email": "old@example.com"})
+        old = identify("old@example.com")
         state.bury(old, Progress(), {"status": 400}, attempts=1)
         with caplog.at_level(logging.INFO, logger="klaviyo_middleware"):
             assert state.expire_dead_letters(3600, now=time.time() + 3601) == 1

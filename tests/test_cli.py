@@ -16,6 +16,8 @@ from klaviyo_middleware.delivery.spool.store import Spool
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import redact
 
+from support.factories import identify
+
 ACCOUNT = account_fingerprint("https://klaviyo.test", "pk_test")
 
 
@@ -34,7 +36,7 @@ def spool_file(tmp_path):
         [claimed] = spool.claim("w", 1, lease=60, now=10.0)
         claimed.progress.done.append("profile")
         spool.bury("w", claimed, error, now=20.0 + number)
-    spool.enqueue(Submission(action="identify", profile={"email": "later@example.com"}))
+    spool.enqueue(identify("later@example.com"))
     spool.close()
     return str(spool.path)
 

@@ -6,7 +6,7 @@ import pytest
 
 from klaviyo_middleware import ConfigurationError, KlaviyoMiddleware
 
-from klaviyo_fake import API_KEY
+from support.klaviyo_fake import API_KEY
 
 
 def inner(environ, start_response):

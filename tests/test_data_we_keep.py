@@ -17,9 +17,9 @@ from klaviyo_middleware.cli import main
 from klaviyo_middleware.delivery.identities import account_fingerprint
 from klaviyo_middleware.delivery.spool.intake import intake_directory
 from klaviyo_middleware.delivery.spool.store import Spool
-from klaviyo_middleware.model.submission import Submission
 
-from klaviyo_fake import API_KEY
+from support.factories import identify
+from support.klaviyo_fake import API_KEY
 
 ACCOUNT = account_fingerprint("https://klaviyo.test", API_KEY)
 DAY = 86400.0
@@ -32,15 +32,6 @@ def on_disk(path: Path) -> bytes:
         for suffix in ("", "-wal", "-shm") if Path(f"{path}{suffix}").exists())
 
 
-def submission(email: str | None = None, phone: str | None = None) -> Submission:
-    profile = {"first_name": "Zoë"}
-    if email:
-        profile["email"] = email
-    if phone:
-        profile["phone_number"] = phone
-    return Submission(action="updateProfile", profile=profile)
-
-
 def run(*args: str) -> tuple[int, str]:
     out = io.StringIO()
     return main(list(args), out=out), out.getvalue()
@@ -50,7 +41,7 @@ class TestDeliveredDataIsGone:
     def test_no_trace_in_the_file_or_its_log(self, tmp_path):
         spool = Spool(tmp_path / "s.sqlite3", ACCOUNT)
         for number in range(30):
-            spool.enqueue(submission(f"trace-{number}-zq@example.com"))
+            spool.enqueue(identify(f"trace-{number}-zq@example.com"))
         spool.complete_many("w", spool.claim("w", 30, lease=60))
         assert spool.outstanding() == 0
         assert spool.truncate_wal()
@@ -60,7 +51,7 @@ class TestDeliveredDataIsGone:
 
 class TestDeadLettersExpire:
     def bury(self, spool: Spool, email: str, at: float) -> None:
-        spool.enqueue(submission(email), now=at)
+        spool.enqueue(identify(email), now=at)
         [claimed] = spool.claim("w", 1, lease=60, now=at)
         spool.bury("w", claimed, {"status": 400}, now=at)
 
@@ -87,7 +78,7 @@ class TestDeadLettersExpire:
                                        dead_letter_max_age=7 * DAY)
         try:
             assert middleware.settings.sender.dead_letter_max_age == 7 * DAY
-            middleware.delivery.submit(submission("new@example.com"))
+            middleware.delivery.submit(identify("new@example.com"))
             assert middleware.flush(10)
             assert middleware.delivery.spool.dead_letters() == []  # type: ignore[attr-defined]
         finally:
@@ -98,11 +89,11 @@ class TestForget:
     @pytest.fixture
     def path(self, tmp_path) -> Path:
         spool = Spool(tmp_path / "s.sqlite3", ACCOUNT)
-        spool.enqueue(submission("Jane.Roe@Example.com"))
-        spool.enqueue(submission("jane.roe@example.com", "+14155552671"))
-        spool.enqueue(submission(phone="+14155552671"))
-        spool.enqueue(submission("someone.else@example.com"))
-        spool.enqueue(submission("jane.roe@example.com"), now=1.0)
+        spool.enqueue(identify("Jane.Roe@Example.com"))
+        spool.enqueue(identify("jane.roe@example.com", "+14155552671"))
+        spool.enqueue(identify(phone="+14155552671"))
+        spool.enqueue(identify("someone.else@example.com"))
+        spool.enqueue(identify("jane.roe@example.com"), now=1.0)
         [claimed] = spool.claim("w", 1, lease=60, now=1.0)
         spool.bury("w", claimed, {"status": 400, "detail": "refused"}, now=2.0)
         spool.close()
@@ -138,10 +129,10 @@ class TestSpoolFileDeletedUnderUs:
     def test_an_intake_deleted_in_use_loses_nothing(self, tmp_path, caplog):
         path = tmp_path / "s.sqlite3"
         spool = Spool(path, ACCOUNT)
-        spool.enqueue(submission("before@example.com"))
+        spool.enqueue(identify("before@example.com"))
         shutil.rmtree(intake_directory(path))  # "rm -rf spool.sqlite3*"
         with caplog.at_level(logging.WARNING, logger="klaviyo_middleware"):
-            spool.enqueue(submission("after@example.com"))
+            spool.enqueue(identify("after@example.com"))
         assert "intake" in caplog.text
         spool.close_all()
         restarted = Spool(path, ACCOUNT)
@@ -153,14 +144,14 @@ class TestSpoolFileDeletedUnderUs:
         path = tmp_path / "s.sqlite3"
         spool = Spool(path, ACCOUNT)
         for number in range(2):
-            spool.enqueue(submission(f"before{number}@example.com"))
+            spool.enqueue(identify(f"before{number}@example.com"))
         spool.move_intake()
         for suffix in ("", "-wal", "-shm"):
             if Path(f"{path}{suffix}").exists():
                 os.remove(f"{path}{suffix}")
         with caplog.at_level(logging.WARNING, logger="klaviyo_middleware"):
             for number in range(3):
-                spool.enqueue(submission(f"after{number}@example.com"))
+                spool.enqueue(identify(f"after{number}@example.com"))
             spool.move_intake()
         assert "deleted or replaced" in caplog.text
         spool.close_all()
@@ -173,13 +164,13 @@ class TestSpoolFileDeletedUnderUs:
     def test_a_file_swapped_in_keeps_its_rows_and_gains_ours(self, tmp_path):
         path = tmp_path / "s.sqlite3"
         spool = Spool(path, ACCOUNT)
-        spool.enqueue(submission("ours@example.com"))
+        spool.enqueue(identify("ours@example.com"))
         spool.move_intake()
         other = Spool(tmp_path / "other.sqlite3", ACCOUNT)
-        other.enqueue(submission("theirs@example.com"))
+        other.enqueue(identify("theirs@example.com"))
         other.close_all()
         os.replace(tmp_path / "other.sqlite3", path)
-        spool.enqueue(submission("later@example.com"))
+        spool.enqueue(identify("later@example.com"))
         spool.close_all()
         restarted = Spool(path, ACCOUNT)
         assert restarted.outstanding() == 3

@@ -23,38 +23,19 @@ from klaviyo_middleware.klaviyo.client import (
     error_from_response,
 )
 from klaviyo_middleware.klaviyo.retry import RetryPolicy
-from klaviyo_middleware.model.submission import Event, Submission
+from klaviyo_middleware.model.submission import Submission
 
-from klaviyo_fake import API_KEY, API_URL
+from support.factories import HookRecorder, submission
+from support.klaviyo_fake import API_KEY, API_URL
 
 UPDATE = "/klaviyoConnect/api/updateProfile"
+# Two subscribe calls a submission: a retried step must not repeat the other.
+TWO_LISTS = ["L1", "L2"]
 
 
-def submission(**changes: Any) -> Submission:
-    values: dict[str, Any] = {
-        "action": "updateProfile",
-        "profile": {"email": "a@example.com"},
-        "lists": ["L1", "L2"],
-        "event": Event(name="Joined", unique_id="u-1"),
-    }
-    values.update(changes)
-    return Submission(**values)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.delivered: list[Submission] = []
-        self.retries: list[tuple[int | None, float]] = []
-        self.dead: list[tuple[Submission, KlaviyoError]] = []
-        self.hooks = Hooks(
-            on_delivered=self.delivered.append,
-            on_retry=lambda sub, error, delay: self.retries.append((error.status, delay)),
-            on_dead=lambda sub, error: self.dead.append((sub, error)),
-        )
-
-
-def sync(budget: float = 100.0, attempts: int = 5) -> tuple[SyncDelivery, Recorder, list[float]]:
-    recorder = Recorder()
+def sync(budget: float = 100.0,
+         attempts: int = 5) -> tuple[SyncDelivery, HookRecorder, list[float]]:
+    recorder = HookRecorder()
     sleeps: list[float] = []
     client = KlaviyoClient(API_KEY, api_url=API_URL)
     delivery = SyncDelivery(client, recorder.hooks,
@@ -66,7 +47,7 @@ def sync(budget: float = 100.0, attempts: int = 5) -> tuple[SyncDelivery, Record
 class TestSyncDelivery:
     def test_every_step_once_in_order(self, klaviyo):
         delivery, recorder, _ = sync()
-        outcome = delivery.submit(submission())
+        outcome = delivery.submit(submission(lists=TWO_LISTS))
         assert outcome.accepted and outcome.delivered
         assert outcome.profile_id and outcome.profile_id.startswith("01")
         assert klaviyo.paths() == [
@@ -80,7 +61,7 @@ class TestSyncDelivery:
     def test_retry_resumes_without_repeating_done_steps(self, klaviyo):
         klaviyo.fail("/api/events", 503, times=2)
         delivery, recorder, sleeps = sync()
-        outcome = delivery.submit(submission())
+        outcome = delivery.submit(submission(lists=TWO_LISTS))
         assert outcome.delivered
         # The subscribes were accepted once: a second could mail a second confirmation.
         assert klaviyo.paths().count("/api/profile-subscription-bulk-create-jobs") == 2
@@ -107,7 +88,7 @@ class TestSyncDelivery:
     def test_retry_after_beyond_budget_gives_up(self, klaviyo):
         klaviyo.fail("/api/profile-import", 429, headers={"Retry-After": "30"})
         delivery, recorder, sleeps = sync(budget=5)
-        outcome = delivery.submit(submission())
+        outcome = delivery.submit(submission(lists=TWO_LISTS))
         assert not outcome.accepted
         assert outcome.error is not None and outcome.error.status == 429
         assert sleeps == [] and recorder.dead == []
@@ -124,7 +105,7 @@ class TestSyncDelivery:
     def test_permanent_errors_are_not_retried(self, klaviyo, status):
         klaviyo.fail("/api/profile-import", status)
         delivery, recorder, sleeps = sync()
-        outcome = delivery.submit(submission())
+        outcome = delivery.submit(submission(lists=TWO_LISTS))
         assert not outcome.accepted
         assert klaviyo.paths() == ["/api/profile-import"]
         assert sleeps == []
@@ -133,7 +114,7 @@ class TestSyncDelivery:
     def test_attempts_are_bounded(self, klaviyo):
         klaviyo.fail("/api/profile-import", 500, times=10)
         delivery, _, sleeps = sync(attempts=3)
-        assert not delivery.submit(submission()).accepted
+        assert not delivery.submit(submission(lists=TWO_LISTS)).accepted
         assert klaviyo.paths().count("/api/profile-import") == 3
         assert len(sleeps) == 2
 
@@ -143,7 +124,7 @@ class TestSyncDelivery:
 
         client = KlaviyoClient(API_KEY, api_url=API_URL)
         delivery = SyncDelivery(client, Hooks(on_delivered=explode))
-        assert delivery.submit(submission()).delivered
+        assert delivery.submit(submission(lists=TWO_LISTS)).delivered
         assert "observer" in caplog.text
 
 

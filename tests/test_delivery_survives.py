@@ -18,38 +18,19 @@ from klaviyo_middleware.cli import main
 from klaviyo_middleware.delivery.hooks import Hooks
 from klaviyo_middleware.delivery.identities import account_fingerprint
 from klaviyo_middleware.delivery.spool.admin import SpoolAdmin
-from klaviyo_middleware.delivery.spool.backend import SpoolDelivery
-from klaviyo_middleware.delivery.spool.sender import SenderOptions
 from klaviyo_middleware.delivery.spool.store import Spool
 from klaviyo_middleware.delivery.sync import SyncDelivery
 from klaviyo_middleware.klaviyo.client import MAX_RETRY_AFTER, KlaviyoClient
 from klaviyo_middleware.klaviyo.retry import RetryPolicy
-from klaviyo_middleware.model.submission import Event, Submission
+from klaviyo_middleware.model.submission import Submission
 
-from klaviyo_fake import API_KEY, API_URL
-from waiting import wait_for
+from support.factories import spool_delivery, submission
+from support.klaviyo_fake import API_KEY, API_URL
+from support.waiting import wait_for
 
 ACCOUNT = account_fingerprint(API_URL, API_KEY)
-FAST = SenderOptions(sender_threads=2, poll=0.05, retry_base=0.01, retry_cap=0.05, lease=5.0,
-                     batch=5)
 UPDATE = "/klaviyoConnect/api/updateProfile"
 JSON = {"Accept": "application/json"}
-
-
-def person(number: int, **changes: Any) -> Submission:
-    values: dict[str, Any] = {
-        "action": "updateProfile",
-        "profile": {"email": f"p{number}@example.com", "properties": {"n": number}},
-        "lists": ["L1"],
-        "event": Event(name="Joined", unique_id=f"u-{number}"),
-    }
-    values.update(changes)
-    return Submission(**values)
-
-
-def spool_delivery(tmp_path: Any, options: SenderOptions = FAST) -> SpoolDelivery:
-    spool = Spool(tmp_path / "spool.sqlite3", ACCOUNT)
-    return SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(), options)
 
 
 def raw_row(spool: Spool, submission_id: str, payload: str) -> None:
@@ -61,7 +42,7 @@ def raw_row(spool: Spool, submission_id: str, payload: str) -> None:
 
 class TestTheLoop:
     def test_an_error_while_idle_does_not_end_delivery(self, tmp_path, klaviyo, monkeypatch):
-        delivery = spool_delivery(tmp_path)
+        delivery = spool_delivery(tmp_path, batch=5)
         try:
             real = Spool.next_due
             failures = []
@@ -74,7 +55,7 @@ class TestTheLoop:
 
             monkeypatch.setattr(Spool, "next_due", locked)
             wait_for(lambda: len(failures) == 3, timeout=10)
-            delivery.submit(person(1))
+            delivery.submit(submission(1))
             assert delivery.flush(20)
             assert len(klaviyo.events) == 1
             assert all(thread.is_alive() for thread in delivery.sender._threads)
@@ -82,7 +63,7 @@ class TestTheLoop:
             delivery.close()
 
     def test_a_thread_that_died_is_restarted(self, tmp_path, klaviyo, monkeypatch, caplog):
-        delivery = spool_delivery(tmp_path, SenderOptions(sender_threads=1, poll=0.05))
+        delivery = spool_delivery(tmp_path, sender_threads=1)
         try:
             class Fatal(BaseException):
                 pass
@@ -96,7 +77,7 @@ class TestTheLoop:
             wait_for(lambda: not delivery.sender._threads[0].is_alive(), timeout=10)
             monkeypatch.undo()
             with caplog.at_level(logging.ERROR):
-                delivery.submit(person(2))
+                delivery.submit(submission(2))
             assert "restarting it" in caplog.text
             assert delivery.flush(20)
             assert len(klaviyo.events) == 1
@@ -108,10 +89,9 @@ class TestOneBadSubmission:
     def test_an_unreadable_row_goes_alone_to_the_dead_letters(self, tmp_path, klaviyo):
         spool = Spool(tmp_path / "spool.sqlite3", ACCOUNT)
         for number in range(19):
-            spool.enqueue(person(number))
+            spool.enqueue(submission(number))
         raw_row(spool, "from-another-version", '{"action": "identify", "shape": "new"}')
-        delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(),
-                                 SenderOptions(poll=0.05, batch=20))
+        delivery = spool_delivery(spool, batch=20)
         try:
             assert delivery.flush(30)
         finally:
@@ -127,13 +107,12 @@ class TestOneBadSubmission:
     def test_a_value_json_cannot_hold_never_takes_its_batch_mates(self, tmp_path, klaviyo):
         spool = Spool(tmp_path / "spool.sqlite3", ACCOUNT)
         for number in range(24):
-            spool.enqueue(person(number))
+            spool.enqueue(submission(number, properties={"n": number}))
         # Written by a version that let NaN through: readable, not sendable.
-        bad = person(99).to_dict()
-        bad["profile"]["properties"]["n"] = float("nan")
+        bad = submission(99).to_dict()
+        bad["profile"]["properties"] = {"n": float("nan")}
         raw_row(spool, bad["id"], json.dumps(bad))
-        delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(),
-                                 SenderOptions(poll=0.05, batch=5, retry_base=0.01))
+        delivery = spool_delivery(spool, batch=5)
         try:
             assert delivery.flush(30)
         finally:
@@ -159,9 +138,9 @@ class TestPauses:
     def test_retry_after_is_capped_and_spool_resume_lifts_the_pause(self, tmp_path, klaviyo):
         klaviyo.fail("/api/profile-import", 429, headers={"Retry-After": "1e12"})
         spool = Spool(tmp_path / "spool.sqlite3", ACCOUNT)
-        delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(), FAST)
+        delivery = spool_delivery(spool, batch=5)
         try:
-            delivery.submit(person(1))
+            delivery.submit(submission(1))
             wait_for(lambda: spool.paused_for() > 0, timeout=10)
             assert spool.paused_for() <= MAX_RETRY_AFTER
             out = io.StringIO()
@@ -199,8 +178,8 @@ class TestSyncDeadline:
         delivery = SyncDelivery(client, Hooks(), RetryPolicy(budget=5.0, max_attempts=10),
                                 sleep=lambda seconds: clock.__setitem__(0, clock[0] + seconds),
                                 clock=lambda: clock[0])
-        submission = person(1)
-        outcome = delivery.submit(submission)
+        item = submission(1)
+        outcome = delivery.submit(item)
         assert not outcome.accepted and outcome.error is not None and outcome.error.transient
         assert clock[0] - 1000.0 <= delivery.deadline == 20.0
         assert len(session.timeouts) >= 1
@@ -238,9 +217,9 @@ class TestRedaction:
                      body={"errors": [{"code": "invalid", "title": "Bad: josé@example.com",
                                        "detail": "josé@example.com is not valid"}]})
         spool = Spool(tmp_path / "spool.sqlite3", ACCOUNT)
-        delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(), FAST)
+        delivery = spool_delivery(spool, batch=5)
         try:
-            delivery.submit(person(1, profile={"email": "josé@example.com"}))
+            delivery.submit(submission(1, profile={"email": "josé@example.com"}))
             assert delivery.flush(20)
         finally:
             delivery.close()
@@ -256,7 +235,7 @@ class TestTheSuiteWideWatch:
     """tests/personal_data.py checks every test's logs; it must be able to fail."""
 
     def test_it_sees_what_redaction_missed(self):
-        from personal_data import Watch
+        from support.personal_data import Watch
 
         watch = Watch()
         for text, leaked in [("for josé@example.com", True), ("call +447946000123", True),
@@ -270,7 +249,7 @@ class TestTheSuiteWideWatch:
 def test_spool_resume_brings_forward_what_an_outage_put_off(tmp_path):
     """By hand, what the senders do when Klaviyo answers again."""
     spool = Spool(tmp_path / "spool.sqlite3", ACCOUNT)
-    spool.enqueue(person(1))
+    spool.enqueue(submission(1))
     spool.move_intake()
     [leased] = spool.claim("me", 1, 60)
     spool.reschedule("me", leased, time.time() + 3600,

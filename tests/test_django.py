@@ -16,8 +16,8 @@ import requests
 
 from klaviyo_middleware.testing import RunningFakeKlaviyo, serve_fake_klaviyo
 
-from services import free_port
-from waiting import wait_for
+from support.services import free_port
+from support.waiting import wait_for
 
 pytest.importorskip("django")
 

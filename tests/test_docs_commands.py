@@ -31,8 +31,8 @@ import requests
 
 from klaviyo_middleware.testing import RunningFakeKlaviyo, serve_fake_klaviyo
 
-from services import free_port
-from waiting import wait_for
+from support.services import free_port
+from support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

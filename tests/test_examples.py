@@ -19,7 +19,7 @@ from klaviyo_middleware import KlaviyoMiddleware
 from klaviyo_middleware.demo.site import build_demo
 from klaviyo_middleware.testing.server import make
 
-from klaviyo_fake import API_KEY, API_URL
+from support.klaviyo_fake import API_KEY, API_URL
 
 ROOT = Path(__file__).resolve().parents[1]
 

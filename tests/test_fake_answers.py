@@ -13,7 +13,7 @@ from webtest import TestApp
 
 from klaviyo_middleware.testing import FakeKlaviyo
 
-from openapi_contract import response_errors, spec_path
+from support.openapi_contract import response_errors, spec_path
 
 KEY = "pk_fake_answers_000000000000000000"
 HEADERS = {"Authorization": f"Klaviyo-API-Key {KEY}", "revision": "2026-07-15",

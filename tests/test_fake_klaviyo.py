@@ -13,16 +13,10 @@ import requests
 from webtest import TestApp
 
 from klaviyo_middleware import KlaviyoMiddleware
-from klaviyo_middleware.delivery.hooks import Hooks
-from klaviyo_middleware.delivery.identities import account_fingerprint
-from klaviyo_middleware.delivery.spool.backend import SpoolDelivery
-from klaviyo_middleware.delivery.spool.sender import SenderOptions
-from klaviyo_middleware.delivery.spool.store import Spool
-from klaviyo_middleware.klaviyo.client import KlaviyoClient
-from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.testing import FakeKlaviyo, Faults, serve_fake_klaviyo
 
-from klaviyo_fake import API_KEY
+from support.factories import spool_delivery, submissions
+from support.klaviyo_fake import API_KEY
 
 UPDATE = "/klaviyoConnect/api/updateProfile"
 HEADERS = {"Authorization": f"Klaviyo-API-Key {API_KEY}", "revision": "2026-07-15",
@@ -96,14 +90,10 @@ class TestThroughTheMiddleware:
 
     def test_steady_load_gets_no_429_from_klaviyos_limits(self, fake_klaviyo, tmp_path):
         """Our limiter keeps add-to-list (10/s) under Klaviyo's limit, bulk or not."""
-        spool = Spool(tmp_path / "s.sqlite3", account_fingerprint(fake_klaviyo.url, API_KEY))
-        for number in range(24):
-            spool.enqueue(Submission(action="updateProfile",
-                                     profile={"email": f"n{number}@example.com"},
-                                     lists=["M1"], confirm_opt_in=False))
-        delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=fake_klaviyo.url),
-                                 Hooks(), SenderOptions(sender_threads=4, poll=0.05, batching=False,
-                                                        rate_limit_share=1.0))
+        delivery = spool_delivery(tmp_path, api_url=fake_klaviyo.url, sender_threads=4,
+                                  batching=False, rate_limit_share=1.0)
+        for item in submissions(24, lists=["M1"], confirm_opt_in=False, event=None):
+            delivery.submit(item)
         try:
             assert delivery.flush(60)
         finally:

@@ -20,7 +20,7 @@ from klaviyo_middleware.web.body import (
 )
 from klaviyo_middleware.web.routes import ACTION_PATHS
 
-from klaviyo_fake import API_KEY, API_URL
+from support.klaviyo_fake import API_KEY, API_URL
 
 LIMITS = BodyLimits(max_fields=200, max_depth=6)
 FUZZ = settings(max_examples=300, deadline=None,

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from klaviyo_middleware import KlaviyoMiddleware
 
-from klaviyo_fake import API_KEY, LoopbackKlaviyo
+from support.klaviyo_fake import API_KEY, LoopbackKlaviyo
 
 waitress = pytest.importorskip("waitress.server")
 

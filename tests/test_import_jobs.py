@@ -9,12 +9,8 @@ import time
 from typing import Any
 
 from klaviyo_middleware.delivery.courier import Courier
-from klaviyo_middleware.delivery.hooks import Hooks
 from klaviyo_middleware.delivery.identities import account_fingerprint
 from klaviyo_middleware.delivery.import_jobs import JobFollow, JobFollower, JobOutcome
-from klaviyo_middleware.delivery.spool.backend import SpoolDelivery
-from klaviyo_middleware.delivery.spool.sender import SenderOptions
-from klaviyo_middleware.delivery.spool.store import Spool
 from klaviyo_middleware.klaviyo.client import KlaviyoClient
 from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS
 from klaviyo_middleware.klaviyo.retry import RetryPolicy
@@ -22,29 +18,12 @@ from klaviyo_middleware.model.lease import Leased
 from klaviyo_middleware.model.progress import ImportJob, Progress
 from klaviyo_middleware.model.submission import Submission
 
-from backlogs import backlog
-from klaviyo_fake import API_KEY, API_URL
+from support.factories import backlog, deliver_all, spooled
+from support.klaviyo_fake import API_KEY, API_URL
 
 ACCOUNT = account_fingerprint(API_URL, API_KEY)
 QUICK = JobFollow(first_poll=0.05, max_poll=0.1)
 JOBS = "/api/profile-bulk-import-jobs"
-
-
-def drain(spool: Spool, **options: Any) -> None:
-    delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(),
-                             SenderOptions(poll=0.05, batch=5, retry_base=0.01, retry_cap=0.02,
-                                           **{"jobs": QUICK, **options}))
-    try:
-        assert delivery.flush(60)
-    finally:
-        delivery.close()
-
-
-def spooled(tmp_path, items: list[Submission]) -> Spool:
-    spool = Spool(tmp_path / "spool.sqlite3", ACCOUNT)
-    for item in items:
-        spool.enqueue(item)
-    return spool
 
 
 def test_a_profile_refused_inside_a_job_is_a_dead_letter_with_klaviyos_reason(
@@ -54,7 +33,7 @@ def test_a_profile_refused_inside_a_job_is_a_dead_letter_with_klaviyos_reason(
     klaviyo.state.refuse(refused.profile["email"], "This email address is suppressed.")
     spool = spooled(tmp_path, items)
     with caplog.at_level(logging.ERROR, logger="klaviyo_middleware"):
-        drain(spool)
+        deliver_all(spool, batch=5)
     assert klaviyo.bodies(JOBS), "the backlog went through an import job"
     (letter,) = spool.dead_letters()
     assert letter.id == refused.id
@@ -78,7 +57,8 @@ def test_a_job_that_never_finishes_is_sent_again_one_call_per_profile(tmp_path, 
     items = backlog(12)
     spool = spooled(tmp_path, items)
     with caplog.at_level(logging.WARNING, logger="klaviyo_middleware"):
-        drain(spool, jobs=JobFollow(first_poll=0.05, max_poll=0.1, give_up_after=0.5))
+        deliver_all(spool, batch=5,
+                    jobs=JobFollow(first_poll=0.05, max_poll=0.1, give_up_after=0.5))
     assert "unfinished after" in caplog.text
     assert spool.dead_letters() == []
     assert set(klaviyo.profiles) == {item.profile["email"] for item in items}
@@ -118,7 +98,7 @@ def test_a_sender_stopped_while_following_leaves_the_job_to_the_next(tmp_path, k
     assert klaviyo.profiles == {}
     for job in klaviyo.state.jobs.values():
         job["due"] = 0.0  # Klaviyo gets to them at last
-    drain(spool)
+    deliver_all(spool, batch=5)
     assert len(klaviyo.bodies(JOBS)) == started, "the jobs were followed, not sent again"
     assert klaviyo.bodies("/api/profile-import") == []
     assert set(klaviyo.profiles) == {item.profile["email"] for item in items}

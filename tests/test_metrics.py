@@ -20,9 +20,9 @@ from webtest import TestApp  # noqa: E402
 from klaviyo_middleware import KlaviyoMiddleware, metrics  # noqa: E402
 from klaviyo_middleware.contrib.prometheus import RECORDER, MetricsMiddleware  # noqa: E402
 
-from klaviyo_fake import API_KEY  # noqa: E402
-from services import free_port  # noqa: E402
-from waiting import wait_for  # noqa: E402
+from support.klaviyo_fake import API_KEY  # noqa: E402
+from support.services import free_port  # noqa: E402
+from support.waiting import wait_for  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 UPDATE = "/klaviyoConnect/api/updateProfile"

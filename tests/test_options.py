@@ -24,7 +24,7 @@ from klaviyo_middleware.option import Option
 from klaviyo_middleware.paste import filter_app_factory
 from klaviyo_middleware.settings import OPTIONS, Settings, build_settings
 
-from klaviyo_fake import API_KEY
+from support.klaviyo_fake import API_KEY
 
 CONFIGURATION = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 # Keywords that take Python objects: no ini file or environment can hold them.

@@ -12,7 +12,7 @@ from webtest import TestApp
 
 from klaviyo_middleware import KlaviyoMiddleware
 
-from klaviyo_fake import API_KEY
+from support.klaviyo_fake import API_KEY
 
 
 class ClosingBody:

@@ -5,25 +5,19 @@ they were accepted, whatever order delivery happens in (docs/design.md,
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from klaviyo_middleware.delivery.hooks import Hooks
 from klaviyo_middleware.delivery.identities import account_fingerprint
-from klaviyo_middleware.delivery.import_jobs import JobFollow
-from klaviyo_middleware.delivery.spool.backend import SpoolDelivery
-from klaviyo_middleware.delivery.spool.sender import SenderOptions
 from klaviyo_middleware.delivery.spool.store import MARK_GRACE, Spool
-from klaviyo_middleware.klaviyo.client import KlaviyoClient
 from klaviyo_middleware.model import profile_order
 from klaviyo_middleware.model.profile_order import still_ours
 from klaviyo_middleware.model.submission import Submission
 
-from klaviyo_fake import API_KEY, API_URL, MockedKlaviyo
 from spool_process import start
-from waiting import wait_for
+from support.factories import deliver_all, spooled
+from support.klaviyo_fake import API_KEY, MockedKlaviyo
+from support.waiting import wait_for
 
 IDENTIFY = "/klaviyoConnect/api/identify"
 PEOPLE, ROUNDS = 60, 3
@@ -54,25 +48,6 @@ def test_sixty_people_three_times_each_end_at_their_last_version(attempt, make_a
     assert klaviyo.violations == []
 
 
-def _spool_with(tmp_path: Path, items: list[Submission]) -> Spool:
-    spool = Spool(tmp_path / "spool.sqlite3", account_fingerprint(API_URL, API_KEY))
-    for item in items:
-        spool.enqueue(item)
-    return spool
-
-
-def _deliver(spool: Spool, **options: Any) -> None:
-    delivery = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(),
-                             SenderOptions(**{"poll": 0.02, "retry_base": 0.01,
-                                              "retry_cap": 0.05,
-                                              "jobs": JobFollow(first_poll=0.02, max_poll=0.1),
-                                              **options}))
-    try:
-        assert delivery.flush(60)
-    finally:
-        delivery.close()
-
-
 @pytest.mark.parametrize("attempt", range(2))
 def test_a_backlog_in_bulk_rounds_ends_at_each_persons_last_version(attempt, tmp_path, klaviyo):
     """All three versions wait in the spool together, so they go through
@@ -80,8 +55,8 @@ def test_a_backlog_in_bulk_rounds_ends_at_each_persons_last_version(attempt, tmp
     klaviyo.latency_range = (0.0, 0.03)
     items = [Submission(action="identify", profile=version(person, round_))
              for round_ in range(ROUNDS) for person in range(PEOPLE)]
-    spool = _spool_with(tmp_path, items)
-    _deliver(spool, sender_threads=4, batch=10, bulk_size=50)
+    spool = spooled(tmp_path, items)
+    deliver_all(spool, sender_threads=4, batch=10, bulk_size=50)
     assert "/api/profile-bulk-import-jobs" in klaviyo.paths()
     assert first_names(klaviyo) == LAST
     assert spool.dead_letters() == []
@@ -97,8 +72,8 @@ def test_an_older_submission_sent_late_keeps_only_what_is_still_its_own(tmp_path
     third = Submission(action="identify", profile={"email": "ann@example.com",
                                                    "first_name": "New"})
     klaviyo.fail("/api/profile-import", 503)  # the first call: the first version
-    spool = _spool_with(tmp_path, [first, second, third])
-    _deliver(spool, sender_threads=1, batch=1, batching=False)
+    spool = spooled(tmp_path, [first, second, third])
+    deliver_all(spool, sender_threads=1, batch=1, batching=False)
     assert klaviyo.profiles["ann@example.com"] == {
         "email": "ann@example.com", "first_name": "New", "last_name": "Lee",
         "properties": {"shoe": 38, "hat": "L"}}

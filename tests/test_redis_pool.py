@@ -19,9 +19,10 @@ from klaviyo_middleware.klaviyo.retry import RetryPolicy
 from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.model.submission import Submission
 
-from backlogs import backlog, state, subscriptions_sent
-from klaviyo_fake import API_KEY, API_URL, MockedKlaviyo
-from services import REDIS, require_redis
+from support.factories import backlog, identify
+from support.klaviyo_fake import API_KEY, API_URL, MockedKlaviyo
+from support.klaviyo_state import state, subscriptions_sent
+from support.services import REDIS, require_redis
 
 require_redis()
 
@@ -37,12 +38,8 @@ def pool() -> Iterator[RedisPool]:
     connection.close()
 
 
-def submission(number: int = 1) -> Submission:
-    return Submission(action="identify", profile={"email": f"r{number}@example.com"})
-
-
 def fill(pool: RedisPool, count: int) -> list[Submission]:
-    items = [submission(number) for number in range(count)]
+    items = [identify(f"r{number}@example.com") for number in range(count)]
     for number, item in enumerate(items):
         assert pool.add(item, Progress(), 0, created_at=1000.0 + number)
     return items
@@ -50,7 +47,7 @@ def fill(pool: RedisPool, count: int) -> list[Submission]:
 
 class TestLeases:
     def test_adding_is_idempotent(self, pool):
-        item = submission()
+        item = identify("r1@example.com")
         assert pool.add(item, Progress(done=["profile"]), 2, time.time())
         assert not pool.add(item, Progress(), 0, time.time())
         assert pool.holds(item.id) and pool.size() == 1
@@ -58,7 +55,7 @@ class TestLeases:
         assert claimed.progress.done == ["profile"] and claimed.attempts == 2
 
     def test_adding_takes_over_single_task_progress(self, pool):
-        item = submission()
+        item = identify("r1@example.com")
         pool.state.save_progress(item.id, Progress(done=["profile"]))
         pool.add(item, Progress(done=["profile"]), 0, time.time())
         assert pool.state.load_progress(item.id).done == []
@@ -162,13 +159,13 @@ class TestRoundsAndOutages:
 
     def test_klaviyos_return_brings_forward_only_what_an_outage_put_off(self, pool):
         later = time.time() + 3600
-        waiting = {reason: submission(number) for number, reason in enumerate(
+        waiting = {reason: identify(f"r{number}@example.com") for number, reason in enumerate(
             ["503", "timeout", "429", "none"])}
         errors = {"503": {"status": 503}, "timeout": {"status": None, "code": "timeout"},
                   "429": {"status": 429}, "none": None}
         for reason, item in waiting.items():
             pool.add(item, Progress(), 1, time.time(), later, errors[reason])
-        leased = submission(9)
+        leased = identify(f"r{9}@example.com")
         pool.add(leased, Progress(), 1, time.time(), 0, {"status": 503})
         assert [item.submission.id for item in pool.claim("a", 10, 60)] == [leased.id]
         assert pool.bring_forward() == 2
@@ -177,7 +174,7 @@ class TestRoundsAndOutages:
 
     def test_an_outage_is_known_to_the_fleet_until_klaviyo_answers(self, pool, klaviyo):
         klaviyo.fail("/api/profile-import", 503)
-        item = submission()
+        item = identify("r1@example.com")
         pool.add(item, Progress(), 0, time.time())
 
         def courier() -> Courier:

@@ -16,7 +16,7 @@ from klaviyo_middleware.web.security import (
     parse_rate,
 )
 
-from klaviyo_fake import API_KEY
+from support.klaviyo_fake import API_KEY
 
 UPDATE = "/klaviyoConnect/api/updateProfile"
 JSON = {"Accept": "application/json"}

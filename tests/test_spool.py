@@ -12,20 +12,12 @@ from klaviyo_middleware.delivery.identities import account_fingerprint
 from klaviyo_middleware.delivery.spool.intake import SpoolFull
 from klaviyo_middleware.delivery.spool.store import Spool
 from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS, ENDPOINT_OPERATIONS, scaled
-from klaviyo_middleware.model.submission import Event, Submission
+from klaviyo_middleware.model.submission import Submission
 
-from openapi_contract import rate_limit
+from support.factories import submission
+from support.openapi_contract import rate_limit
 
 ACCOUNT = account_fingerprint("https://klaviyo.test", "pk_test")
-
-
-def make_submission(number: int = 0) -> Submission:
-    return Submission(
-        action="updateProfile",
-        profile={"email": f"person{number}@example.com"},
-        lists=["L1"],
-        event=Event(name="Joined", unique_id=f"u-{number}"),
-    )
 
 
 @pytest.fixture
@@ -39,7 +31,7 @@ def other_process_view(spool: Spool, account: str = ACCOUNT) -> Spool:
 
 
 def test_round_trip_keeps_the_submission_exactly(spool):
-    original = make_submission()
+    original = submission()
     original.profile["properties"] = {"nested": {"list": [1, 2.5, None, True]}}
     spool.enqueue(original, now=100.0)
     [claimed] = spool.claim("worker-a", limit=10, lease=60, now=100.0)
@@ -48,7 +40,7 @@ def test_round_trip_keeps_the_submission_exactly(spool):
 
 
 def test_a_lease_is_exclusive_until_it_expires(spool):
-    spool.enqueue(make_submission(), now=100.0)
+    spool.enqueue(submission(), now=100.0)
     other = other_process_view(spool)
     assert len(spool.claim("a", 10, lease=60, now=100.0)) == 1
     assert other.claim("b", 10, lease=60, now=159.0) == []
@@ -62,7 +54,7 @@ def test_a_lease_is_exclusive_until_it_expires(spool):
 
 
 def test_progress_survives_a_takeover(spool):
-    spool.enqueue(make_submission(), now=0.0)
+    spool.enqueue(submission(), now=0.0)
     [claimed] = spool.claim("a", 1, lease=10, now=0.0)
     claimed.progress.done.append("profile")
     claimed.progress.profile_id = "01ABC"
@@ -73,14 +65,14 @@ def test_progress_survives_a_takeover(spool):
 
 def test_claim_order_and_limit(spool):
     for number in range(5):
-        spool.enqueue(make_submission(number), now=float(number))
+        spool.enqueue(submission(number), now=float(number))
     claimed = spool.claim("a", limit=3, lease=60, now=10.0)
     assert [item.submission.profile["email"] for item in claimed] == [
-        "person0@example.com", "person1@example.com", "person2@example.com"]
+        "p0@example.com", "p1@example.com", "p2@example.com"]
 
 
 def test_reschedule_waits_until_due(spool):
-    spool.enqueue(make_submission(), now=0.0)
+    spool.enqueue(submission(), now=0.0)
     [claimed] = spool.claim("a", 1, lease=60, now=0.0)
     spool.reschedule("a", claimed, due_at=30.0, error={"status": 503})
     assert spool.claim("a", 1, lease=60, now=29.0) == []
@@ -89,7 +81,7 @@ def test_reschedule_waits_until_due(spool):
 
 
 def test_bury_keeps_klaviyo_error(spool):
-    spool.enqueue(make_submission(), now=0.0)
+    spool.enqueue(submission(), now=0.0)
     [claimed] = spool.claim("a", 1, lease=60, now=0.0)
     spool.bury("a", claimed, {"status": 400, "detail": "Invalid email"}, now=5.0)
     assert spool.outstanding() == 0
@@ -99,7 +91,7 @@ def test_bury_keeps_klaviyo_error(spool):
 
 
 def test_accounts_never_see_each_others_submissions(spool):
-    spool.enqueue(make_submission(), now=0.0)
+    spool.enqueue(submission(), now=0.0)
     stranger = other_process_view(spool, account=account_fingerprint("https://x", "pk_other"))
     assert stranger.claim("s", 10, lease=60, now=1.0) == []
     assert stranger.outstanding() == 0
@@ -109,7 +101,7 @@ def test_dead_owners_are_released_at_once(spool):
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     dead_owner = f"host:{process.pid}:x"
-    spool.enqueue(make_submission(), now=0.0)
+    spool.enqueue(submission(), now=0.0)
     spool.claim(dead_owner, 1, lease=3600, now=0.0)
     with spool.reading() as db:
         db.execute("INSERT INTO senders VALUES (?, ?, ?, 0)",
@@ -122,7 +114,7 @@ def test_live_owners_keep_their_leases(spool):
     import os
     owner = f"host:{os.getpid()}:x"
     spool.register_sender(owner)
-    spool.enqueue(make_submission())
+    spool.enqueue(submission())
     spool.claim(owner, 1, lease=3600)
     assert spool.release_dead_owners() == 0
 
@@ -177,7 +169,7 @@ def test_full_spool_refuses_new_submissions(tmp_path):
     accepted = 0
     with pytest.raises(SpoolFull):
         for number in range(10_000):
-            small.enqueue(make_submission(number))
+            small.enqueue(submission(number))
             accepted += 1
     assert 0 < accepted < 10_000
     assert small.outstanding() == accepted
@@ -215,7 +207,7 @@ class TestPrivateFiles:
             os.chmod(target, 0o644)
         spool = Spool(path, ACCOUNT)
         try:
-            spool.enqueue(make_submission())
+            spool.enqueue(submission())
             files = [p for p in tmp_path.rglob("*") if p.is_file()]
             assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files), \
                 {p.name: oct(p.stat().st_mode) for p in files}
@@ -244,12 +236,12 @@ class TestFilesOfAnEarlierVersion:
     """What an earlier version wrote is read under today's names."""
 
     def test_a_submission_stored_with_its_acceptance_stamp_as_accepted(self):
-        stored = make_submission().to_dict()
+        stored = submission().to_dict()
         stored["accepted"] = stored.pop("accepted_at")
         assert Submission.from_dict(stored).accepted_at == stored["accepted"]
 
     def test_a_submission_stored_before_acceptance_stamps_is_oldest(self):
-        stored = make_submission().to_dict()
+        stored = submission().to_dict()
         del stored["accepted_at"]
         assert Submission.from_dict(stored).accepted_at == 0
 
@@ -267,7 +259,7 @@ class TestFilesOfAnEarlierVersion:
             db.execute("INSERT INTO profile_marks VALUES ('someone', 'first_name', 7)")
         db.close()
         spool = Spool(path, ACCOUNT)
-        spool.enqueue(make_submission(), now=100.0)
+        spool.enqueue(submission(), now=100.0)
         [claimed] = spool.claim("sender-a", limit=10, lease=60, now=100.0)
         with sqlite3.connect(path) as db:
             for table, old, new in RENAMED_COLUMNS:

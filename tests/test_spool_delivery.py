@@ -10,55 +10,25 @@ import pytest
 from requests import ConnectionError as RequestsConnectionError
 
 from klaviyo_middleware.delivery.hooks import Hooks
-from klaviyo_middleware.delivery.identities import account_fingerprint
-from klaviyo_middleware.delivery.spool.backend import SpoolDelivery
-from klaviyo_middleware.delivery.spool.sender import SenderOptions
-from klaviyo_middleware.delivery.spool.store import Spool
-from klaviyo_middleware.klaviyo.client import KlaviyoClient
-from klaviyo_middleware.model.submission import Event, Submission
+from klaviyo_middleware.model.submission import Submission
 
-from klaviyo_fake import API_KEY, API_URL
-from waiting import wait_for
+from support.factories import FAST, HookRecorder, spool_delivery, submission
+from support.waiting import wait_for
 
 UPDATE = "/klaviyoConnect/api/updateProfile"
 JSON = {"Accept": "application/json"}
-FAST = SenderOptions(sender_threads=2, poll=0.05, retry_base=0.01, retry_cap=0.05, lease=5.0)
-
-
-class Observed:
-    def __init__(self) -> None:
-        self.delivered: list[str] = []
-        self.retries: list[tuple[int | None, float]] = []
-        self.dead: list[tuple[str, Any]] = []
-        self.hooks = Hooks(
-            on_delivered=lambda sub: self.delivered.append(sub.id),
-            on_retry=lambda sub, error, delay: self.retries.append((error.status, delay)),
-            on_dead=lambda sub, error: self.dead.append((sub.id, error)),
-        )
 
 
 @pytest.fixture
-def observed() -> Observed:
-    return Observed()
+def observed() -> HookRecorder:
+    return HookRecorder()
 
 
 @pytest.fixture
 def delivery(tmp_path, observed, klaviyo):
-    spool = Spool(tmp_path / "spool.sqlite3", account_fingerprint(API_URL, API_KEY))
-    backend = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), observed.hooks, FAST)
+    backend = spool_delivery(tmp_path, hooks=observed.hooks, sender_threads=2)
     yield backend
     backend.close()
-
-
-def submission(number: int = 0, **changes: Any) -> Submission:
-    values: dict[str, Any] = {
-        "action": "updateProfile",
-        "profile": {"email": f"p{number}@example.com"},
-        "lists": ["L1"],
-        "event": Event(name="Joined", unique_id=f"u-{number}"),
-    }
-    values.update(changes)
-    return Submission(**values)
 
 
 class TestThroughTheMiddleware:
@@ -109,7 +79,7 @@ def test_every_step_once(delivery, klaviyo, observed):
     for item in items:
         assert delivery.submit(item).queued
         assert delivery.flush(10)
-    assert sorted(observed.delivered) == sorted(item.id for item in items)
+    assert sorted(observed.delivered_ids) == sorted(item.id for item in items)
     assert klaviyo.paths().count("/api/profile-import") == 5
     assert klaviyo.paths().count("/api/profile-subscription-bulk-create-jobs") == 5
     assert sorted(klaviyo.events) == [f"u-{number}" for number in range(5)]
@@ -134,7 +104,7 @@ def test_permanent_failure_goes_to_dead_letters_with_klaviyos_error(delivery, kl
     assert dead.submission.id == item.id
     assert dead.error["status"] == 404 and dead.error["detail"] == "Scripted failure 404."
     assert dead.progress.done == ["profile"]
-    assert [sub_id for sub_id, _ in observed.dead] == [item.id]
+    assert observed.dead_ids == [item.id]
     assert "/api/events" not in klaviyo.paths()
 
 
@@ -149,10 +119,8 @@ def test_429_pauses_the_whole_account_for_retry_after(delivery, klaviyo, observe
 
 def test_too_old_goes_to_dead_letters(tmp_path, klaviyo, observed):
     klaviyo.fail("/api/profile-import", 500, times=50)
-    spool = Spool(tmp_path / "old.sqlite3", account_fingerprint(API_URL, API_KEY))
-    options = SenderOptions(poll=0.05, retry_base=0.01, retry_cap=0.02, retry_max_age=0.2)
-    backend = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), observed.hooks,
-                            options)
+    backend = spool_delivery(tmp_path, hooks=observed.hooks, retry_max_age=0.2)
+    spool = backend.spool
     try:
         backend.submit(submission())
         assert backend.flush(10)
@@ -163,16 +131,12 @@ def test_too_old_goes_to_dead_letters(tmp_path, klaviyo, observed):
 
 
 def test_delivery_resumes_after_close_in_a_new_sender(tmp_path, klaviyo, observed):
-    path = tmp_path / "resume.sqlite3"
-    account = account_fingerprint(API_URL, API_KEY)
     klaviyo.fail("/api/.*", exception=RequestsConnectionError("down"), times=1000)
-    first = SpoolDelivery(Spool(path, account), KlaviyoClient(API_KEY, api_url=API_URL),
-                          Hooks(), FAST)
+    first = spool_delivery(tmp_path)
     first.submit(submission())
     first.close()
     klaviyo._script.clear()
-    second = SpoolDelivery(Spool(path, account), KlaviyoClient(API_KEY, api_url=API_URL),
-                           observed.hooks, FAST)
+    second = spool_delivery(tmp_path, hooks=observed.hooks)
     try:
         assert second.flush(10)
     finally:
@@ -182,9 +146,7 @@ def test_delivery_resumes_after_close_in_a_new_sender(tmp_path, klaviyo, observe
 
 def test_rate_limits_hold_across_threads(tmp_path, klaviyo):
     # add-to-list allows 10 calls a second; at a share of 0.3 that is 3.
-    spool = Spool(tmp_path / "rate.sqlite3", account_fingerprint(API_URL, API_KEY))
-    options = SenderOptions(sender_threads=4, poll=0.05, rate_limit_share=0.3, batching=False)
-    backend = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL), Hooks(), options)
+    backend = spool_delivery(tmp_path, sender_threads=4, rate_limit_share=0.3, batching=False)
     try:
         for number in range(9):
             backend.submit(submission(number, confirm_opt_in=False, event=None))
@@ -203,9 +165,7 @@ def test_an_observer_that_raises_does_not_stop_delivery(tmp_path, klaviyo):
     def explode(_: Submission) -> None:
         raise RuntimeError("observer bug")
 
-    spool = Spool(tmp_path / "o.sqlite3", account_fingerprint(API_URL, API_KEY))
-    backend = SpoolDelivery(spool, KlaviyoClient(API_KEY, api_url=API_URL),
-                            Hooks(on_delivered=explode), FAST)
+    backend = spool_delivery(tmp_path, hooks=Hooks(on_delivered=explode))
     try:
         for number in range(3):
             backend.submit(submission(number))

@@ -25,16 +25,11 @@ from klaviyo_middleware.delivery.identities import account_fingerprint
 from klaviyo_middleware.delivery.spool.admin import SpoolAdmin
 from klaviyo_middleware.delivery.spool.intake import intake_directory, intake_files
 from klaviyo_middleware.delivery.spool.store import Spool
-from klaviyo_middleware.model.submission import Event, Submission
 
-from klaviyo_fake import API_KEY
 from spool_process import start
-from waiting import wait_for
-
-
-def person(number: int) -> Submission:
-    return Submission(action="updateProfile", profile={"email": f"p{number}@example.com"},
-                      lists=["L1"], event=Event(name="Joined", unique_id=f"order-{number}"))
+from support.factories import identify, submission
+from support.klaviyo_fake import API_KEY
+from support.waiting import wait_for
 
 
 def queued_ids(path: Path) -> list[str]:
@@ -47,7 +42,7 @@ def test_a_visitor_is_accepted_while_another_process_holds_the_shared_file(tmp_p
     spool = Spool(path, "acct", busy_timeout=0.2)
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another process's sender, mid-transaction
-    item = person(1)
+    item = submission(1)
     try:
         spool.enqueue(item)  # before intakes: "database is locked" after 0.2 s
     finally:
@@ -61,7 +56,7 @@ def test_a_visitor_is_accepted_while_another_process_holds_the_shared_file(tmp_p
 def test_accepted_rows_are_moved_once_and_claimed_in_the_same_transaction(tmp_path):
     path = tmp_path / "spool.sqlite3"
     spool = Spool(path, "acct")
-    accepted = [person(number) for number in range(5)]
+    accepted = [submission(number) for number in range(5)]
     for item in accepted:
         spool.enqueue(item)
     assert queued_ids(path) == []  # still in this process's intake
@@ -76,7 +71,7 @@ def test_a_process_that_died_between_the_two_commits_has_nothing_moved_twice(tmp
     whose rows were moved but not yet dropped adopts to nothing."""
     path = tmp_path / "spool.sqlite3"
     dying = Spool(path, "acct")
-    accepted = [person(number) for number in range(5)]
+    accepted = [submission(number) for number in range(5)]
     for item in accepted[:4]:
         dying.enqueue(item)
     assert dying.move_intake() == 4
@@ -99,7 +94,7 @@ def test_a_process_that_died_between_the_two_commits_has_nothing_moved_twice(tmp
 def test_a_live_process_intake_is_never_adopted(tmp_path):
     path = tmp_path / "spool.sqlite3"
     owner, other = Spool(path, "acct"), Spool(path, "acct")
-    owner.enqueue(person(1))
+    owner.enqueue(submission(1))
     assert other.adopt_orphans() == 0
     assert len(intake_files(path)) == 1 and owner.outstanding() == 1
 
@@ -107,14 +102,14 @@ def test_a_live_process_intake_is_never_adopted(tmp_path):
 def test_request_threads_posting_together_share_commits(tmp_path):
     """Group commit: the first thread commits what the others queued meanwhile."""
     spool = Spool(tmp_path / "spool.sqlite3", "acct")
-    spool.enqueue(person(0))
+    spool.enqueue(submission(0))
     intake = spool._intake
     assert intake is not None
     commits: list[str] = []
     intake._writer.set_trace_callback(
         lambda statement: commits.append(statement) if statement == "COMMIT" else None)
     intake._write_guard.acquire()  # the disk is slow: the first commit waits
-    threads = [threading.Thread(target=spool.enqueue, args=(person(number),))
+    threads = [threading.Thread(target=spool.enqueue, args=(submission(number),))
                for number in range(1, 9)]
     for thread in threads:
         thread.start()
@@ -130,8 +125,8 @@ def test_request_threads_posting_together_share_commits(tmp_path):
 def test_spool_stats_and_forget_see_what_is_still_in_an_intake(tmp_path):
     path = tmp_path / "spool.sqlite3"
     spool = Spool(path, "acct")
-    kept = person(2)
-    spool.enqueue(person(1))
+    kept = submission(2)
+    spool.enqueue(submission(1))
     spool.enqueue(kept)
     stats = SpoolAdmin(path).stats()
     assert (stats["pending"], stats["arriving"]) == (2, 2)
@@ -146,9 +141,9 @@ def test_spool_stats_and_forget_see_what_is_still_in_an_intake(tmp_path):
 def test_a_forked_child_accepts_into_its_own_intake(tmp_path):
     path = tmp_path / "spool.sqlite3"
     spool = Spool(path, "acct")
-    spool.enqueue(person(1))
+    spool.enqueue(submission(1))
     parent_intake = intake_files(path)
-    child = person(2)
+    child = submission(2)
     pid = os.fork()
     if pid == 0:  # the child: its own intake, moved by itself
         try:
@@ -196,11 +191,11 @@ def test_a_spool_file_of_the_previous_format_is_taken_over_with_nothing_lost(
     fake = loopback_klaviyo.fake
     path = tmp_path / "old.sqlite3"
     account = account_fingerprint(loopback_klaviyo.url, API_KEY)
-    half, dead = person(2), person(3)
+    half, dead = submission(2), submission(3)
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(OLD_SCHEMA)
-        for item, progress in ((person(1), {}), (half, {"done": ["profile", "subscribe"]})):
+        for item, progress in ((submission(1), {}), (half, {"done": ["profile", "subscribe"]})):
             db.execute("INSERT INTO submissions (id, account, payload, progress, created_at, "
                        "due_at) VALUES (?, ?, ?, ?, 1, 1)",
                        (item.id, account, json.dumps(item.to_dict()), json.dumps(progress)))
@@ -215,7 +210,7 @@ def test_a_spool_file_of_the_previous_format_is_taken_over_with_nothing_lost(
     finally:
         middleware.close()
     assert sorted(event["unique_id"] for event in fake.klaviyo.state.events) == [
-        "order-1", "order-2"]
+        "u-1", "u-2"]
     # The half-delivered one sends only what it had left: its event.
     profile_calls = [body for body in fake.bodies(r"/api/profile-import/?")
                      if "p2@example.com" in json.dumps(body)]
@@ -297,7 +292,7 @@ def test_a_backlog_moves_in_batches(tmp_path, monkeypatch):
     spool = store.Spool(tmp_path / "s.sqlite3", "acct")
     ids = []
     for number in range(30):
-        submission = Submission(action="identify", profile={"email": f"b{number}@example.com"})
+        submission = identify(f"b{number}@example.com")
         spool.enqueue(submission)
         ids.append(submission.id)
     commits = []

@@ -19,19 +19,11 @@ from klaviyo_middleware import KlaviyoMiddleware
 from klaviyo_middleware.delivery.identities import account_fingerprint
 from klaviyo_middleware.delivery.spool.intake import intake_directory
 from klaviyo_middleware.delivery.spool.store import Spool
-from klaviyo_middleware.model.submission import Event, Submission
 
-from klaviyo_fake import API_KEY
 from spool_process import start
-from waiting import wait_for
-
-
-def submissions(count: int) -> list[Submission]:
-    return [
-        Submission(action="updateProfile", profile={"email": f"p{number}@example.com"},
-                   lists=["L1"], event=Event(name="Joined", unique_id=f"order-{number}"))
-        for number in range(count)
-    ]
+from support.factories import submissions
+from support.klaviyo_fake import API_KEY
+from support.waiting import wait_for
 
 
 def test_three_processes_one_killed_then_a_fresh_one_finishes(tmp_path, loopback_klaviyo):

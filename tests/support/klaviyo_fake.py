@@ -29,7 +29,7 @@ from webob import Request
 
 from klaviyo_middleware.testing import FakeKlaviyo as ShippedFake
 
-from openapi_contract import operation_for, request_errors
+from support.openapi_contract import operation_for, request_errors
 
 API_URL = "https://klaviyo.test"
 API_KEY = "pk_test_0123456789abcdef"

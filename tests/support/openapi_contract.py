@@ -29,7 +29,7 @@ def spec_path() -> Path:
     override = os.environ.get("KLAVIYO_OPENAPI_SPEC")
     if override:
         return Path(override)
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # the repository (tests/support/../..)
     return root.parent / "shared" / "klaviyo-openapi" / SPEC_NAME
 
 

@@ -1,0 +1,197 @@
+"""The courier's decisions as plain calls: no sender threads, no waiting.
+
+Each scenario runs on the in-memory lease store (tests/support/memory_store.py)
+and on the spool, so the memory store stays true to a real one; the spool's
+own semantics (leases across processes, intakes, sizes) are tests/test_spool.py's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from klaviyo_middleware.delivery.courier import PROBE_INTERVAL, Courier, Postponed
+from klaviyo_middleware.delivery.spool.store import Spool
+from klaviyo_middleware.klaviyo.client import KlaviyoClient
+from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS
+from klaviyo_middleware.klaviyo.retry import RetryPolicy
+from klaviyo_middleware.model.lease import Leased
+from klaviyo_middleware.model.submission import Submission
+
+from support.factories import ACCOUNT, HookRecorder, identify, submission
+from support.klaviyo_fake import API_KEY, API_URL, MockedKlaviyo
+from support.memory_store import MemoryStore
+
+OWNER = "courier-test"
+RETRY = RetryPolicy(base=0.5, cap=4.0)
+
+
+class Kept:
+    """One store as the tests see it: what waits, what died."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def enqueue(self, item: Submission) -> None:
+        self.store.enqueue(item)
+
+    def claim(self, limit: int = 10) -> list[Leased]:
+        return list(self.store.claim(OWNER, limit, 60.0))
+
+    def waiting(self) -> dict[str, tuple[int, float, list[str]]]:
+        """id → (failed attempts, due at, steps done)."""
+        if isinstance(self.store, MemoryStore):
+            return {key: (row.attempts, row.due_at, row.progress.done)
+                    for key, row in self.store.rows.items()}
+        with self.store.reading() as db:
+            rows = db.execute("SELECT id, attempts, due_at, progress FROM submissions").fetchall()
+        return {key: (attempts, due_at, json.loads(progress).get("done", []))
+                for key, attempts, due_at, progress in rows}
+
+    def dead(self) -> dict[str, tuple[int | None, int]]:
+        """id → (Klaviyo's status, attempts)."""
+        if isinstance(self.store, MemoryStore):
+            return {key: (letter.error["status"], letter.attempts)
+                    for key, letter in self.store.dead.items()}
+        return {letter.id: (letter.error["status"], letter.attempts)
+                for letter in self.store.dead_letters()}
+
+    def take_over(self, submission_id: str) -> None:
+        """Another sender takes the lease (ours ran out meanwhile)."""
+        if isinstance(self.store, MemoryStore):
+            self.store.rows[submission_id].owner = "another"
+            return
+        with self.store.transaction() as db:
+            db.execute("UPDATE submissions SET lease_owner = 'another' WHERE id = ?",
+                       (submission_id,))
+
+
+@pytest.fixture(params=["memory", "spool"])
+def kept(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Kept]:
+    if request.param == "memory":
+        yield Kept(MemoryStore())
+        return
+    spool = Spool(tmp_path / "spool.sqlite3", ACCOUNT)
+    yield Kept(spool)
+    spool.close()
+
+
+@pytest.fixture
+def recorder() -> HookRecorder:
+    return HookRecorder()
+
+
+def courier(kept: Kept, recorder: HookRecorder, **options: Any) -> Courier:
+    values: dict[str, Any] = {"limits": dict(ENDPOINT_LIMITS), "retry": RETRY, "lease": 60.0,
+                              "max_age": 3600.0, "hooks": recorder.hooks}
+    values.update(options)
+    return Courier(kept.store, KlaviyoClient(API_KEY, api_url=API_URL), OWNER, **values)
+
+
+def one(kept: Kept, item: Submission) -> Leased:
+    kept.enqueue(item)
+    [leased] = kept.claim()
+    return leased
+
+
+def test_every_step_once_then_the_submission_is_gone(kept, recorder, klaviyo: MockedKlaviyo):
+    item = submission(1, properties={"plan": "pro"})
+    courier(kept, recorder).deliver(one(kept, item))
+    assert klaviyo.paths() == ["/api/profile-import",
+                               "/api/profile-subscription-bulk-create-jobs", "/api/events"]
+    assert kept.waiting() == {} and kept.dead() == {}
+    assert recorder.delivered_ids == [item.id]
+
+
+def test_a_failed_step_waits_with_the_done_steps_kept(kept, recorder, klaviyo):
+    klaviyo.fail("/api/events", 503)
+    item = submission(1, properties={"plan": "pro"})
+    before = time.time()
+    sender = courier(kept, recorder)
+    sender.deliver(one(kept, item))
+    attempts, due_at, done = kept.waiting()[item.id]
+    assert attempts == 1 and before < due_at <= time.time() + RETRY.base
+    assert "profile" in done and "event" not in done and len(done) == 2
+    assert [status for status, _ in recorder.retries] == [503]
+    # Klaviyo failing is an outage: the account waits for a probe.
+    assert sender.outage_since is not None
+    assert 0 < kept.store.paused_for() <= PROBE_INTERVAL
+
+
+def test_a_refusal_is_a_dead_letter_at_once(kept, recorder, klaviyo):
+    klaviyo.fail("/api/profile-import", 400)
+    item = submission(1, properties={"plan": "pro"})
+    courier(kept, recorder).deliver(one(kept, item))
+    assert kept.dead() == {item.id: (400, 1)} and kept.waiting() == {}
+    assert recorder.dead_ids == [item.id] and recorder.retries == []
+    assert klaviyo.paths() == ["/api/profile-import"]
+
+
+def test_429_pauses_the_whole_account_for_its_retry_after(kept, recorder, klaviyo):
+    klaviyo.fail("/api/profile-import", 429, headers={"Retry-After": "7"})
+    item = identify("a@example.com")
+    sender = courier(kept, recorder)
+    sender.deliver(one(kept, item))
+    assert 6 < kept.store.paused_for() <= 7
+    assert recorder.retries == [(429, 7.0)]
+    assert kept.waiting()[item.id][0] == 1
+    assert sender.outage_since is None  # Klaviyo answered: busy, not down
+
+
+def test_a_failure_older_than_max_age_is_a_dead_letter(kept, recorder, klaviyo):
+    klaviyo.fail("/api/profile-import", 503)
+    item = identify("a@example.com")
+    courier(kept, recorder, max_age=0.0).deliver(one(kept, item))
+    assert kept.dead() == {item.id: (503, 1)} and kept.waiting() == {}
+
+
+def test_an_outage_hands_the_rest_of_a_round_to_the_probe(kept, recorder, klaviyo):
+    klaviyo.fail("/api/profile-import", 503)
+    items = [identify(f"p{number}@example.com") for number in range(3)]
+    for item in items:
+        kept.enqueue(item)
+    before = time.time()
+    courier(kept, recorder).deliver_round(kept.claim(), use_bulk=False)
+    assert klaviyo.paths() == ["/api/profile-import"]  # one call, not three failures
+    waiting = kept.waiting()
+    assert waiting[items[0].id][0] == 1
+    for item in items[1:]:
+        attempts, due_at, _ = waiting[item.id]
+        assert attempts == 0  # put off, not failed
+        assert before + PROBE_INTERVAL <= due_at <= time.time() + PROBE_INTERVAL
+
+
+def test_a_patient_courier_hands_back_what_a_pause_would_hold(kept, recorder, klaviyo):
+    kept.store.pause(10.0)
+    with pytest.raises(Postponed) as postponed:
+        courier(kept, recorder, patience=1.0).deliver(one(kept, identify("a@example.com")))
+    assert 9 < postponed.value.seconds <= 10
+    assert klaviyo.calls == []
+
+
+def test_an_older_submission_sent_later_keeps_only_what_is_still_its_own(
+        kept, recorder, klaviyo):
+    older = submission(1, event=None, lists=[],
+                       properties={"plan": "basic", "city": "Ghent"})
+    newer = submission(1, event=None, lists=[], properties={"plan": "pro"})
+    kept.enqueue(older)
+    kept.enqueue(newer)
+    claimed = {item.submission.id: item for item in kept.claim()}
+    sender = courier(kept, recorder)
+    sender.deliver(claimed[newer.id])
+    sender.deliver(claimed[older.id])
+    assert klaviyo.profiles["p1@example.com"]["properties"] == {"plan": "pro", "city": "Ghent"}
+    assert sorted(recorder.delivered_ids) == sorted([older.id, newer.id])
+
+
+def test_a_lost_lease_stops_the_courier_after_the_step_in_flight(kept, recorder, klaviyo):
+    item = submission(1, properties={"plan": "pro"})
+    leased = one(kept, item)
+    kept.take_over(item.id)
+    courier(kept, recorder).deliver(leased)
+    assert klaviyo.paths() == ["/api/profile-import"]
+    assert item.id in kept.waiting() and recorder.delivered == []
