@@ -32,6 +32,11 @@ returns. ``delivery="sync"`` keeps a loop of its own
 (:mod:`klaviyo_middleware.delivery.sync`): a visitor is waiting, so it
 retries inline within a time budget and reports failure to them instead of
 rescheduling.
+
+A little over the ~500 lines a module here keeps to: the single-call loop,
+the bulk round and the failure policy share the outage and pause state, and
+split apart each would need the others' private half (job following, the
+one part that stands alone, is already its own module).
 """
 
 from __future__ import annotations
@@ -178,7 +183,7 @@ class Courier:
             client, jobs or JobFollow(), self._wait_for_capacity,
             lambda items, wait: self.store.save_progress_many(owner, items, self.lease + wait),
             self._throttled, self.stopping)
-        # One per courier: forked workers must not share their jitter.
+        # One per courier: forked processes must not share their jitter.
         self._rng = random.Random()  # noqa: S311 - jitter, not security
 
     def deliver_round(self, items: list[Leased], use_bulk: bool) -> None:

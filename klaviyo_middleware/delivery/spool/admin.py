@@ -38,7 +38,7 @@ class SpoolAdmin:
     """Operator queries over a whole spool file, every account included.
 
     Used by ``klaviyo-middleware spool ...``; no API key is needed, and the
-    worker processes may keep running meanwhile.
+    site's server processes may keep running meanwhile.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:

@@ -1,8 +1,8 @@
 """The durable spool: submissions in SQLite until Klaviyo has them (design.md §3).
 
-One file, in WAL mode, shared by every process of a site (gunicorn workers,
-uWSGI processes, the CLI). A submission is committed here before the visitor
-gets an answer. Workers *lease* what they deliver: a lease names its owner
+One file, in WAL mode, shared by every process of a site (the server
+processes of gunicorn or uWSGI, the CLI). A submission is committed here
+before the visitor gets an answer. Senders *lease* what they deliver: a lease names its owner
 and expires, so a process killed with SIGKILL loses nothing — its submissions
 become claimable again when the lease runs out, or at once when the owner is
 seen to be dead.
