@@ -633,8 +633,19 @@ def test_a_task_result_says_how_its_submission_ended(loopback_klaviyo):
     joining = identify("joining@example.com")
     assert app.tasks[TASK_NAME].apply(args=[joining.to_dict()]).get() == "pooled"
     time.sleep(ROUND_INTERVAL)
+    # The next round is this task's (its drain is still counting down in
+    # the broker): it takes the pool along, both in one bulk round.
     taken = identify("taken@example.com")
     assert app.tasks[TASK_NAME].apply(args=[taken.to_dict()]).get() == "delivered"
+    fake = loopback_klaviyo.fake
+    assert {"joining@example.com", "taken@example.com"} <= set(fake.profiles)
+    assert fake.paths().count("/api/profile-bulk-import-jobs") == 1
+    time.sleep(ROUND_INTERVAL)
+    # Alone, with nothing pooled: one call a step.
+    alone = identify("alone@example.com")
+    assert app.tasks[TASK_NAME].apply(args=[alone.to_dict()]).get() == "delivered"
+    assert fake.paths()[-1] == "/api/profile-import"
+    assert fake.paths().count("/api/profile-bulk-import-jobs") == 1
 
 
 def start_observed_worker(url: str) -> subprocess.Popen[bytes]:

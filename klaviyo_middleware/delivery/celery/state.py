@@ -105,6 +105,10 @@ class RedisState:
         """Whether the submission was already delivered or dead-lettered."""
         return bool(self.redis.sismember(self.key("finished"), submission_id))
 
+    def is_dead(self, submission_id: str) -> bool:
+        """Whether the submission is among the dead letters."""
+        return bool(self.redis.hexists(self.key("dead"), submission_id))
+
     def mark_finished(self, submission_id: str) -> None:
         pipe = self.redis.pipeline()
         pipe.sadd(self.key("finished"), submission_id)

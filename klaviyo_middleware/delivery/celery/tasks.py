@@ -253,6 +253,14 @@ def _deliver(task: Task, payload: dict[str, Any]) -> str:
         schedule_drain(task.app, runtime.pool, state.turn_free_in("round"))
         lease.settle(submission.id)
         return "pooled"
+    if _pool_is_due(runtime):
+        # This task started a round while the pool holds what arrived during
+        # the last one: the round takes them all, as the spool's does. (The
+        # drain counting down to this round can lose the turn to a task by
+        # milliseconds; left alone, the pool would wait a round more.)
+        runtime.pool.add(submission, progress, task.request.retries, _created_at(submission))
+        lease.settle(submission.id)
+        return _round_from_the_pool(task, runtime, submission.id)
     # The same courier as the spool's and the drain's, with one policy of its
     # own: a worker slot does not sit out a long pause or rate wait; the task
     # is retried when capacity returns (the broker keeps it meanwhile).
@@ -289,6 +297,48 @@ def _joins_a_round(runtime: _Runtime) -> bool:
             or not runtime.state.take_turn("round", ROUND_INTERVAL))
 
 
+def _pool_is_due(runtime: _Runtime) -> bool:
+    """Whether pooled submissions wait for a round now (a drain would take
+    them: due within :data:`_GATHER`, and no pause holds the account — a
+    paused round is a drain's to wait out, not a task's)."""
+    if runtime.bulk_threshold <= 0:
+        return False
+    wait = runtime.pool.next_due_in()
+    return wait is not None and wait <= _GATHER and runtime.pool.paused_for() <= 0
+
+
+def _round_from_the_pool(task: Task, runtime: _Runtime, submission_id: str) -> str:
+    """Send one round from the pool, this task's submission in it; how that
+    submission ended."""
+    pool = runtime.pool
+    try:
+        _send_round(_pool_courier(task.app, runtime), runtime)
+    finally:
+        _drain_what_is_left(task.app, pool)
+    if pool.holds(submission_id):
+        return "pooled"
+    return "dead" if runtime.state.is_dead(submission_id) else "delivered"
+
+
+def _pool_courier(app: Celery, runtime: _Runtime) -> Courier:
+    """A courier for what the pool holds: it waits out pauses in the worker
+    slot, as a drain does (a task's own courier hands back instead)."""
+    return Courier(runtime.pool, runtime.client, new_owner(), limits=runtime.limits,
+                   retry=runtime.retry, lease=runtime.lease, max_age=runtime.max_age,
+                   hooks=observers(app))
+
+
+def _send_round(courier: Courier, runtime: _Runtime) -> int:
+    """One round: everything due in the pool (up to ``bulk_size``), in bulk
+    when more than one; the number sent."""
+    claimed = runtime.pool.claim(courier.owner, runtime.bulk_size, runtime.lease, _GATHER)
+    if claimed:
+        # Alone, a submission goes one call per step: a bulk job is slower to land.
+        courier.deliver_round(claimed,
+                              use_bulk=runtime.bulk_threshold > 0 and len(claimed) > 1)
+    return len(claimed)
+
+
 def schedule_drain(app: Celery, pool: RedisPool, countdown: float = 0.0) -> None:
     """Make sure a drain will run (at most one is enqueued at a time)."""
     if pool.want_drain(countdown):
@@ -311,9 +361,7 @@ def _drain(task: Task) -> str:
     runtime = runtime_for(task.app)
     pool = runtime.pool
     pool.drain_started()
-    courier = Courier(pool, runtime.client, new_owner(), limits=runtime.limits,
-                      retry=runtime.retry, lease=runtime.lease, max_age=runtime.max_age,
-                      hooks=observers(task.app))
+    courier = _pool_courier(task.app, runtime)
     deadline = time.monotonic() + _DRAIN_BUDGET
     sent = 0
     batching = runtime.bulk_threshold > 0
@@ -324,12 +372,10 @@ def _drain(task: Task) -> str:
             break
         if batching and not runtime.state.take_turn("round", ROUND_INTERVAL):
             break  # a round started under a second ago: the successor takes the next
-        claimed = pool.claim(courier.owner, runtime.bulk_size, runtime.lease, _GATHER)
-        if not claimed:
+        sending = _send_round(courier, runtime)
+        if not sending:
             break
-        # Alone, a submission goes one call per step: a bulk job is slower to land.
-        courier.deliver_round(claimed, use_bulk=batching and len(claimed) > 1)
-        sent += len(claimed)
+        sent += sending
     _drain_what_is_left(task.app, pool)
     return f"drained {sent}"
 
