@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -21,6 +22,7 @@ from klaviyo_middleware.model.submission import Event, Submission
 from support.factories import backlog, deliver_all, spool_delivery, spooled, submissions
 from support.klaviyo_fake import API_KEY, API_URL, MockedKlaviyo
 from support.klaviyo_state import state, subscriptions_sent
+from support.waiting import wait_for
 
 ACCOUNT = account_fingerprint(API_URL, API_KEY)
 
@@ -89,6 +91,37 @@ def test_rounds_keep_their_cadence(tmp_path, klaviyo):
     assert len(rounds) <= 8
     assert all(later - earlier >= 0.45 for earlier, later in itertools.pairwise(rounds))
     assert len(klaviyo.events) == 40
+
+
+@pytest.mark.parametrize(("gather", "rounds"), [(0.6, 1), (0.0, 2)])
+def test_a_round_gathers_what_other_processes_move_as_it_starts(
+        tmp_path, klaviyo, monkeypatch, gather, rounds):
+    """As the turn frees, every process's sender wakes; the one that takes
+    it waits ``round_gather`` before it claims, so what the others move in
+    at that moment goes in this round, not the next."""
+    path = tmp_path / "shared.sqlite3"
+    other_process = Spool(path, ACCOUNT)  # its own intake; its sender is not running
+    late, first = submissions(2)
+    other_process.enqueue(late)
+    delivery = spool_delivery(Spool(path, ACCOUNT), round_gather=gather, round_interval=0.5)
+    take_turn = delivery.spool.claim_turn
+
+    def taken_and_the_other_moves(*args: Any) -> bool:
+        taken = take_turn(*args)
+        if taken:
+            threading.Timer(0.2, other_process.move_intake).start()
+        return taken
+
+    monkeypatch.setattr(delivery.spool, "claim_turn", taken_and_the_other_moves)
+    try:
+        delivery.submit(first)
+        wait_for(lambda: {"u-0", "u-1"} <= set(klaviyo.events), timeout=10)
+    finally:
+        delivery.close()
+        other_process.close()
+    singles = klaviyo.paths().count("/api/events")
+    in_bulk = klaviyo.paths().count("/api/event-bulk-create-jobs")
+    assert (singles, in_bulk) == ((0, 1) if rounds == 1 else (2, 0))
 
 
 def test_a_profile_that_only_names_the_person_needs_no_import_in_bulk(tmp_path, klaviyo):

@@ -63,6 +63,8 @@ class SenderOptions:
     :param bulk_size: most submissions in one round.
     :param round_interval: seconds between the starts of two rounds, for
         all processes on the spool.
+    :param round_gather: seconds a round waits after taking its turn before
+        it claims, while the other processes move what they accepted.
     :param dead_letter_max_age: seconds a dead letter is kept.
     :param jobs: how profile import jobs are followed until Klaviyo has
         processed them.
@@ -80,6 +82,7 @@ class SenderOptions:
     batching: bool = True
     bulk_size: int = 1000
     round_interval: float = ROUND_INTERVAL
+    round_gather: float = 0.05
     dead_letter_max_age: float = DEFAULT_DEAD_LETTER_MAX_AGE
     jobs: JobFollow = field(default_factory=JobFollow)
 
@@ -314,6 +317,10 @@ class SpoolSender:
             return True
         if not self.spool.claim_turn("round", self.options.round_interval, now):
             return True  # another sender took it this instant
+        # The other processes' senders wake as the turn frees too, find it
+        # taken and move what they accepted meanwhile: a moment's gathering
+        # lets this round take it, rather than the next, a second later.
+        self._stopping.wait(self.options.round_gather)
         claimed = self.spool.claim(self._owner, self.options.bulk_size, self.options.lease)
         self._courier.deliver_round(claimed, use_bulk=len(claimed) > 1)
         return bool(claimed)
