@@ -10,7 +10,8 @@ already accepted.
 
 Delivery keeps the spool's cadence: at most one round starts a second for
 the fleet (a Redis turn). A task that starts one delivers its submission at
-once; one that arrives while a round is young, or finds the queue backed up
+once, with whatever the pool holds; one that arrives while a round is young,
+or finds the queue backed up
 (``klaviyo_bulk_threshold`` tasks waiting, 20 by default), moves its
 submission into the Redis pool (:mod:`klaviyo_middleware.delivery.celery.pool`)
 instead of calling Klaviyo, and a ``klaviyo_middleware.drain`` task sends the
