@@ -660,6 +660,8 @@ def _log_accepted(submission: Submission, outcome: Outcome) -> None:
 def _with_old_names(given: dict[str, Any], old_names: dict[str, Any]) -> dict[str, Any]:
     """The keywords with the options given under their old names put in;
     the new keyword must then be left at its default (one value, not two)."""
+    if not old_names:
+        return given  # the usual case: no signature to inspect at start-up
     defaults = inspect.signature(KlaviyoMiddleware.__init__).parameters
     for old in old_names:
         new = opts.RENAMED[old][0]

@@ -92,11 +92,15 @@ class MemoryStore:
                     and PROFILE_STEP not in other.progress.done
                     and mine & set(other.submission.person_keys())), default=0.0)
 
-    def _held(self, owner: str, item: Leased) -> Row | None:
+    def _owned(self, owner: str, item: Leased) -> Row | None:
+        """The row if ``owner`` leased it last (as the spool's ``lease_owner = ?``)."""
         row = self.rows.get(item.submission.id)
-        if row is None or row.owner != owner or row.lease_until <= self.clock():
-            return None
-        return row
+        return row if row is not None and row.owner == owner else None
+
+    def _held(self, owner: str, item: Leased) -> Row | None:
+        """The row if ``owner``'s lease on it still runs."""
+        row = self._owned(owner, item)
+        return row if row is not None and row.lease_until > self.clock() else None
 
     def _profile_sent(self, submission: Submission) -> None:
         for person in submission.person_keys():
@@ -121,23 +125,21 @@ class MemoryStore:
 
     def complete_many(self, owner: str, items: list[Leased]) -> None:
         for item in items:
-            if self.rows.get(item.submission.id) is not None and \
-                    self.rows[item.submission.id].owner == owner:
+            if self._owned(owner, item) is not None:
                 del self.rows[item.submission.id]
                 self._profile_sent(item.submission)
                 self.delivered.append(item.submission.id)
 
     def reschedule(self, owner: str, claimed: Leased, due_at: float,
                    error: dict[str, Any]) -> None:
-        row = self.rows.get(claimed.submission.id)
-        if row is not None and row.owner == owner:
+        row = self._owned(owner, claimed)
+        if row is not None:
             row.progress = Progress.from_dict(claimed.progress.to_dict())
             row.attempts += 1
             row.due_at, row.owner, row.lease_until, row.last_error = due_at, None, 0.0, error
 
     def bury(self, owner: str, claimed: Leased, error: dict[str, Any]) -> None:
-        row = self.rows.get(claimed.submission.id)
-        if row is not None and row.owner == owner:
+        if self._owned(owner, claimed) is not None:
             del self.rows[claimed.submission.id]
             self.dead[claimed.submission.id] = Dead(claimed.submission, claimed.progress,
                                                     claimed.attempts + 1, error)
@@ -176,7 +178,7 @@ class MemoryStore:
         return turns
 
     def postpone(self, owner: str, claimed: Leased, due_at: float) -> None:
-        row = self.rows.get(claimed.submission.id)
-        if row is not None and row.owner == owner:
+        row = self._owned(owner, claimed)
+        if row is not None:
             row.progress = Progress.from_dict(claimed.progress.to_dict())
             row.due_at, row.owner, row.lease_until = due_at, None, 0.0

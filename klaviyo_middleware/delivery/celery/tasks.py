@@ -158,6 +158,12 @@ class _Runtime:
     ledger: Ledger | None
     quiet_for: float
 
+    @property
+    def batching(self) -> bool:
+        """Rounds and the pool are on (``klaviyo_bulk_threshold`` 0 turns
+        them off: every submission goes on its own)."""
+        return self.bulk_threshold > 0
+
 
 _observers: weakref.WeakKeyDictionary[Celery, Hooks] = weakref.WeakKeyDictionary()
 _runtimes: dict[tuple[int, int], _Runtime] = {}
@@ -291,10 +297,9 @@ def _joins_a_round(runtime: _Runtime) -> bool:
     round started less than :data:`ROUND_INTERVAL` ago (or the queue is backed
     up): what arrives meanwhile is sent together, in bulk, when the next
     starts. Otherwise this one starts a round of its own, one call a step."""
-    threshold = runtime.bulk_threshold
-    if threshold <= 0:
+    if not runtime.batching:
         return False
-    return (runtime.backlog.waiting() >= threshold
+    return (runtime.backlog.waiting() >= runtime.bulk_threshold
             or not runtime.state.take_turn("round", ROUND_INTERVAL))
 
 
@@ -302,7 +307,7 @@ def _pool_is_due(runtime: _Runtime) -> bool:
     """Whether pooled submissions wait for a round now (a drain would take
     them: due within :data:`_GATHER`, and no pause holds the account — a
     paused round is a drain's to wait out, not a task's)."""
-    if runtime.bulk_threshold <= 0:
+    if not runtime.batching:
         return False
     wait = runtime.pool.next_due_in()
     return wait is not None and wait <= _GATHER and runtime.pool.paused_for() <= 0
@@ -335,8 +340,7 @@ def _send_round(courier: Courier, runtime: _Runtime) -> int:
     claimed = runtime.pool.claim(courier.owner, runtime.bulk_size, runtime.lease, _GATHER)
     if claimed:
         # Alone, a submission goes one call per step: a bulk job is slower to land.
-        courier.deliver_round(claimed,
-                              use_bulk=runtime.bulk_threshold > 0 and len(claimed) > 1)
+        courier.deliver_round(claimed, use_bulk=runtime.batching and len(claimed) > 1)
     return len(claimed)
 
 
@@ -365,13 +369,12 @@ def _drain(task: Task) -> str:
     courier = _pool_courier(task.app, runtime)
     deadline = time.monotonic() + _DRAIN_BUDGET
     sent = 0
-    batching = runtime.bulk_threshold > 0
     while time.monotonic() < deadline and pool.paused_for() <= 0:
         wait = pool.next_due_in()
         if wait is None or wait > _GATHER:
             sent += _probe(courier, pool, runtime)
             break
-        if batching and not runtime.state.take_turn("round", ROUND_INTERVAL):
+        if runtime.batching and not runtime.state.take_turn("round", ROUND_INTERVAL):
             break  # a round started under a second ago: the successor takes the next
         sending = _send_round(courier, runtime)
         if not sending:
