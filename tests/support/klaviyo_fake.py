@@ -3,8 +3,9 @@
 What Klaviyo does with a call is :class:`klaviyo_middleware.testing.FakeKlaviyo`'s
 business — the one fake, shipped for users too. This wrapper adds what only
 our own tests need: it records every call, validates each body against
-Klaviyo's OpenAPI request schema (kept outside the package; violations are
-collected and fail the test at teardown), lets a test script failures or
+Klaviyo's request models (the official SDK's, see ``klaviyo_models``; and
+Klaviyo's OpenAPI spec too where a copy sits beside the repository —
+violations are collected and fail the test at teardown), lets a test script failures or
 latency, and shows what Klaviyo holds in the shapes the tests compare
 (profiles by email, subscribers by list, events by ``unique_id``). It is
 served through ``responses`` (in-process) or by :class:`LoopbackKlaviyo`, a
@@ -29,7 +30,7 @@ from webob import Request
 
 from klaviyo_middleware.testing import FakeKlaviyo as ShippedFake
 
-from support.openapi_contract import operation_for, request_errors
+from support import klaviyo_models, openapi_contract
 
 API_URL = "https://klaviyo.test"
 API_KEY = "pk_test_0123456789abcdef"
@@ -151,7 +152,7 @@ class MockedKlaviyo:
             if lowered.get(name.lower()) != value:
                 self.violations.append(f"{method} {path}: header {name}={lowered.get(name)!r}")
         try:
-            operation_for(method, path)
+            klaviyo_models.operation_for(method, path)
         except LookupError as exc:
             self.violations.append(str(exc))
             return
@@ -159,7 +160,10 @@ class MockedKlaviyo:
             if body is not None:
                 self.violations.append(f"{method} {path}: a body on a read")
             return
-        for error in request_errors(method, path, body):
+        errors = klaviyo_models.request_errors(method, path, body)
+        if openapi_contract.spec_available():
+            errors += openapi_contract.request_errors(method, path, body)
+        for error in errors:
             self.violations.append(f"{method} {path}: {error}")
 
     def _success(self, method: str, path: str, headers: dict[str, str], body: Any,
