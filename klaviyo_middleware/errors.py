@@ -46,6 +46,12 @@ class DeliveryError(Exception):
         self.retry_after = retry_after
         self.transient = transient
 
+    @property
+    def key_refused(self) -> bool:
+        """Klaviyo refused the account's key (401, 403), not this submission:
+        delivery holds until the key is put right; nothing is dead-lettered."""
+        return self.status in (401, 403)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "message": str(self),

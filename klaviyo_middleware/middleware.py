@@ -38,6 +38,7 @@ from klaviyo_middleware.klaviyo.account import (
 )
 from klaviyo_middleware.klaviyo.steps import plan
 from klaviyo_middleware.model.submission import Submission
+from klaviyo_middleware.notices import warn_once
 from klaviyo_middleware.redact import get_logger, set_personal_data_logging
 from klaviyo_middleware.settings import BY_NAME, build_settings, options_doc, unknown_option_message
 from klaviyo_middleware.web import action_trace, fields, redirects, responses
@@ -60,7 +61,6 @@ from klaviyo_middleware.web.mappings import (
     ProfileMapping,
     UserLoader,
 )
-from klaviyo_middleware.web.notices import warn_once
 from klaviyo_middleware.web.pages import PageRenderer
 from klaviyo_middleware.web.routes import ACTION_PATHS, Route, route_for_field
 from klaviyo_middleware.web.security import (

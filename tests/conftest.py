@@ -13,6 +13,7 @@ from webtest import TestApp
 from klaviyo_middleware import KlaviyoMiddleware, cli
 from klaviyo_middleware.delivery.spool.sender import SpoolSender
 
+from support import services
 from support.klaviyo_fake import API_KEY, API_URL, LoopbackKlaviyo, MockedKlaviyo
 from support.personal_data import Watch, WatchedOut
 
@@ -36,6 +37,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # This run's own Redis server and RabbitMQ virtual host: another run on
+    # the same machine neither sees its data nor eats its tasks.
+    services.start_private_redis()
+    services.plan_rabbit()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # Every process a test started, with its process group (a worker's pool).
+    services.stop_all()
+    services.drop_rabbit()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -69,9 +83,12 @@ def _no_personal_data_in_clear(monkeypatch: pytest.MonkeyPatch) -> Iterator[None
 @pytest.fixture(autouse=True)
 def _fresh_notices() -> None:
     """Warnings said once per process are said afresh in every test."""
-    from klaviyo_middleware.web import notices
+    from klaviyo_middleware import notices
+    from klaviyo_middleware.delivery import courier
 
     notices.forget_all()
+    courier._key_refusal_said.clear()
+    courier._UNKNOWN_LISTS_SAID.clear()
 
 
 @pytest.fixture(autouse=True)

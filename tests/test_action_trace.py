@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from klaviyo_middleware.web import notices
+from klaviyo_middleware import notices
 from klaviyo_middleware.web.action_trace import ActionWatch, action_in
 
 

@@ -74,10 +74,22 @@ def test_two_due_together_go_in_bulk(tmp_path, klaviyo):
     assert len(klaviyo.events) == 2
 
 
-def test_rounds_keep_their_cadence(tmp_path, klaviyo):
+def test_rounds_keep_their_cadence(tmp_path, klaviyo, monkeypatch):
     """Posts arriving faster than the cadence share rounds: at most one
     round starts an interval, and each takes all that is due."""
     delivery = spool_delivery(tmp_path, sender_threads=4, round_interval=0.5)
+    # The rounds as the spool granted them, on its own clock (when a call
+    # reaches the fake depends on how loaded the machine is).
+    granted: list[float] = []
+    claim_turn = delivery.spool.claim_turn
+
+    def recorded(task: str, every: float, now: float) -> bool:
+        taken = claim_turn(task, every, now)
+        if taken and task == "round":
+            granted.append(now)
+        return taken
+
+    monkeypatch.setattr(delivery.spool, "claim_turn", recorded)
     items = submissions(40, lists=["A1"])
     try:
         for item in items:
@@ -86,10 +98,11 @@ def test_rounds_keep_their_cadence(tmp_path, klaviyo):
         assert delivery.flush(30)
     finally:
         delivery.close()
-    rounds = sorted(klaviyo.times("/api/event-bulk-create-jobs|/api/events"))
-    # 40 posts over two seconds: about five rounds, never one per post.
-    assert len(rounds) <= 8
-    assert all(later - earlier >= 0.45 for earlier, later in itertools.pairwise(rounds))
+    calls = klaviyo.paths().count("/api/event-bulk-create-jobs") + \
+        klaviyo.paths().count("/api/events")
+    # 40 posts over two seconds or more: rounds, never one per post.
+    assert 0 < calls <= len(granted) <= len(items) // 4
+    assert all(later - earlier >= 0.5 for earlier, later in itertools.pairwise(granted))
     assert len(klaviyo.events) == 40
 
 

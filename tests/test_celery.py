@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,8 +30,7 @@ from klaviyo_middleware.model.progress import Progress
 
 from support.factories import identify
 from support.klaviyo_fake import API_KEY
-from support.services import RABBIT, REDIS, free_port, require_redis
-from support.services import listening as _listening
+from support.services import RABBIT, REDIS, free_port, require_rabbit, require_redis, spawn, stop
 from support.waiting import wait_for
 
 UPDATE = "/klaviyoConnect/api/updateProfile"
@@ -64,21 +62,11 @@ def start_worker(url: str, broker: str = REDIS, *extra: str,
                  log: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
     env = dict(os.environ, KLAVIYO_PRIVATE_API_KEY=API_KEY, KLAVIYO_API_URL=url,
                KLAVIYO_STATE_URL=REDIS)
-    return subprocess.Popen(
+    return spawn(
         [sys.executable, "-m", "klaviyo_middleware.cli", "worker", "--broker", broker,
          "--concurrency", "2", "--loglevel", "WARNING", *extra],
-        env=env, stdout=log, stderr=log, start_new_session=True,
+        env=env, stdout=log, stderr=log,
     )
-
-
-def stop(worker: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if worker.poll() is None:
-        os.killpg(worker.pid, sig)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
 
 
 def web(url: str, broker: str = REDIS) -> TestApp:
@@ -164,7 +152,7 @@ class TestDelivery:
         def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             try:
                 answer = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
-            except requests.ConnectionError:
+            except requests.RequestException:  # not up yet: refused, or slow to answer
                 return {}
             assert answer.status_code == 200, log_path.read_text()
             return {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -324,15 +312,6 @@ class TestDelivery:
             for connection in accepted:
                 connection.close()
         assert loopback_klaviyo.fake.calls == []
-
-
-def require_rabbit() -> None:
-    if _listening(5672):
-        return
-    # In CI it must run wherever the machine provides RabbitMQ.
-    if os.environ.get("CI") and shutil.which("rabbitmq-server"):
-        pytest.fail("RabbitMQ is installed but not running on 127.0.0.1:5672")
-    pytest.skip("no RabbitMQ on this machine")
 
 
 def purge_queue(broker: str) -> None:
@@ -654,10 +633,10 @@ def start_observed_worker(url: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, KLAVIYO_PRIVATE_API_KEY=API_KEY, KLAVIYO_API_URL=url,
                KLAVIYO_STATE_URL=REDIS, KLAVIYO_BROKER_URL=REDIS,
                PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
-    return subprocess.Popen(
+    return spawn(
         [sys.executable, "-m", "celery", "-A", "celery_observed", "worker", "-Q", "klaviyo",
          "--concurrency", "2", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def observed() -> list[list[str]]:

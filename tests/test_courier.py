@@ -16,7 +16,7 @@ import pytest
 
 from klaviyo_middleware.delivery.courier import PROBE_INTERVAL, Courier, Postponed
 from klaviyo_middleware.delivery.spool.store import Spool
-from klaviyo_middleware.klaviyo.client import KlaviyoClient
+from klaviyo_middleware.klaviyo.client import KlaviyoClient, KlaviyoError
 from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS
 from klaviyo_middleware.klaviyo.retry import RetryPolicy
 from klaviyo_middleware.model.lease import Leased
@@ -195,3 +195,38 @@ def test_a_lost_lease_stops_the_courier_after_the_step_in_flight(kept, recorder,
     courier(kept, recorder).deliver(leased)
     assert klaviyo.paths() == ["/api/profile-import"]
     assert item.id in kept.waiting() and recorder.delivered == []
+
+
+def key_refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records
+            if record.levelname == "ERROR" and "refused the API key" in record.getMessage()]
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_key_holds_the_account_and_buries_nothing(kept, recorder, klaviyo, caplog,
+                                                            status):
+    """A 401/403 says the account is misconfigured, not the submission:
+    nothing becomes a dead letter, however old, and the log says so once,
+    naming the fix."""
+    from klaviyo_middleware.delivery import courier as courier_module
+
+    courier_module._key_refusal_said.clear()
+    klaviyo.fail("/api/profile-import", status, times=3)
+    items = [identify(f"p{number}@example.com") for number in range(3)]
+    for item in items:
+        kept.enqueue(item)
+    sender = courier(kept, recorder, max_age=0.0)
+    sender.deliver_round(kept.claim(), use_bulk=False)
+    assert kept.dead() == {}
+    assert klaviyo.paths() == ["/api/profile-import"]  # the rest wait, untried
+    assert set(kept.waiting()) == {item.id for item in items}
+    assert courier_module.KEY_RECHECK - 1 < kept.store.paused_for() <= courier_module.KEY_RECHECK
+    [said] = key_refusals(caplog)
+    assert "KLAVIYO_PRIVATE_API_KEY" in said and "nothing is lost" in said
+    assert API_KEY not in said
+    # Said again only after the reminder interval.
+    refusal = KlaviyoError("Klaviyo answered 401", status=401)
+    sender._key_refused(refusal, now=time.time() + 1)
+    assert len(key_refusals(caplog)) == 1
+    sender._key_refused(refusal, now=time.time() + courier_module.KEY_REMINDER + 1)
+    assert len(key_refusals(caplog)) == 2

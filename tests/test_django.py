@@ -80,7 +80,7 @@ def gunicorn_site(tmp_path, fake) -> Iterator[str]:
     def up() -> bool:
         try:
             return requests.get(base + "/", timeout=2).status_code == 200
-        except requests.ConnectionError:
+        except requests.RequestException:  # not up yet: refused, or slow to answer
             assert server.poll() is None, server.stdout.read() if server.stdout else ""
             return False
 

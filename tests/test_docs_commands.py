@@ -176,7 +176,7 @@ def test_the_command_works_as_printed(block, venv, wheel, fake, source_tree, tmp
         assert server.poll() is None, f"{block} exited:\n{log.read_text()}"
         try:
             return requests.get(block.url, timeout=2).status_code < 500
-        except requests.ConnectionError:
+        except requests.RequestException:  # not up yet: refused, or slow to answer
             return False
 
     try:
@@ -210,7 +210,7 @@ def test_make_demo_serves_from_a_fresh_checkout(source_tree, tmp_path):
         try:
             return "klaviyo_middleware demo" in requests.get(
                 f"http://127.0.0.1:{port}/", timeout=2).text
-        except requests.ConnectionError:
+        except requests.RequestException:  # not up yet: refused, or slow to answer
             return False
 
     try:

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from klaviyo_middleware.web import notices
+from klaviyo_middleware import notices
 
 UPDATE = "/klaviyoConnect/api/updateProfile"
 IDENTIFY = "/klaviyoConnect/api/identify"

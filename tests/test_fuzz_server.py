@@ -59,7 +59,12 @@ def served() -> Iterator[tuple[int, LoopbackKlaviyo]]:
         try:
             yield server.effective_port, klaviyo
         finally:
-            server.close()
+            # Closed in the server's own loop thread: closing its sockets
+            # from here races the loop's poll (EBADF in that thread, which
+            # pytest then charges to whichever test runs next).
+            server.trigger.pull_trigger(server.close)
+            thread.join(timeout=30)
+            assert not thread.is_alive(), "waitress did not stop"
             app.close()
     assert klaviyo.fake.violations == [], "requests that Klaviyo would reject"
     # The run reached Klaviyo too, not only the error paths.

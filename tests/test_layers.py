@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "klaviyo_middleware"
 # Layer of each top-level name under klaviyo_middleware, bottom first.
 # Layers on the same rank are siblings and do not import each other.
 RANKS: dict[str, int] = {
-    "errors": 0, "redact": 0,
+    "errors": 0, "redact": 0, "notices": 0,
     "model": 1, "option": 1, "i18n": 1, "metrics": 1,
     "klaviyo": 2, "web": 2,
     "delivery": 3, "testing": 3,

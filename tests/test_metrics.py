@@ -156,7 +156,7 @@ def test_gunicorn_workers_add_up(loopback_klaviyo, tmp_path):
     def up() -> bool:
         try:
             return requests.get(base + "/", timeout=2).text == "site"
-        except requests.ConnectionError:
+        except requests.RequestException:  # not up yet: refused, or slow to answer
             assert server.poll() is None, "gunicorn exited"
             return False
 

@@ -104,7 +104,7 @@ def test_dead_owners_are_released_at_once(spool):
     spool.enqueue(submission(), now=0.0)
     spool.claim(dead_owner, 1, lease=3600, now=0.0)
     with spool.reading() as db:
-        db.execute("INSERT INTO senders VALUES (?, ?, ?, 0)",
+        db.execute("INSERT INTO senders (owner, hostname, pid, heartbeat_at) VALUES (?, ?, ?, 0)",
                    (dead_owner, socket.gethostname(), process.pid))
     assert spool.release_dead_owners() == 1
     assert len(spool.claim("alive", 1, lease=60)) == 1
@@ -269,3 +269,21 @@ class TestFilesOfAnEarlierVersion:
         db.close()
         # The old mark, of nobody waiting, is pruned by the renamed columns' SQL.
         assert spool.prune_marks(now=1e6) == 1
+
+    def test_a_spool_file_without_the_added_columns_gets_them(self, tmp_path):
+        import sqlite3
+
+        from klaviyo_middleware.delivery.spool.schema import ADDED_COLUMNS, SCHEMA
+
+        path = tmp_path / "old.sqlite3"
+        old_schema = SCHEMA
+        for _table, column, declaration in ADDED_COLUMNS:
+            old_schema = old_schema.replace(f",\n    {column} {declaration}", "")
+        assert old_schema != SCHEMA
+        with sqlite3.connect(path) as db:
+            db.executescript(old_schema)
+        db.close()
+        spool = Spool(path, ACCOUNT)
+        spool.register_sender("sender-a")
+        with spool.reading() as db:
+            assert db.execute("SELECT account FROM senders").fetchall() == [(ACCOUNT,)]

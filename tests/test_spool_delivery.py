@@ -144,21 +144,33 @@ def test_delivery_resumes_after_close_in_a_new_sender(tmp_path, klaviyo, observe
     assert len(observed.delivered) == 1 and "u-0" in klaviyo.events
 
 
-def test_rate_limits_hold_across_threads(tmp_path, klaviyo):
+def test_rate_limits_hold_across_threads(tmp_path, klaviyo, monkeypatch):
     # add-to-list allows 10 calls a second; at a share of 0.3 that is 3.
     backend = spool_delivery(tmp_path, sender_threads=4, rate_limit_share=0.3, batching=False)
+    # The slots as the limiter granted them, on its own clock: when each call
+    # then reaches the fake depends on how loaded the machine is.
+    granted: list[float] = []
+    take_rate_slot = backend.spool.take_rate_slot
+
+    def recorded(endpoint: str, limits: Any, now: float | None = None) -> float:
+        now = time.time() if now is None else now
+        wait = take_rate_slot(endpoint, limits, now)
+        if wait == 0 and endpoint == "add-to-list":
+            granted.append(now)
+        return wait
+
+    monkeypatch.setattr(backend.spool, "take_rate_slot", recorded)
     try:
         for number in range(9):
             backend.submit(submission(number, confirm_opt_in=False, event=None))
         assert backend.flush(30)
     finally:
         backend.close()
-    times = sorted(klaviyo.times(r"/api/lists/L1/relationships/profiles"))
-    assert len(times) == 9
-    # Slots are taken before the request leaves; on a loaded machine the
-    # time from slot to arrival varies by tens of milliseconds.
-    for index in range(len(times) - 3):
-        assert times[index + 3] - times[index] >= 0.9
+    # Every call had its slot, and everyone was added.
+    assert len(klaviyo.times(r"/api/lists/L1/relationships/profiles")) == len(granted) >= 9
+    assert len(klaviyo.members["L1"]) == 9
+    for index in range(len(granted) - 3):
+        assert granted[index + 3] - granted[index] >= 1.0
 
 
 def test_an_observer_that_raises_does_not_stop_delivery(tmp_path, klaviyo):
@@ -212,11 +224,10 @@ def test_after_an_outage_everything_goes_out_at_once(make_app, klaviyo):
         time.sleep(0.1)
     calls_while_down = len(klaviyo.calls)
     klaviyo._script.clear()
-    back = time.monotonic()
     # A bound on liveness, not a speed measurement: one probe interval, then
     # one bulk round; each submission's own backoff would be far longer.
-    assert middleware.flush(PROBE_INTERVAL + 6), middleware.delivery.spool.outstanding()
-    assert time.monotonic() - back < PROBE_INTERVAL + 6
+    # A loaded machine may take longer; the failure this catches takes minutes.
+    assert middleware.flush(PROBE_INTERVAL + 30), middleware.delivery.spool.outstanding()
     assert len(klaviyo.events) == number
     # While down, Klaviyo saw about one probe an interval, not a storm.
     assert calls_while_down <= 3 * (8 / PROBE_INTERVAL + 2) + number // 10, calls_while_down

@@ -85,7 +85,10 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if args.action == "retry":
         if not args.broker:
             return fail("retry needs --broker or KLAVIYO_BROKER_URL")
-        print(f"re-queued {admin.retry(args.broker, args.ids)} submission(s)", file=out)
+        requeued = admin.retry(args.broker, args.ids, relist=args.relist)
+        print(f"re-queued {requeued} submission(s)"
+              + (" sent to list {1} instead of {0}".format(*args.relist) if args.relist else ""),
+              file=out)
         return 0
     if args.action == "forget":
         try:

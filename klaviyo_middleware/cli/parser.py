@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     celery_state.add_argument("--broker", default=os.environ.get("KLAVIYO_BROKER_URL"),
                               help="for retry: where to enqueue (default $KLAVIYO_BROKER_URL)")
     celery_state.add_argument("--id", action="append", dest="ids", help="retry: only this one")
+    celery_state.add_argument("--list", dest="relist", type=list_change, metavar="OLD=NEW",
+                              help="retry: only those naming list OLD (one Klaviyo does not "
+                              "have), sent to list NEW instead")
     celery_state.add_argument("--show-personal-data", action="store_true",
                               help="show email addresses and error details in clear")
 
@@ -143,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retry = action("retry", "move dead letters back into the spool")
     retry.add_argument("--id", action="append", dest="ids", help="only this submission")
+    retry.add_argument("--list", dest="relist", type=list_change, metavar="OLD=NEW",
+                       help="only those naming list OLD (one Klaviyo does not have), "
+                       "sent to list NEW instead")
     action("resume", "lift the pause a 429 from Klaviyo put on delivery")
     purge = action("purge", "delete dead letters")
     purge.add_argument("--id", action="append", dest="ids", help="only this submission")
@@ -152,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("person", metavar="EMAIL|PHONE",
                         help="an email address, or a phone number in international format")
     return parser
+
+
+def list_change(value: str) -> tuple[str, str]:
+    """``OLD=NEW``: the list id a form named and the one it should have."""
+    old, sep, new = value.partition("=")
+    if not sep or not old.strip() or not new.strip():
+        raise argparse.ArgumentTypeError("give the list ids as OLD=NEW, e.g. --list NOPE=Y6nRLr")
+    return old.strip(), new.strip()
 
 
 class _HelpFormatter(argparse.HelpFormatter):

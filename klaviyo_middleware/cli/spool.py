@@ -37,9 +37,11 @@ def run(args: argparse.Namespace, admin: SpoolAdmin, out: TextIO) -> int:
             print(f"{len(letters)} dead letter(s)", file=out)
         return 0
     if args.action == "retry":
-        requeued = admin.retry(args.ids)
-        print(f"re-queued {requeued} submission(s)", file=out)
-        if args.ids and requeued < len(set(args.ids)):
+        requeued = admin.retry(args.ids, relist=args.relist)
+        print(f"re-queued {requeued} submission(s)"
+              + (" sent to list {1} instead of {0}".format(*args.relist) if args.relist else ""),
+              file=out)
+        if args.ids and not args.relist and requeued < len(set(args.ids)):
             # Named ones that are not dead letters (already retried, purged, a typo).
             return fail(f"{len(set(args.ids)) - requeued} of the --id values named no "
                          "dead letter (see `spool dead`)", code=1)

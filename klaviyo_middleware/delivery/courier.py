@@ -115,6 +115,13 @@ PROBE_INTERVAL = 2.0
 # Seconds between the starts of two delivery rounds, for all senders of an
 # account: whatever arrives meanwhile goes in the next round, together.
 ROUND_INTERVAL = 1.0
+# While Klaviyo refuses the key (401, 403), the account waits this long
+# between tries, and the log says so again this often.
+KEY_RECHECK = 60.0
+KEY_REMINDER = 300.0
+# When this process last said the key was refused, by API URL (process-wide:
+# a Celery worker builds a courier a task).
+_key_refusal_said: dict[str, float] = {}
 
 
 def put_off_by_outage(error: dict[str, Any]) -> bool:
@@ -179,6 +186,10 @@ class Courier:
         shared = getattr(store, "outage_since", None)
         self.outage_since: float | None = shared() if shared is not None else None
         self._outage_paused_at: float | None = None
+        # When Klaviyo refused the key (None: it accepts it); see _key_refused.
+        self.key_refused_since: float | None = None
+        # Whose refusal the log speaks of (a site has one key per API URL).
+        self._account = client.api_url
         self._jobs = JobFollower(
             client, jobs or JobFollow(), self._wait_for_capacity,
             lambda items, wait: self.store.save_progress_many(owner, items, self.lease + wait),
@@ -193,10 +204,11 @@ class Courier:
         for index, item in enumerate(items):
             if self.stopping.is_set():
                 return
-            if self.outage_since is not None and index:
-                # Klaviyo just failed: the rest of the round waits for the
-                # probe rather than each taking its turn to fail.
-                due = time.time() + PROBE_INTERVAL
+            if (self.outage_since is not None or self.key_refused_since is not None) and index:
+                # Klaviyo just failed, or refused the key: the rest of the
+                # round waits rather than each taking its turn to fail.
+                due = time.time() + (KEY_RECHECK if self.key_refused_since is not None
+                                     else PROBE_INTERVAL)
                 for waiting in items[index:]:
                     self.store.postpone(self.owner, waiting, due)
                 return
@@ -227,6 +239,8 @@ class Courier:
             try:
                 steps.run_step(self.client, sending, step, item.progress)
             except DeliveryError as error:
+                if error.status == 404 and ":" in step:
+                    _unknown_list(step.split(":", 1)[1], error)
                 self._failed(item, error)
                 return
             except Exception as exc:
@@ -340,7 +354,7 @@ class Courier:
             except DeliveryError as error:
                 if error.status == 429:
                     self._throttled(error)
-                if error.transient:
+                if error.transient or error.key_refused:
                     # One jitter for the whole call keeps its submissions
                     # due together, so that they are retried as one bulk
                     # call rather than scattered into single ones.
@@ -421,6 +435,13 @@ class Courier:
                 rng: random.Random | None = None, now: float | None = None) -> None:
         submission = item.submission
         now = time.time() if now is None else now
+        if error.key_refused:
+            # The account is misconfigured, not the submission: it waits for
+            # the key to be put right, however long that takes.
+            self._key_refused(error, now)
+            self.store.reschedule(self.owner, item, now + KEY_RECHECK, error.to_dict())
+            self.hooks.retrying(submission, error, KEY_RECHECK)
+            return
         if error.status == 429:
             self._throttled(error)
         elif error.transient and error.code != "unexpected":
@@ -455,8 +476,31 @@ class Courier:
             if note is not None:
                 note(now)
 
+    def _key_refused(self, error: DeliveryError, now: float) -> None:
+        """Klaviyo refused the key: the account waits :data:`KEY_RECHECK`,
+        and the log says so at once and every :data:`KEY_REMINDER` after."""
+        if now != self._outage_paused_at:
+            self._outage_paused_at = now
+            self.store.pause(KEY_RECHECK)
+        self.key_refused_since = self.key_refused_since or now
+        account = self._account
+        if now - _key_refusal_said.get(account, 0.0) >= KEY_REMINDER:
+            _key_refusal_said[account] = now
+            log.error(
+                "klaviyo_middleware: Klaviyo refused the API key (%s): delivery is held, "
+                "nothing is lost or dead-lettered, and it goes on by itself once the key "
+                "is right. Set api_key (KLAVIYO_PRIVATE_API_KEY) to a private key with "
+                "the profiles, lists, events and subscriptions write scopes — "
+                "`klaviyo-middleware check` tells which scope is missing — and restart",
+                error)
+
     def _answered(self) -> None:
         """Klaviyo answered: if it had not been, what it put off is due now."""
+        if self.key_refused_since is not None:
+            self.key_refused_since = None
+            if _key_refusal_said.pop(self._account, None) is not None:
+                log.info("klaviyo_middleware: Klaviyo accepts the API key again; "
+                         "delivery goes on")
         since = self.outage_since
         if since is None:
             return
@@ -485,6 +529,28 @@ class Courier:
 
     def _backoff(self, attempt: int) -> float:
         return self.retry.backoff(attempt, self._rng)
+
+
+# List ids said to be unknown, once each per process, up to a bound: junk
+# posted to random list ids must not grow memory nor flood the log.
+_UNKNOWN_LISTS_SAID: set[str] = set()
+MAX_UNKNOWN_LISTS_SAID = 100
+
+
+def _unknown_list(list_id: str, error: DeliveryError) -> None:
+    """The first time Klaviyo says a list does not exist: which list, why,
+    and the one command that sends those dead letters to the right one."""
+    if list_id in _UNKNOWN_LISTS_SAID or len(_UNKNOWN_LISTS_SAID) >= MAX_UNKNOWN_LISTS_SAID:
+        return
+    _UNKNOWN_LISTS_SAID.add(list_id)
+    log.error(
+        "klaviyo_middleware: Klaviyo has no list %r (%s: %s). Submissions naming it "
+        "are dead letters from that step on (the profile is in). Put the list id right in "
+        "the form (its list field), then send them to the right list: "
+        "`klaviyo-middleware spool retry --list %s=RIGHT_ID` (on Celery: `klaviyo-middleware "
+        "celery retry --list %s=RIGHT_ID`)",
+        list_id[:64], error.status, (error.detail or "not found")[:200], list_id[:64],
+        list_id[:64])
 
 
 class _Round:

@@ -46,3 +46,18 @@ class DeadLetter:
         except Exception:
             done = Progress()
         return cls(letter_id, readable, done, attempts, created_at, dead_at, error)
+
+
+def relisted(submission: dict[str, Any], old: str, new: str) -> dict[str, Any] | None:
+    """A stored submission sent to list ``new`` wherever it named ``old``
+    (a list id that does not exist, put right by the operator); ``None``
+    when it does not name ``old``. Its other lists keep their order."""
+    lists = submission.get("lists")
+    if not isinstance(lists, list) or old not in lists:
+        return None
+    changed: list[Any] = []
+    for list_id in lists:
+        replaced = new if list_id == old else list_id
+        if replaced not in changed:
+            changed.append(replaced)
+    return {**submission, "lists": changed}

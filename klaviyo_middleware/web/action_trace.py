@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 from urllib.parse import unquote
 
-from klaviyo_middleware.web.notices import warn_once
+from klaviyo_middleware.notices import warn_once
 
 # Where an ``action`` field's value starts, per kind of body: urlencoded
 # (``action=klaviyoconnect%2Fapi%2Ftrack``), multipart (the part named

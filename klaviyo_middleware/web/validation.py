@@ -20,11 +20,11 @@ from typing import Any
 
 from klaviyo_middleware.i18n.message import msg
 from klaviyo_middleware.model.submission import UPDATE_PROFILE, Event, Submission
+from klaviyo_middleware.notices import warn_once
 from klaviyo_middleware.redact import get_logger
 from klaviyo_middleware.web import fields
 from klaviyo_middleware.web.fields import FieldError
 from klaviyo_middleware.web.mappings import LOCATION_FIELDS, PROFILE_FIELDS
-from klaviyo_middleware.web.notices import warn_once
 from klaviyo_middleware.web.routes import Route
 
 log = get_logger(__name__)

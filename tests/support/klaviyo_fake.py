@@ -150,7 +150,8 @@ class MockedKlaviyo:
         lowered = {name.lower(): value for name, value in headers.items()}
         for name, value in expected.items():
             if lowered.get(name.lower()) != value:
-                self.violations.append(f"{method} {path}: header {name}={lowered.get(name)!r}")
+                # The header's name only: a key has no place in a test report.
+                self.violations.append(f"{method} {path}: header {name}")
         try:
             klaviyo_models.operation_for(method, path)
         except LookupError as exc:

@@ -16,7 +16,7 @@ import redis
 from klaviyo_middleware.delivery.celery.ledger import Ledger
 from klaviyo_middleware.delivery.celery.pool import RedisPool
 from klaviyo_middleware.delivery.celery.state import RedisState, accounts_in
-from klaviyo_middleware.delivery.dead_letters import DeadLetter
+from klaviyo_middleware.delivery.dead_letters import DeadLetter, relisted
 from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.model.submission import Submission
 
@@ -42,10 +42,13 @@ class CeleryAdmin:
                                 letter["error"])
                 for state in self.states() for letter in state.dead_letters()]
 
-    def retry(self, broker: str, ids: list[str] | None = None) -> int:
+    def retry(self, broker: str, ids: list[str] | None = None,
+              relist: tuple[str, str] | None = None) -> int:
         """Dead letters back onto the queue, enqueued as the web nodes do it
         (ledger included, with a Redis broker); finished steps stay finished.
-        One the broker refuses goes back to the dead letters, not lost."""
+        One the broker refuses goes back to the dead letters, not lost.
+        ``relist=(old, new)`` retries only those naming list ``old``, sent to
+        list ``new`` instead."""
         from klaviyo_middleware.delivery.celery.backend import CeleryDelivery
         from klaviyo_middleware.delivery.celery.tasks import make_celery
 
@@ -53,7 +56,16 @@ class CeleryAdmin:
         requeued = 0
         try:
             for state in self.states():
-                for letter in state.take_dead(ids):
+                chosen = ids
+                if relist is not None:
+                    chosen = [letter["id"] for letter in state.dead_letters()
+                              if (ids is None or letter["id"] in ids)
+                              and relisted(letter["submission"], *relist) is not None]
+                    if not chosen:
+                        continue
+                for letter in state.take_dead(chosen):
+                    if relist is not None:
+                        letter["submission"] = relisted(letter["submission"], *relist)
                     submission = Submission.from_dict(letter["submission"])
                     progress = Progress.from_dict(letter["progress"])
                     state.save_progress(submission.id, progress)

@@ -9,13 +9,14 @@ running.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
-from klaviyo_middleware.delivery.dead_letters import DeadLetter
+from klaviyo_middleware.delivery.dead_letters import DeadLetter, relisted
 from klaviyo_middleware.delivery.spool.intake import (
     empty_log_of,
     intake_files,
@@ -105,8 +106,12 @@ class SpoolAdmin:
             ).fetchall()
         return [dead_letter_of(row) for row in rows]
 
-    def retry(self, ids: list[str] | None = None, now: float | None = None) -> int:
-        """Move dead letters (all, or ``ids``) back into the spool, due at once."""
+    def retry(self, ids: list[str] | None = None, now: float | None = None,
+              relist: tuple[str, str] | None = None) -> int:
+        """Move dead letters (all, or ``ids``) back into the spool, due at once.
+
+        ``relist=(old, new)`` retries only those naming list ``old``, sent to
+        list ``new`` instead (a list id that does not exist, put right)."""
         now = time.time() if now is None else now
         select = "SELECT id, account, payload, progress FROM dead_letters"
         with self.spool.transaction() as db:
@@ -118,6 +123,10 @@ class SpoolAdmin:
                     for submission_id in ids
                     for row in db.execute(select + " WHERE id = ?", (submission_id,))
                 ]
+            if relist is not None:
+                rows = [(submission_id, account, json.dumps(changed), progress)
+                        for submission_id, account, payload, progress in rows
+                        if (changed := relisted(json.loads(payload), *relist)) is not None]
             for submission_id, account, payload, progress in rows:
                 # Finished steps stay finished: a retry never re-subscribes.
                 db.execute(

@@ -23,7 +23,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from klaviyo_middleware.delivery.spool.connections import file_identity, immediate, open_wal
-from klaviyo_middleware.delivery.spool.schema import RENAMED_COLUMNS, SCHEMA, TOTALS
+from klaviyo_middleware.delivery.spool.schema import (
+    ADDED_COLUMNS,
+    RENAMED_COLUMNS,
+    SCHEMA,
+    TOTALS,
+)
 from klaviyo_middleware.redact import get_logger
 
 log = get_logger(__name__)
@@ -102,7 +107,7 @@ class SpoolFile:
                             db.execute(statement)
                     for statement in TOTALS:
                         db.execute(statement)
-                    _rename_columns(db)
+                    _bring_columns_up_to_date(db)
                 self._file = current
                 self._wal_file = self._current_file("-wal")
             self._connections[ident] = db
@@ -265,9 +270,14 @@ def check_is_spool(path: str | os.PathLike[str]) -> None:
         raise NotASpool(f"{path} is an SQLite database but not a spool file")
 
 
-def _rename_columns(db: sqlite3.Connection) -> None:
-    """A file made by an earlier version: its columns under today's names."""
+def _bring_columns_up_to_date(db: sqlite3.Connection) -> None:
+    """A file made by an earlier version: its columns under today's names,
+    and the columns added since."""
     for table, old, new in RENAMED_COLUMNS:
         columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
         if old in columns:
             db.execute(f"ALTER TABLE {table} RENAME COLUMN {old} TO {new}")
+    for table, column, declaration in ADDED_COLUMNS:
+        columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in columns:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")

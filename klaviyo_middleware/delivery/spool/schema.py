@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS senders (
     owner TEXT PRIMARY KEY,
     hostname TEXT NOT NULL,
     pid INTEGER NOT NULL,
-    heartbeat_at REAL NOT NULL
+    heartbeat_at REAL NOT NULL,
+    account TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS pauses (
     account TEXT PRIMARY KEY,
@@ -89,6 +90,10 @@ CREATE INDEX IF NOT EXISTS dead_letters_dead_at ON dead_letters (dead_at);
 RENAMED_COLUMNS = (
     ("people", "accepted", "accepted_at"),
     ("profile_marks", "accepted", "accepted_at"),
+)
+# Columns added since: (table, column, its declaration).
+ADDED_COLUMNS = (
+    ("senders", "account", "TEXT NOT NULL DEFAULT ''"),
 )
 
 # Dead letters have a budget of their own (dead_letter_max_size): their bytes

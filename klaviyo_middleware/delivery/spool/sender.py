@@ -138,6 +138,7 @@ class SpoolSender:
         self._owner = ""
         self._last_housekeeping = 0.0
         self._last_expiry = 0.0
+        self._last_adoption = 0.0
         self._courier: Courier | None = None
         self.client.reset()
 
@@ -277,6 +278,10 @@ class SpoolSender:
             self.spool.release_dead_owners()
             # What stopped processes accepted and had not moved yet.
             self.spool.adopt_orphans()
+            if now - self._last_adoption > 60.0:
+                self._last_adoption = now
+                # What a refused key held, once its site runs with a new one.
+                self.spool.adopt_refused_accounts(now)
             self._revive()
             self._keep_data_short(now)
         pause = self.spool.paused_for(now)

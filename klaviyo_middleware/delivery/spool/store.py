@@ -124,9 +124,9 @@ class Spool(IntakeSpool):
         now = time.time() if now is None else now
         with self.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO senders (owner, hostname, pid, heartbeat_at) "
-                "VALUES (?, ?, ?, ?)",
-                (owner, socket.gethostname(), os.getpid(), now),
+                "INSERT OR REPLACE INTO senders (owner, hostname, pid, heartbeat_at, account) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (owner, socket.gethostname(), os.getpid(), now, self.account),
             )
 
     def unregister_sender(self, owner: str) -> None:
@@ -148,6 +148,35 @@ class Spool(IntakeSpool):
                 ).rowcount
                 db.execute("DELETE FROM senders WHERE owner = ?", (owner,))
         return released
+
+    def adopt_refused_accounts(self, now: float | None = None) -> int:
+        """Take over what an account whose key Klaviyo refused (401, 403)
+        holds, when no running sender delivers for it: a site restarted with
+        its key corrected delivers everything the wrong key held (the rows
+        carry the old key's fingerprint). An account still running keeps its
+        rows, so two sites sharing a file by mistake never take each other's.
+        The number of submissions taken over."""
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            refused = [row[0] for row in db.execute(
+                "SELECT DISTINCT account FROM submissions WHERE account != ? AND "
+                "json_extract(last_error, '$.status') IN (401, 403)", (self.account,))]
+            if not refused:
+                return 0
+            running = running_accounts(db, now)
+            taken = 0
+            for account in refused:
+                if account in running:
+                    continue
+                taken += db.execute(
+                    "UPDATE submissions SET account = ?, due_at = ?, last_error = NULL "
+                    "WHERE account = ? AND lease_until < ?",
+                    (self.account, now, account, now)).rowcount
+        if taken:
+            log.warning("klaviyo_middleware: took over %d submissions held while Klaviyo "
+                        "refused the API key they were accepted under; they go with this "
+                        "key now", taken)
+        return taken
 
     def claim(
         self, owner: str, limit: int, lease: float, now: float | None = None,
@@ -580,14 +609,24 @@ def _loaded(text: str) -> Any:
 SENDER_SILENCE = 60.0
 
 
-def live_senders(db: sqlite3.Connection, now: float) -> int:
-    """Senders that are running: on this host, those whose process lives
-    (a killed one leaves its row until another sender's housekeeping);
-    elsewhere, those heard from within :data:`SENDER_SILENCE`."""
+def _running(db: sqlite3.Connection, now: float) -> list[str]:
+    """The accounts of the senders that are running: on this host, those
+    whose process lives (a killed one leaves its row until another sender's
+    housekeeping); elsewhere, those heard from within :data:`SENDER_SILENCE`."""
     host = socket.gethostname()
-    rows = db.execute("SELECT hostname, pid, heartbeat_at FROM senders").fetchall()
-    return sum(1 for hostname, pid, heartbeat in rows
-               if (_process_alive(pid) if hostname == host else now - heartbeat < SENDER_SILENCE))
+    rows = db.execute("SELECT hostname, pid, heartbeat_at, account FROM senders").fetchall()
+    return [account for hostname, pid, heartbeat, account in rows
+            if (_process_alive(pid) if hostname == host else now - heartbeat < SENDER_SILENCE)]
+
+
+def live_senders(db: sqlite3.Connection, now: float) -> int:
+    """How many senders are running (see :func:`_running`)."""
+    return len(_running(db, now))
+
+
+def running_accounts(db: sqlite3.Connection, now: float) -> set[str]:
+    """The accounts some running sender delivers for."""
+    return set(_running(db, now))
 
 
 def _process_alive(pid: int) -> bool:

@@ -21,12 +21,18 @@ _lock = threading.Lock()
 
 def warn_once(log: logging.Logger, key: tuple[str, ...], message: str, *args: object) -> None:
     """Log ``message % args`` as a warning on ``log`` the first time ``key`` is seen."""
+    say_once(log, logging.WARNING, key, message, *args)
+
+
+def say_once(log: logging.Logger, level: int, key: tuple[str, ...], message: str,
+             *args: object) -> None:
+    """Log ``message % args`` at ``level`` on ``log`` the first time ``key`` is seen."""
     with _lock:
         if key in _said:
             return
         if len(_said) < MAX_KEYS:
             _said.add(key)
-    log.warning(message, *args)
+    log.log(level, message, *args)
 
 
 def forget_all() -> None:
