@@ -59,8 +59,8 @@ def site(environ, start_response):
 
 
 def start_worker(url: str, broker: str = REDIS, *extra: str,
-                 log: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, KLAVIYO_PRIVATE_API_KEY=API_KEY, KLAVIYO_API_URL=url,
+                 log: Any = subprocess.DEVNULL, key: str = API_KEY) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, KLAVIYO_PRIVATE_API_KEY=key, KLAVIYO_API_URL=url,
                KLAVIYO_STATE_URL=REDIS)
     return spawn(
         [sys.executable, "-m", "klaviyo_middleware.cli", "worker", "--broker", broker,
@@ -199,6 +199,39 @@ class TestDelivery:
         # Only steps in flight when the worker died can be sent again.
         assert sum(count - 1 for count in sent.values()) <= 2
 
+    def test_a_refused_key_holds_and_a_worker_with_the_right_key_delivers(
+            self, loopback_klaviyo, tmp_path):
+        """Workers started with a wrong key dead-letter nothing: what they
+        hold waits on the broker's queue (the pool is the key's), and workers
+        restarted with the key put right deliver every submission."""
+        fake = loopback_klaviyo.fake
+        app = web(loopback_klaviyo.url)
+        wrong_key = "pk_wrong_key_00000000000000000000"
+        wrong = RedisState(REDIS, account_fingerprint(loopback_klaviyo.url, wrong_key))
+        log = tmp_path / "worker.log"
+        with log.open("wb") as output:
+            worker = start_worker(loopback_klaviyo.url, log=output, key=wrong_key)
+            try:
+                for number in range(6):
+                    app.post(UPDATE, form(number))
+                # Each submission met the refusal (or waits behind the
+                # account's pause for it), and none is kept in the pool.
+                wait_for(lambda: len(fake.calls) >= 1 and wrong.redis.hlen(
+                    wrong.key("pool", "items")) == 0 and "refused the API key" in
+                    log.read_text(errors="replace"), timeout=60)
+            finally:
+                stop(worker)
+        assert wrong.dead_letters() == []
+        assert fake.events == {}
+        assert all(violation.endswith("header Authorization") for violation in fake.violations)
+        fake.violations.clear()
+        worker = start_worker(loopback_klaviyo.url)
+        try:
+            # Handed back with the key's recheck interval as countdown.
+            wait_for(lambda: len(fake.events) == 6, timeout=150)
+        finally:
+            stop(worker)
+
     def test_klaviyo_refusal_goes_to_dead_letters(self, loopback_klaviyo):
         loopback_klaviyo.fake.fail("/api/profile-import", 400)
         app = web(loopback_klaviyo.url)
@@ -224,6 +257,31 @@ class TestDelivery:
         worker = start_worker(loopback_klaviyo.url)
         try:
             wait_for(lambda: "dead@example.com" in loopback_klaviyo.fake.profiles)
+        finally:
+            stop(worker)
+        assert state.dead_letters() == []
+
+    def test_dead_letters_of_an_unknown_list_go_to_the_right_one(self, loopback_klaviyo):
+        fake = loopback_klaviyo.fake
+        fake.klaviyo.state.find_list("L1")
+        fake.klaviyo.state.auto_create_lists = False
+        app = web(loopback_klaviyo.url)
+        app.post(UPDATE, {"email": "lost@example.com", "list": "NOPE"})
+        app.post(UPDATE, {"email": "fine@example.com", "list": "L1"})
+        state = RedisState(REDIS, account_fingerprint(loopback_klaviyo.url, API_KEY))
+        worker = start_worker(loopback_klaviyo.url)
+        try:
+            wait_for(lambda: len(state.dead_letters()) == 1 and "L1" in fake.members)
+        finally:
+            stop(worker)
+        Ledger(REDIS).take_sweep_turn(60)
+        out = io.StringIO()
+        assert cli(["celery", "retry", "--state-url", REDIS, "--broker", REDIS,
+                    "--list", "NOPE=L1"], out=out) == 0
+        assert out.getvalue() == "re-queued 1 submission(s) sent to list L1 instead of NOPE\n"
+        worker = start_worker(loopback_klaviyo.url)
+        try:
+            wait_for(lambda: fake.members.get("L1") == {"lost@example.com", "fine@example.com"})
         finally:
             stop(worker)
         assert state.dead_letters() == []

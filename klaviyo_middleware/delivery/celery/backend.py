@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from typing import Any
+from urllib.parse import urlsplit
 
 from klaviyo_middleware.delivery.protocol import Outcome
 from klaviyo_middleware.errors import DeliveryError
@@ -42,6 +43,7 @@ class CeleryDelivery:
         # With a Redis broker, a task a worker took can vanish with it: keep
         # a ledger entry the workers can recover it from (see ledger.py).
         broker = str(app.conf.broker_url or "")
+        self.broker_address = _address(broker)
         self.ledger = Ledger(broker, timeout=BROKER_TIMEOUT) if wants_ledger(broker) else None
         # One publishing connection per request thread, with short socket
         # timeouts of its own: a site's app (also its workers' app) keeps
@@ -66,8 +68,10 @@ class CeleryDelivery:
             )
         except Exception as exc:
             self._drop_connection()
-            log.error("klaviyo_middleware: could not enqueue %s: %s", submission.id,
-                      type(exc).__name__)
+            log.error("klaviyo_middleware: could not enqueue %s: the broker at %s did not "
+                      "take it (%s); the visitor was asked to try again (503). Is the broker "
+                      "running, and is broker_url (KLAVIYO_BROKER_URL) its address?",
+                      submission.id, self.broker_address, type(exc).__name__)
             self._forget(submission.id)
             return Outcome(accepted=False, error=DeliveryError("broker unavailable",
                                                               transient=True))
@@ -129,3 +133,14 @@ def _release(connection: Any) -> None:
         connection.release()
     except Exception:
         log.debug("klaviyo_middleware: closing a broker connection failed", exc_info=True)
+
+
+def _address(url: str) -> str:
+    """A broker URL fit for a log line: scheme, host and port; no password."""
+    parts = urlsplit(url)
+    if not parts.scheme:
+        return "(no broker_url set)"
+    where = parts.hostname or "localhost"
+    if ":" in where:
+        where = f"[{where}]"
+    return f"{parts.scheme}://{where}" + (f":{parts.port}" if parts.port else "")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from klaviyo_middleware.delivery.celery.state import PROGRESS_TTL, RedisState, SharedCapacity
@@ -120,6 +121,16 @@ redis.call('HDEL', KEYS[3], ARGV[2])
 return 1
 """
 
+# KEYS: items, ready, owners. ARGV: owner, id. Out of the pool, not finished:
+# 1 if it was this owner's to take out.
+_RELEASE = """
+if redis.call('HGET', KEYS[3], ARGV[2]) ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[2])
+return 1
+"""
+
 # KEYS: items, ready, owners, dead, finished. ARGV: owner, id, dead letter, ttl s.
 _BURY = """
 if redis.call('HGET', KEYS[3], ARGV[2]) ~= ARGV[1] then return 0 end
@@ -184,8 +195,12 @@ class RedisPool(SharedCapacity, PersonTurns):
     delivery uses, in ``state``.
     """
 
-    def __init__(self, state: RedisState) -> None:
+    def __init__(self, state: RedisState,
+                 hand_back: Callable[[Submission, Progress], bool] | None = None) -> None:
         self.state = state
+        # Puts a submission back on the broker's queue (True if it took it):
+        # where what Klaviyo's refusal of the key holds waits (see reschedule).
+        self.hand_back = hand_back
         self.redis = state.redis
         self._items = state.key("pool", "items")
         self._ready = state.key("pool", "ready")
@@ -194,7 +209,7 @@ class RedisPool(SharedCapacity, PersonTurns):
         self._scripts = {name: self.redis.register_script(source) for name, source in {
             "add": _ADD, "claim": _CLAIM, "save": _SAVE, "complete": _COMPLETE,
             "reschedule": _RESCHEDULE, "bury": _BURY, "next_due": _NEXT_DUE,
-            "want_drain": _WANT_DRAIN, "bring_forward": _BRING_FORWARD,
+            "want_drain": _WANT_DRAIN, "bring_forward": _BRING_FORWARD, "release": _RELEASE,
         }.items()}
 
     def __repr__(self) -> str:
@@ -302,6 +317,17 @@ class RedisPool(SharedCapacity, PersonTurns):
 
     def reschedule(self, owner: str, claimed: Leased, due_at: float,
                    error: dict[str, Any]) -> None:
+        if error.get("status") in (401, 403) and self.hand_back is not None and \
+                self._scripts["release"](keys=self._keys, args=[owner, claimed.submission.id]):
+            # Klaviyo refused the key: the pool is the key's (its Redis keys
+            # carry its fingerprint), the broker's queue is not, so a worker
+            # restarted with the key put right delivers it from there.
+            self.let_go(owner, claimed)
+            if self.hand_back(claimed.submission, claimed.progress):
+                return
+            self.add(claimed.submission, claimed.progress, claimed.attempts + 1,
+                     claimed.created_at, due_at, error)
+            return
         self.let_go(owner, claimed)
         retried = Leased(claimed.submission, claimed.progress, claimed.attempts + 1,
                           claimed.created_at)

@@ -37,6 +37,7 @@ import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from celery import Celery, Task, signals
@@ -46,7 +47,13 @@ from klaviyo_middleware.delivery.celery.ledger import Ledger, wants_ledger
 from klaviyo_middleware.delivery.celery.pool import RedisPool
 from klaviyo_middleware.delivery.celery.single import TaskLease
 from klaviyo_middleware.delivery.celery.state import RedisState
-from klaviyo_middleware.delivery.courier import PROBE_INTERVAL, ROUND_INTERVAL, Courier, Postponed
+from klaviyo_middleware.delivery.courier import (
+    KEY_RECHECK,
+    PROBE_INTERVAL,
+    ROUND_INTERVAL,
+    Courier,
+    Postponed,
+)
 from klaviyo_middleware.delivery.hooks import Hooks, OnDead, OnDelivered, OnRetry
 from klaviyo_middleware.delivery.identities import account_fingerprint, new_owner
 from klaviyo_middleware.errors import ConfigurationError
@@ -55,6 +62,7 @@ from klaviyo_middleware.klaviyo.client import KlaviyoClient
 from klaviyo_middleware.klaviyo.limits import ENDPOINT_LIMITS, RateLimits, scaled
 from klaviyo_middleware.klaviyo.retry import RetryPolicy
 from klaviyo_middleware.model.lease import Leased
+from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.model.submission import Submission
 from klaviyo_middleware.redact import get_logger
 
@@ -194,7 +202,7 @@ def _build_runtime(app: Celery) -> _Runtime:
         retry=RetryPolicy(base=RETRY_BASE, cap=RETRY_CAP),
         max_age=config.retry_max_age,
         dead_letter_max_age=config.dead_letter_max_age,
-        pool=RedisPool(state),
+        pool=RedisPool(state, hand_back=partial(_hand_back, app, state)),
         bulk_threshold=config.bulk_threshold,
         bulk_size=config.bulk_size,
         lease=config.pool_lease,
@@ -427,6 +435,22 @@ def sweep(app: Celery) -> int:
     if runtime.backlog.waiting() == 0:
         _drain_what_is_left(app, runtime.pool)
     return resent
+
+
+def _hand_back(app: Celery, state: RedisState, submission: Submission,
+               progress: Progress) -> bool:
+    """A pooled submission back on the queue, tried again after
+    :data:`~klaviyo_middleware.delivery.courier.KEY_RECHECK`: what a refused
+    key holds waits where any worker, whatever its key, will find it."""
+    try:
+        state.save_progress(submission.id, progress)
+        app.send_task(TASK_NAME, args=[submission.to_dict()], queue=QUEUE,
+                      task_id=submission.id, countdown=KEY_RECHECK)
+    except Exception as exc:  # the broker away: it stays in the pool
+        log.warning("klaviyo_middleware: could not hand %s back to the broker (%s); it "
+                    "waits in the pool", submission.id, type(exc).__name__)
+        return False
+    return True
 
 
 def _resend_lost(app: Celery, runtime: _Runtime, ledger: Ledger) -> int:
