@@ -432,6 +432,14 @@ class KlaviyoMiddleware:
         try:
             body, form = parsed or self._read(request)
         except BodyError as exc:
+            if exc.status == 415:
+                kind = media_type(request.content_type)[:100]
+                warn_once(log, ("content type", request.path_info, kind),
+                          "klaviyo_middleware: a post to %s came as %r and was refused (415), "
+                          "nothing sent: the form must be posted as "
+                          "application/x-www-form-urlencoded (a plain <form method=\"post\">, "
+                          "no enctype=\"text/plain\"), multipart/form-data or "
+                          "application/json", request.path_info, kind)
             return self._refuse(request, exc.status, {"form": [exc.message]},
                                 reason=_BODY_REASONS.get(exc.status, "unreadable"))
         environ[FORM_ENVIRON_KEY] = form
@@ -551,6 +559,14 @@ class KlaviyoMiddleware:
                               "(CRAFT_SECURITY_KEY)")
                 redirect = redirects.safe_redirect(target, self._hosts, app_root(request.environ))
             except FieldError as exc:
+                if isinstance(exc, redirects.HostNotAllowed):
+                    # A trick, or the site's own host missing from the setting:
+                    # the visitor's refusal alone would leave the owner unaware.
+                    warn_once(log, ("redirect host", request.path_info, exc.host[:253]),
+                              "klaviyo_middleware: a form posted to %s asked to redirect to "
+                              "host %r, which allowed_hosts does not list, so the post was "
+                              "refused (400) and not sent: if that host is the site's own, "
+                              "add it to allowed_hosts", request.path_info, exc.host[:253])
                 errors.setdefault("redirect", []).append(str(exc))
         return forward, redirect
 

@@ -137,3 +137,35 @@ def test_a_list_change_is_given_as_old_equals_new(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli(["spool", "retry", "--list", "NOPE", "--spool", str(tmp_path / "s.sqlite3")])
     assert "OLD=NEW" in capsys.readouterr().err
+
+
+UPDATE = "/klaviyoConnect/api/updateProfile"
+
+
+def warnings_about(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [record.getMessage() for record in caplog.records
+            if record.levelname == "WARNING" and text in record.getMessage()]
+
+
+def test_a_redirect_to_a_host_not_allowed_names_the_setting_once(app, klaviyo, caplog):
+    for _ in range(3):
+        app.post(UPDATE, {"email": "a@example.com", "redirect": "https://shop.example.com/thanks"},
+                 status=400)
+    said = warnings_about(caplog, "allowed_hosts")
+    assert len(said) == 1, said
+    assert "'shop.example.com'" in said[0] and UPDATE in said[0]
+    assert klaviyo.calls == []
+
+
+def test_a_trick_redirect_is_refused_without_blaming_the_setting(app, klaviyo, caplog):
+    app.post(UPDATE, {"email": "a@example.com", "redirect": "javascript:alert(1)"}, status=400)
+    assert warnings_about(caplog, "allowed_hosts") == []
+
+
+def test_a_text_plain_form_names_the_fix_once(app, klaviyo, caplog):
+    for _ in range(2):
+        app.post(UPDATE, "email=a@example.com", content_type="text/plain", status=415)
+    said = warnings_about(caplog, "415")
+    assert len(said) == 1, said
+    assert "'text/plain'" in said[0] and 'enctype="text/plain"' in said[0]
+    assert klaviyo.calls == []

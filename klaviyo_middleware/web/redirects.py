@@ -213,10 +213,22 @@ def safe_redirect(value: str, hosts: HostPolicy, root: str = "") -> str:
         and parts.netloc
         and "@" not in parts.netloc
         and parts.netloc.isascii()
-        and hosts.allows(parts.netloc)
     ):
-        return value
+        if hosts.allows(parts.netloc):
+            return value
+        # A plain URL on another host: perhaps the site's own, not listed.
+        raise HostNotAllowed(msg("Redirects may only go to a page on this site."),
+                             parts.netloc.lower())
     raise FieldError(msg("Redirects may only go to a page on this site."))
+
+
+class HostNotAllowed(FieldError):
+    """A redirect to a plain URL on a host ``allowed_hosts`` does not list:
+    a trick, or the site's own host missing from the setting."""
+
+    def __init__(self, message: object, host: str) -> None:
+        super().__init__(message)
+        self.host = host
 
 
 # Percent-encoded characters no path ever needs encoded (letters, digits,

@@ -238,3 +238,29 @@ class SiteLanguagesTests(TestCase):
             # Italian through the site's own words (a catalog in locale_dir works alike).
             self.assertEqual(site_languages(None, {"it": {"Thank you": "Grazie"}}),
                              ("en", "it", "de"))
+
+
+class UnwrappedSiteTests(FakeKlaviyoTestCase):
+    """A server that runs Django's own application (wsgi.py not wrapped):
+    the form reaches Django, and the log says why nothing was sent, once."""
+
+    def test_a_form_reaching_django_itself_is_reported_once(self) -> None:
+        from django.test import Client as PlainClient
+
+        from klaviyo_middleware import notices
+
+        notices.forget_all()
+        with self.assertLogs("klaviyo_middleware", level="ERROR") as logged:
+            for _ in range(2):
+                PlainClient().post(UPDATE, {"email": "ada@example.com"})
+        said = [line for line in logged.output if "does not wrap" in line]
+        self.assertEqual(len(said), 1, logged.output)
+        self.assertIn("get_wsgi_application", said[0])
+        self.assertEqual(self.profiles(), [])
+
+    def test_a_wrapped_site_says_nothing(self) -> None:
+        from klaviyo_middleware import notices
+
+        notices.forget_all()
+        with self.assertNoLogs("klaviyo_middleware.contrib.django.apps", level="ERROR"):
+            self.client.post(UPDATE, {"email": "ada@example.com", "forward": "/signed-up/"})
