@@ -137,3 +137,37 @@ def test_under_gunicorn_with_two_workers(gunicorn_site, fake):
     wait_for(delivered, timeout=60)
     grace = next(p for p in fake.snapshot()["profiles"] if p["email"] == "grace@example.com")
     assert grace["first_name"] == "Grace"
+
+
+def docs_block(kind: str, starting: str) -> str:
+    """The block of docs/django.md in ``kind`` whose first line is ``starting``."""
+    text = (TESTS.parent / "docs" / "django.md").read_text(encoding="utf-8")
+    for match in re.finditer(rf"^```{kind}\n(.*?)^```", text, re.S | re.M):
+        if match.group(1).startswith(starting):
+            return match.group(1)
+    raise AssertionError(f"no {kind} block starting {starting!r} in docs/django.md")
+
+
+def test_the_pages_snippets_pasted_into_a_new_project_pass_its_checks(tmp_path):
+    """docs/django.md as a stranger follows it: ``startproject``, the
+    settings and wsgi.py blocks pasted, the page template saved; Django's
+    own checks (ours among them) find nothing to say."""
+    made = subprocess.run([sys.executable, "-m", "django", "startproject", "shop", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    settings_file = tmp_path / "shop" / "settings.py"
+    template = tmp_path / "shop" / "templates" / "klaviyo" / "page.html"
+    template.parent.mkdir(parents=True)
+    template.write_text(docs_block("django", "{# templates/klaviyo/page.html #}"))
+    settings_file.write_text(
+        settings_file.read_text() + "\n" + docs_block("python", "# settings.py")
+        + '\nTEMPLATES[0]["DIRS"] = [BASE_DIR / "shop" / "templates"]\n'
+        + 'KLAVIYO_MIDDLEWARE["page_template"] = "klaviyo/page.html"\n')
+    (tmp_path / "shop" / "wsgi.py").write_text(docs_block("python", "# wsgi.py"))
+    env = dict(os.environ, KLAVIYO_PRIVATE_API_KEY="pk_docs_django_000000000000000000",
+               KLAVIYO_SPOOL_PATH=str(tmp_path / "spool.sqlite3"))
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    checked = subprocess.run([sys.executable, "manage.py", "check", "--fail-level", "WARNING"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "no issues" in checked.stdout

@@ -169,3 +169,23 @@ def test_a_text_plain_form_names_the_fix_once(app, klaviyo, caplog):
     assert len(said) == 1, said
     assert "'text/plain'" in said[0] and 'enctype="text/plain"' in said[0]
     assert klaviyo.calls == []
+
+
+@pytest.mark.parametrize(("integration", "framework", "extra"), [
+    ("klaviyo_middleware.contrib.flask", "flask", "flask"),
+    ("klaviyo_middleware.contrib.prometheus", "prometheus_client", "prometheus"),
+    ("klaviyo_middleware.contrib.django.wsgi", "django", "django"),
+])
+def test_a_missing_extra_is_named_in_one_line(monkeypatch, integration, framework, extra):
+    import importlib
+    import sys
+
+    for name in list(sys.modules):
+        if name == integration or name.startswith(integration.rsplit(".", 1)[0] + ".") \
+                or name == "klaviyo_middleware.contrib.django":
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, framework, None)  # as if not installed
+    with pytest.raises(ModuleNotFoundError) as missing:
+        importlib.import_module(integration)
+    assert f'pip install "klaviyo_middleware[{extra}]"' in str(missing.value)
+    assert "\n" not in str(missing.value)

@@ -26,7 +26,12 @@ import difflib
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, render_template, request
+from klaviyo_middleware.contrib import missing_extra
+
+try:
+    from flask import Flask, render_template, request
+except ModuleNotFoundError as exc:
+    raise missing_extra(exc, "flask") from None
 
 from klaviyo_middleware import KlaviyoMiddleware
 from klaviyo_middleware.errors import ConfigurationError

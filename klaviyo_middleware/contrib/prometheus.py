@@ -21,10 +21,15 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, make_wsgi_app
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.registry import Collector
+from klaviyo_middleware.contrib import missing_extra
+
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter, make_wsgi_app
+    from prometheus_client.core import GaugeMetricFamily, Metric
+    from prometheus_client.multiprocess import MultiProcessCollector
+    from prometheus_client.registry import Collector
+except ModuleNotFoundError as exc:
+    raise missing_extra(exc, "prometheus") from None
 
 from klaviyo_middleware import metrics
 from klaviyo_middleware.redact import get_logger

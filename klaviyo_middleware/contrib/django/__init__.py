@@ -10,3 +10,11 @@
 3. ``wsgi.py``: ``from klaviyo_middleware.contrib.django.wsgi import
    get_wsgi_application`` in place of Django's own.
 """
+from __future__ import annotations
+
+from klaviyo_middleware.contrib import missing_extra
+
+try:
+    import django  # noqa: F401 - every part of the integration needs it
+except ModuleNotFoundError as exc:
+    raise missing_extra(exc, "django") from None
