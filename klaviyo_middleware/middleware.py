@@ -401,7 +401,7 @@ class KlaviyoMiddleware:
             metrics.refused("cancelled")
         else:
             metrics.accepted(action)
-            _log_accepted(submission, outcome)
+            _log_accepted(submission, outcome, route.name)
         result = {
             "success": True,
             # As posted (track, updateProfile …), not our internal name.
@@ -662,13 +662,14 @@ class KlaviyoMiddleware:
 KlaviyoMiddleware.__doc__ = (KlaviyoMiddleware.__doc__ or "").format(options=options_doc("    "))
 
 
-def _log_accepted(submission: Submission, outcome: Outcome) -> None:
-    """One INFO line per accepted submission; the log filter masks the person."""
+def _log_accepted(submission: Submission, outcome: Outcome, posted_as: str) -> None:
+    """One INFO line per accepted submission, naming the action as the form
+    posted it (``track``, ``updateProfile``); the log filter masks the person."""
     if not log.isEnabledFor(logging.INFO):
         return
     person = submission.profile.get("email") or submission.profile.get("phone_number") or "-"
     log.info("klaviyo_middleware: accepted %s: %s for %s, lists [%s], steps [%s]%s",
-             submission.id, submission.action, person, ", ".join(submission.lists),
+             submission.id, posted_as, person, ", ".join(submission.lists),
              ", ".join(plan(submission)),
              " (delivered)" if outcome.delivered else " (queued)" if outcome.queued else "")
 

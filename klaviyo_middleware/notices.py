@@ -27,12 +27,18 @@ def warn_once(log: logging.Logger, key: tuple[str, ...], message: str, *args: ob
 def say_once(log: logging.Logger, level: int, key: tuple[str, ...], message: str,
              *args: object) -> None:
     """Log ``message % args`` at ``level`` on ``log`` the first time ``key`` is seen."""
+    if first_time(key):
+        log.log(level, message, *args)
+
+
+def first_time(key: tuple[str, ...]) -> bool:
+    """Whether ``key`` is new to this process (and remember it)."""
     with _lock:
         if key in _said:
-            return
+            return False
         if len(_said) < MAX_KEYS:
             _said.add(key)
-    log.log(level, message, *args)
+    return True
 
 
 def forget_all() -> None:

@@ -245,8 +245,13 @@ class TestDelivery:
         out = io.StringIO()
         assert cli(["celery", "dead", "--state-url", REDIS], out=out) == 0
         assert "d***@example.com" in out.getvalue() and "400" in out.getvalue()
+        assert out.getvalue().endswith("1 dead letter(s)\n")
         out = io.StringIO()
         cli(["celery", "stats", "--state-url", REDIS], out=out)
+        assert "                dead: 1\n" in out.getvalue()
+        assert "              pooled: 0\n" in out.getvalue()
+        out = io.StringIO()
+        cli(["celery", "stats", "--json", "--state-url", REDIS], out=out)
         assert '"dead": 1' in out.getvalue() and '"pooled": 0' in out.getvalue()
         # Klaviyo takes it now: retry from the CLI and a worker delivers it
         # (a ledger sweep in between is not an account of its own).
@@ -863,3 +868,12 @@ def test_an_empty_queue_is_measured_without_a_warning(caplog):
     finally:
         app.close()
     assert "could not measure the queue" not in caplog.text
+
+
+def test_the_commands_say_when_there_is_nothing():
+    out = io.StringIO()
+    assert cli(["celery", "dead", "--state-url", REDIS], out=out) == 0
+    assert out.getvalue() == "0 dead letter(s)\n"
+    out = io.StringIO()
+    assert cli(["celery", "stats", "--state-url", REDIS], out=out) == 0
+    assert out.getvalue() == "no Celery delivery state in this Redis\n"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -17,9 +19,11 @@ from webtest import TestApp
 
 from klaviyo_middleware import KlaviyoMiddleware
 from klaviyo_middleware.demo.site import build_demo
+from klaviyo_middleware.errors import ConfigurationError
 from klaviyo_middleware.testing.server import make
 
 from support.klaviyo_fake import API_KEY, API_URL
+from support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -221,3 +225,31 @@ def test_the_paste_example_shows_the_info_trail():
                               text=True, timeout=60)
     assert finished.returncode == 0, finished.stderr
     assert "INFO klaviyo_middleware.middleware accepted 3f2a" in finished.stderr
+
+
+def test_the_real_demo_needs_a_list_of_the_account(monkeypatch):
+    with pytest.raises(ConfigurationError, match="KLAVIYO_DEMO_LIST_ID"):
+        build_demo("http://127.0.0.1:1", environ={"KLAVIYO_PRIVATE_API_KEY": "pk_real_0000"},
+                   real=True)
+
+
+def test_sigterm_stops_the_demo_and_removes_its_scratch_spool(tmp_path):
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("KLAVIYO_")}
+    env["TMPDIR"] = str(tmp_path)
+    demo = subprocess.Popen([sys.executable, "-m", "klaviyo_middleware.cli", "demo", "--port",
+                             "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        assert demo.stdout is not None
+        first = demo.stdout.readline()
+        assert "klaviyo_middleware demo on" in first, first
+        wait_for(lambda: list(tmp_path.glob("klaviyo-middleware-demo-*")), timeout=30)
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(30) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        demo.stdout.close()  # type: ignore[union-attr]
+    assert list(tmp_path.glob("klaviyo-middleware-demo-*")) == []

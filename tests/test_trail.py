@@ -46,3 +46,15 @@ def test_nothing_at_warning_level(app, klaviyo, caplog):
     with caplog.at_level(logging.WARNING, logger="klaviyo_middleware"):
         app.post(UPDATE, {"email": "quiet@example.com"})
     assert [r for r in caplog.records if r.name.startswith("klaviyo_middleware")] == []
+
+
+def test_a_track_post_is_logged_as_track(app, klaviyo, caplog):
+    """Today's plugin forms post ``track``: the trail names what the form
+    posted (the JSON answer does too), not our internal name for it."""
+    with caplog.at_level(logging.INFO, logger="klaviyo_middleware"):
+        answer = app.post("/actions/klaviyoconnect/api/track",
+                          {"email": "sarah@example.com", "event[name]": "Viewed"},
+                          headers={"Accept": "application/json"})
+    accepted = [line for line in info_lines(caplog) if "accepted" in line]
+    assert accepted and accepted[0].startswith(
+        f"klaviyo_middleware: accepted {answer.json['submission_id']}: track for ")

@@ -101,11 +101,25 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
               f"entry(ies); tasks already in the broker's queue are still delivered", file=out)
         return 0
     if args.action == "stats":
-        for line in admin.stats():
-            print(json.dumps(line), file=out)
+        accounts = admin.stats()
+        if args.json:
+            for line in accounts:
+                print(json.dumps(line), file=out)
+            return 0
+        # As `spool stats` shows it: a name and its value a line, an account a block.
+        for line in accounts:
+            for name, value in line.items():
+                print(f"{name:>20}: {value}", file=out)
+            print(file=out)
+        if not accounts:
+            print("no Celery delivery state in this Redis", file=out)
         return 0
-    for letter in admin.dead_letters():
-        shown = describe(letter, args.show_personal_data)
+    letters = [describe(letter, args.show_personal_data) for letter in admin.dead_letters()]
+    if args.json:
+        print(json.dumps(letters), file=out)
+        return 0
+    for shown in letters:
         print(f"{shown['id']}  attempts {shown['attempts']}  {shown['email']}\n"
               f"    {shown['error']}", file=out)
+    print(f"{len(letters)} dead letter(s)", file=out)
     return 0

@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     celery_state.add_argument("--list", dest="relist", type=list_change, metavar="OLD=NEW",
                               help="retry: only those naming list OLD (one Klaviyo does not "
                               "have), sent to list NEW instead")
+    celery_state.add_argument("--json", action="store_true",
+                              help="stats, dead: machine-readable output")
     celery_state.add_argument("--show-personal-data", action="store_true",
                               help="show email addresses and error details in clear")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterable
 from html import escape
@@ -23,6 +24,7 @@ from webob import Response
 from klaviyo_middleware.delivery.spool.admin import SpoolAdmin
 from klaviyo_middleware.delivery.spool.store import ENV_SPOOL_PATH
 from klaviyo_middleware.demo.dashboard import DASHBOARD
+from klaviyo_middleware.errors import ConfigurationError
 from klaviyo_middleware.klaviyo.client import ENV_API_KEY
 from klaviyo_middleware.middleware import KlaviyoMiddleware
 from klaviyo_middleware.redact import redact
@@ -158,6 +160,12 @@ def build_demo(base_url: str, environ: dict[str, str] | None = None,
     user exported for their site (the README shows one) must never turn a
     demo into sign-ups on a real account by surprise."""
     env = os.environ if environ is None else environ
+    if real and not env.get(ENV_LIST_ID):
+        # The demo's own list id means nothing in a real account: its forms
+        # would sign people up to a list that is not there.
+        raise ConfigurationError(
+            f"demo --real needs {ENV_LIST_ID} set to the id of one of your Klaviyo lists "
+            "(Lists & Segments → the list → Settings → List ID)")
     list_id = env.get(ENV_LIST_ID, "Y6nRLr")
     fake = None
     scratch: str | None = None
@@ -213,6 +221,9 @@ def serve(host: str, port: int, real: bool = False) -> None:
                       "Klaviyo (`klaviyo-middleware demo --real` uses your account).")
             print(f"Delivering to the fake Klaviyo at {FAKE_PREFIX}/ through a scratch "
                   f"spool ({settings.spool_path}); watch http://{host}:{port}/dashboard")
+        # SIGTERM (a container stopping, `kill`) ends it as Ctrl+C does: the
+        # senders closed and the scratch spool removed.
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             with contextlib.suppress(KeyboardInterrupt):
                 server.serve_forever()
@@ -220,6 +231,10 @@ def serve(host: str, port: int, real: bool = False) -> None:
             demo.middleware.close()  # type: ignore[attr-defined]
             if demo.scratch is not None:  # type: ignore[attr-defined]
                 shutil.rmtree(demo.scratch, ignore_errors=True)  # type: ignore[attr-defined]
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _not_ready(environ: dict[str, Any], start_response: Any) -> list[bytes]:

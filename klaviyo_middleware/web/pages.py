@@ -18,6 +18,7 @@ from typing import Any
 
 from webob import Request
 
+from klaviyo_middleware import notices
 from klaviyo_middleware.i18n.catalogs import Languages
 from klaviyo_middleware.i18n.message import Message, msg
 from klaviyo_middleware.redact import get_logger
@@ -140,8 +141,13 @@ def render(page: Page, renderer: PageRenderer | None, languages: Languages) -> s
     if renderer is not None:
         try:
             html = renderer(page)
-        except Exception:
-            log.exception("klaviyo_middleware: page_renderer failed; showing the default page")
+        except Exception as exc:
+            # Once per kind of failure: a missing template fails every error
+            # page alike, and one traceback says all there is to say.
+            key = ("page_renderer", type(exc).__name__, str(exc)[:200])
+            if notices.first_time(key):
+                log.exception("klaviyo_middleware: page_renderer failed; showing the default "
+                              "page (said once for this failure)")
         else:
             if html is not None:
                 return str(html)
