@@ -59,16 +59,22 @@ def test_a_site_restarted_with_its_key_corrected_delivers_what_the_wrong_key_hel
     assert any("took over 3 submissions" in record.getMessage() for record in caplog.records)
 
 
+def two_sites(tmp_path, status: int) -> tuple[Spool, Spool]:
+    """One spool file, two keys: the first's row last failed with ``status``."""
+    path = tmp_path / "spool.sqlite3"
+    first = Spool(path, account_fingerprint(API_URL, WRONG_KEY))
+    second = Spool(path, account_fingerprint(API_URL, API_KEY))
+    first.enqueue(submission(1))
+    first.move_intake()
+    with first.transaction() as db:
+        db.execute("UPDATE submissions SET last_error = json_object('status', ?)", (status,))
+    return first, second
+
+
 def test_an_account_whose_sender_runs_keeps_its_rows(tmp_path):
     """Two sites sharing a spool file by mistake never take each other's
     submissions: only an account nobody runs any more is taken over."""
-    path = tmp_path / "spool.sqlite3"
-    refused = Spool(path, account_fingerprint(API_URL, WRONG_KEY))
-    other = Spool(path, account_fingerprint(API_URL, API_KEY))
-    refused.enqueue(submission(1))
-    refused.move_intake()
-    with refused.transaction() as db:
-        db.execute("UPDATE submissions SET last_error = '{\"status\": 401}'")
+    refused, other = two_sites(tmp_path, 401)
     refused.register_sender("refused-sender")
     try:
         assert other.adopt_refused_accounts() == 0
@@ -82,13 +88,7 @@ def test_an_account_whose_sender_runs_keeps_its_rows(tmp_path):
 
 @pytest.mark.parametrize("status", [400, 404])
 def test_rows_refused_for_themselves_are_not_taken_over(tmp_path, status):
-    path = tmp_path / "spool.sqlite3"
-    first = Spool(path, account_fingerprint(API_URL, WRONG_KEY))
-    second = Spool(path, account_fingerprint(API_URL, API_KEY))
-    first.enqueue(submission(1))
-    first.move_intake()
-    with first.transaction() as db:
-        db.execute("UPDATE submissions SET last_error = json_object('status', ?)", (status,))
+    first, second = two_sites(tmp_path, status)
     try:
         assert second.adopt_refused_accounts() == 0
     finally:
