@@ -28,7 +28,7 @@ from klaviyo_middleware.delivery.celery.state import RedisState
 from klaviyo_middleware.delivery.identities import account_fingerprint
 from klaviyo_middleware.model.progress import Progress
 
-from support.factories import identify
+from support.factories import identify, submission
 from support.klaviyo_fake import API_KEY
 from support.services import RABBIT, REDIS, free_port, require_rabbit, require_redis, spawn, stop
 from support.waiting import wait_for
@@ -208,6 +208,11 @@ class TestDelivery:
         app = web(loopback_klaviyo.url)
         wrong_key = "pk_wrong_key_00000000000000000000"
         wrong = RedisState(REDIS, account_fingerprint(loopback_klaviyo.url, wrong_key))
+        # Three more already pooled under the wrong key, as a young round
+        # leaves them.
+        pooled = RedisPool(wrong)
+        for number in range(6, 9):
+            pooled.add(submission(number), Progress(), 0, time.time())
         log = tmp_path / "worker.log"
         with log.open("wb") as output:
             worker = start_worker(loopback_klaviyo.url, log=output, key=wrong_key)
@@ -228,7 +233,7 @@ class TestDelivery:
         worker = start_worker(loopback_klaviyo.url)
         try:
             # Handed back with the key's recheck interval as countdown.
-            wait_for(lambda: len(fake.events) == 6, timeout=150)
+            wait_for(lambda: len(fake.events) == 9, timeout=150)
         finally:
             stop(worker)
 

@@ -23,7 +23,6 @@ from klaviyo_middleware.errors import ConfigurationError
 from klaviyo_middleware.testing.server import make
 
 from support.klaviyo_fake import API_KEY, API_URL
-from support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -208,6 +207,7 @@ def test_the_demo_on_a_real_account_needs_a_real_key(monkeypatch, capsys):
     from klaviyo_middleware.cli import main
 
     monkeypatch.setenv("KLAVIYO_PRIVATE_API_KEY", "pk_...")
+    monkeypatch.setenv("KLAVIYO_DEMO_LIST_ID", "Y6nRLr")
     assert main(["demo", "--real", "--port", "0"]) == 2
     assert "placeholder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -237,6 +237,7 @@ def test_sigterm_stops_the_demo_and_removes_its_scratch_spool(tmp_path):
     env = {name: value for name, value in os.environ.items()
            if not name.startswith("KLAVIYO_")}
     env["TMPDIR"] = str(tmp_path)
+    env["PYTHONUNBUFFERED"] = "1"
     demo = subprocess.Popen([sys.executable, "-m", "klaviyo_middleware.cli", "demo", "--port",
                              "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
@@ -244,7 +245,9 @@ def test_sigterm_stops_the_demo_and_removes_its_scratch_spool(tmp_path):
         assert demo.stdout is not None
         first = demo.stdout.readline()
         assert "klaviyo_middleware demo on" in first, first
-        wait_for(lambda: list(tmp_path.glob("klaviyo-middleware-demo-*")), timeout=30)
+        # Its last line before serving: the demo is up.
+        assert "Delivering to the fake Klaviyo" in demo.stdout.readline()
+        assert list(tmp_path.glob("klaviyo-middleware-demo-*"))
         demo.send_signal(signal.SIGTERM)
         assert demo.wait(30) == 0
     finally:

@@ -204,6 +204,9 @@ def serve(host: str, port: int, real: bool = False) -> None:
     """Serve the demo until Ctrl+C. Raises ``OSError`` when the port is taken,
     before anything else is started; ``ConfigurationError`` for ``real``
     without a usable key."""
+    # SIGTERM (a container stopping, `kill`) ends it as Ctrl+C does: the
+    # senders closed and the scratch spool removed.
+    signal.signal(signal.SIGTERM, _interrupt)
     with make(host, port, _not_ready) as server:
         port = server.server_port  # the one chosen, for --port 0
         demo = build_demo(f"http://{host}:{port}", real=real)
@@ -221,9 +224,6 @@ def serve(host: str, port: int, real: bool = False) -> None:
                       "Klaviyo (`klaviyo-middleware demo --real` uses your account).")
             print(f"Delivering to the fake Klaviyo at {FAKE_PREFIX}/ through a scratch "
                   f"spool ({settings.spool_path}); watch http://{host}:{port}/dashboard")
-        # SIGTERM (a container stopping, `kill`) ends it as Ctrl+C does: the
-        # senders closed and the scratch spool removed.
-        signal.signal(signal.SIGTERM, _interrupt)
         try:
             with contextlib.suppress(KeyboardInterrupt):
                 server.serve_forever()

@@ -36,6 +36,7 @@ from typing import Any
 
 from klaviyo_middleware.delivery.celery.state import PROGRESS_TTL, RedisState, SharedCapacity
 from klaviyo_middleware.delivery.celery.turns import PersonTurns
+from klaviyo_middleware.delivery.courier import KEY_RECHECK
 from klaviyo_middleware.model.lease import Leased
 from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.model.submission import Submission, is_about
@@ -131,6 +132,22 @@ redis.call('HDEL', KEYS[3], ARGV[2])
 return 1
 """
 
+# KEYS: items, ready, owners. ARGV: limit. Up to ``limit`` records nobody
+# leases, taken out of the pool (not finished): for the broker's queue.
+_TAKE_UNLEASED = """
+local ids = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)
+local records = {}
+for _, id in ipairs(ids) do
+  if redis.call('HEXISTS', KEYS[3], id) == 0 then
+    local record = redis.call('HGET', KEYS[1], id)
+    redis.call('HDEL', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
+    if record then table.insert(records, record) end
+  end
+end
+return records
+"""
+
 # KEYS: items, ready, owners, dead, finished. ARGV: owner, id, dead letter, ttl s.
 _BURY = """
 if redis.call('HGET', KEYS[3], ARGV[2]) ~= ARGV[1] then return 0 end
@@ -210,6 +227,7 @@ class RedisPool(SharedCapacity, PersonTurns):
             "add": _ADD, "claim": _CLAIM, "save": _SAVE, "complete": _COMPLETE,
             "reschedule": _RESCHEDULE, "bury": _BURY, "next_due": _NEXT_DUE,
             "want_drain": _WANT_DRAIN, "bring_forward": _BRING_FORWARD, "release": _RELEASE,
+            "take_unleased": _TAKE_UNLEASED,
         }.items()}
 
     def __repr__(self) -> str:
@@ -315,8 +333,29 @@ class RedisPool(SharedCapacity, PersonTurns):
                 args=[owner, PROGRESS_TTL, *[item.submission.id for item in items]],
             )
 
+    def hand_back_all(self, batch: int = 200, most: int = 100_000) -> int:
+        """Klaviyo refused the key: every pooled submission nobody leases goes
+        back on the broker's queue (see :meth:`reschedule`), in batches so
+        that no script holds Redis long; how many."""
+        if self.hand_back is None:
+            return 0
+        moved = 0
+        while moved < most:
+            records = self._scripts["take_unleased"](keys=self._keys, args=[batch])
+            if not records:
+                break
+            for record in records:
+                item = _claimed(json.loads(record))
+                if not self.hand_back(item.submission, item.progress):
+                    self.add(item.submission, item.progress, item.attempts, item.created_at)
+                    return moved
+                moved += 1
+        return moved
+
     def reschedule(self, owner: str, claimed: Leased, due_at: float,
                    error: dict[str, Any]) -> None:
+        if error.get("status") in (401, 403) and self.state.note_key_refused(KEY_RECHECK):
+            self.hand_back_all()
         if error.get("status") in (401, 403) and self.hand_back is not None and \
                 self._scripts["release"](keys=self._keys, args=[owner, claimed.submission.id]):
             # Klaviyo refused the key: the pool is the key's (its Redis keys

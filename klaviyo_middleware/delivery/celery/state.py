@@ -144,6 +144,19 @@ class RedisState:
 
     # -- Klaviyo failing -------------------------------------------------------------
 
+    def note_key_refused(self, seconds: float) -> bool:
+        """Klaviyo refused the account's key: say so fleet-wide for
+        ``seconds`` (a task meeting it holds its submission in the broker,
+        not the pool). ``True`` when it was not known already."""
+        pipe = self.redis.pipeline()
+        pipe.set(self.key("key_refused"), "1", nx=True)
+        pipe.expire(self.key("key_refused"), max(1, int(seconds)))
+        new, _ = pipe.execute()
+        return bool(new)
+
+    def key_refused(self) -> bool:
+        return bool(self.redis.exists(self.key("key_refused")))
+
     def note_outage(self, now: float) -> None:
         """Klaviyo failed (5xx, a timeout, no connection): remember since
         when, fleet-wide, for an hour after the last failure."""

@@ -259,6 +259,11 @@ def _deliver(task: Task, payload: dict[str, Any]) -> str:
     if state.is_finished(submission.id):
         lease.settle(submission.id)
         return "already finished"
+    if state.key_refused():
+        # Klaviyo refuses the key: the submission waits in the broker's queue
+        # (the pool is the key's), where workers with the key put right find it.
+        lease.alive(submission.id, time.time() + KEY_RECHECK)
+        raise task.retry(countdown=KEY_RECHECK, max_retries=None)
     lease.alive(submission.id)
     progress = state.load_progress(submission.id)
     if runtime.pool.holds(submission.id) or _joins_a_round(runtime):
