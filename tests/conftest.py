@@ -89,6 +89,7 @@ def _fresh_notices() -> None:
     notices.forget_all()
     courier._key_refusal_said.clear()
     courier._UNKNOWN_LISTS_SAID.clear()
+    courier._outage_said.clear()
 
 
 @pytest.fixture(autouse=True)

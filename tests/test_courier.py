@@ -230,3 +230,25 @@ def test_a_refused_key_holds_the_account_and_buries_nothing(kept, recorder, klav
     assert len(key_refusals(caplog)) == 1
     sender._key_refused(refusal, now=time.time() + courier_module.KEY_REMINDER + 1)
     assert len(key_refusals(caplog)) == 2
+
+
+def test_an_outage_is_a_few_truthful_lines(kept, recorder, klaviyo, caplog):
+    """Once when it starts, once a minute at most while it lasts, once when
+    it ends — not a line per waiting submission per probe."""
+    for number in range(3):
+        kept.enqueue(identify(f"p{number}@example.com"))
+    sender = courier(kept, recorder)
+    failing = KlaviyoError("Klaviyo answered 503", status=503, transient=True)
+    start = time.time()
+    # Three submissions meeting the outage, over a minute.
+    for offset, item in zip((0.0, 2.0, 61.0), kept.claim(), strict=True):
+        sender._failed(item, failing, now=start + offset)
+    sender._answered()
+    warnings = [record.getMessage() for record in caplog.records
+                if record.levelname == "WARNING"]
+    assert [line.split(";")[0] for line in warnings] == [
+        "klaviyo_middleware: Klaviyo is not answering",
+        "klaviyo_middleware: Klaviyo still not answering after 61 s"]
+    ended = [record.getMessage() for record in caplog.records
+             if record.levelname == "INFO" and "answers again" in record.getMessage()]
+    assert len(ended) == 1

@@ -42,6 +42,7 @@ one part that stands alone, is already its own module).
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 import time
@@ -122,6 +123,10 @@ KEY_REMINDER = 300.0
 # When this process last said the key was refused, by API URL (process-wide:
 # a Celery worker builds a courier a task).
 _key_refusal_said: dict[str, float] = {}
+# While Klaviyo does not answer, the log says so again this often at most.
+OUTAGE_REMINDER = 60.0
+# API URL → (when this process first said Klaviyo is not answering, when last).
+_outage_said: dict[str, tuple[float, float]] = {}
 
 
 def put_off_by_outage(error: dict[str, Any]) -> bool:
@@ -452,12 +457,18 @@ class Courier:
         if delay is None:
             self._bury(item, error)
             return
-        log.warning(
-            "klaviyo_middleware: submission %s will be retried in %.1fs: %s",
-            submission.id,
-            delay,
-            error,
-        )
+        if self.outage_since is not None and put_off_by_outage(error.to_dict()):
+            # The outage's own lines speak for every submission it holds
+            # (its probe, not this backoff, decides when they go).
+            log.debug("klaviyo_middleware: submission %s waits for Klaviyo: %s",
+                      submission.id, error)
+        else:
+            log.warning(
+                "klaviyo_middleware: submission %s will be retried in %.1fs: %s",
+                submission.id,
+                delay,
+                error,
+            )
         self.store.reschedule(self.owner, item, now + delay, error.to_dict())
         self.hooks.retrying(submission, error, delay)
 
@@ -465,8 +476,18 @@ class Courier:
         """Klaviyo did not answer: hold the account for a probe's interval."""
         if self.outage_since is None:
             self.outage_since = now
+        # Once when it starts and once a minute at most while it lasts, for
+        # the whole process (a Celery worker builds a courier a task).
+        said = _outage_said.get(self._account)
+        if said is None:
+            _outage_said[self._account] = (now, now)
             log.warning("klaviyo_middleware: Klaviyo is not answering; delivery waits, "
                         "trying one call every %.0f s", PROBE_INTERVAL)
+        elif now - said[1] >= OUTAGE_REMINDER:
+            _outage_said[self._account] = (said[0], now)
+            log.warning("klaviyo_middleware: Klaviyo still not answering after %.0f s; "
+                        "delivery waits, trying one call every %.0f s", now - said[0],
+                        PROBE_INTERVAL)
         # The failed members of one bulk round arrive here with one ``now``:
         # one write of the shared pause serves them all.
         if now != self._outage_paused_at:
@@ -505,13 +526,18 @@ class Courier:
         if since is None:
             return
         self.outage_since = None
+        said = _outage_said.pop(self._account, None)
+        if said is not None:
+            since = min(since, said[0])
         end = getattr(self.store, "end_outage", None)
         if end is not None:
             end()
         bring_forward = getattr(self.store, "bring_forward", None)
         due = bring_forward() if bring_forward is not None else 0
-        log.info("klaviyo_middleware: Klaviyo answers again after %.0f s; %d postponed "
-                 "submissions are due now", time.time() - since, due)
+        # Said by whoever said it started (each sender thread has a courier).
+        log.log(logging.INFO if said is not None else logging.DEBUG,
+                "klaviyo_middleware: Klaviyo answers again after %.0f s; %d postponed "
+                "submissions are due now", time.time() - since, due)
 
     def _bury(self, item: Leased, error: DeliveryError) -> None:
         log.error(

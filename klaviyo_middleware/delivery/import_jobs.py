@@ -126,7 +126,12 @@ class JobFollower:
                 self._decide(job_id, members, int(status.get("failed_count") or 0), errors,
                              outcome)
                 return True
-        except DeliveryError as error:
+        except Exception as exc:  # an odd answer fails this job alone, never the round
+            error = exc if isinstance(exc, DeliveryError) else DeliveryError(
+                f"an answer about import job {job_id} could not be read "
+                f"({type(exc).__name__})", code="unexpected", transient=True)
+            if not isinstance(exc, DeliveryError):
+                log.warning("klaviyo_middleware: %s; asking again", error)
             if error.status == 429:
                 self.on_throttled(error)
             if not error.transient:
@@ -186,11 +191,18 @@ def _job(members: list[Leased]) -> ImportJob:
     return job
 
 
+def _pointer(error: dict[str, Any]) -> str | None:
+    """The JSON pointer an import error names, if it is where Klaviyo puts it."""
+    source = error.get("source")
+    pointer = source.get("pointer") if isinstance(source, dict) else None
+    return pointer if isinstance(pointer, str) else None
+
+
 def _blamed(error: dict[str, Any], members: list[Leased]) -> list[Leased]:
     """The members an import error names: by its pointer's position in the
     request, else by the identifiers of the profile it quotes."""
-    pointer = (error.get("source") or {}).get("pointer") or ""
-    found = _INDEX.search(pointer) if isinstance(pointer, str) else None
+    pointer = _pointer(error) or ""
+    found = _INDEX.search(pointer)
     if found is not None:
         index = int(found.group(1))
         return [item for item in members
@@ -206,13 +218,13 @@ def _blamed(error: dict[str, Any], members: list[Leased]) -> list[Leased]:
 
 def _error(job_id: str, error: dict[str, Any]) -> KlaviyoError:
     """A permanent error from Klaviyo's report on one profile of a job."""
-    pointer = (error.get("source") or {}).get("pointer")
+    pointer = _pointer(error)
     code = error.get("code") if isinstance(error.get("code"), str) else None
     return KlaviyoError(
         f"Klaviyo refused the profile in import job {job_id}" + (f": {code}" if code else ""),
         status=400,
         code=code,
         detail=error.get("detail") if isinstance(error.get("detail"), str) else None,
-        pointer=pointer if isinstance(pointer, str) else None,
+        pointer=pointer,
         transient=False,
     )

@@ -17,12 +17,13 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 
 from klaviyo_middleware import metrics
 from klaviyo_middleware.errors import DeliveryError
+from klaviyo_middleware.klaviyo import transport
 from klaviyo_middleware.redact import redact
 
 # Where every process (web node, spool thread, Celery worker) finds the account.
@@ -42,6 +43,11 @@ DEFAULT_TIMEOUT = (5.0, 15.0)
 # process on the spool for good (``klaviyo-middleware spool resume`` lifts a
 # pause by hand).
 MAX_RETRY_AFTER = 600.0
+
+# Pages of a job's import errors read at most: a job holds 10,000 profiles
+# at most, 100 to a page.
+MAX_ERROR_PAGES = 101
+_PORTS = {"http": 80, "https": 443}
 
 _JSON_API = "application/vnd.api+json"
 _EXPECTED_IN = re.compile(r"available in (\d+(?:\.\d+)?) second", re.IGNORECASE)
@@ -83,7 +89,7 @@ class KlaviyoClient:
     def session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
-            session = requests.Session()
+            session = transport.bounded_session()
             session.headers.update(
                 {
                     "Authorization": f"Klaviyo-API-Key {self._api_key}",
@@ -119,15 +125,18 @@ class KlaviyoClient:
         finally:
             self._deadlines.at = previous
 
-    def _timeouts(self, path: str) -> tuple[float, float]:
+    def _timeouts(self, path: str) -> tuple[tuple[float, float], float]:
+        """The (connect, read) timeouts and the deadline of one call: the
+        whole call, answer included, within connect + read seconds, or
+        within what a visitor's deadline leaves."""
+        connect, read = self.timeout
         at: float | None = getattr(self._deadlines, "at", None)
         if at is None:
-            return self.timeout
+            return self.timeout, connect + read
         left = at - time.monotonic()
         if left <= 0:
             raise KlaviyoError(f"no time left to call POST {path}", transient=True)
-        connect, read = self.timeout
-        return min(connect, left), min(read, left)
+        return (min(connect, left), min(read, left)), min(connect + read, left)
 
     def import_profile(self, body: dict[str, Any]) -> str:
         """Create or update a profile; returns its Klaviyo id."""
@@ -157,7 +166,13 @@ class KlaviyoClient:
         if not isinstance(attributes, dict) or not isinstance(attributes.get("status"), str):
             raise KlaviyoError("Klaviyo's answer about an import job had no status",
                                transient=True)
-        return attributes
+        failed = attributes.get("failed_count", 0)
+        if failed is None:
+            failed = 0
+        if isinstance(failed, bool) or not isinstance(failed, int) or failed < 0:
+            raise KlaviyoError("Klaviyo's answer about an import job had an unreadable "
+                               "failed_count", transient=True)
+        return {**attributes, "failed_count": failed}
 
     def import_errors(self, job_id: str) -> list[dict[str, Any]]:
         """Every profile a finished import job refused: Klaviyo's
@@ -166,7 +181,14 @@ class KlaviyoClient:
         path: str | None = f"/api/profile-bulk-import-jobs/{quote(job_id, safe='')}/import-errors"
         params: dict[str, str] | None = {"page[size]": "100"}
         found: list[dict[str, Any]] = []
+        seen: set[str] = set()
         while path is not None:
+            if len(seen) >= MAX_ERROR_PAGES or path in seen:
+                # A job holds at most 10,000 profiles: 100 pages of 100. More,
+                # or a page naming itself again, is a loop, not a report.
+                raise KlaviyoError("Klaviyo's list of import errors did not end",
+                                   transient=True)
+            seen.add(path)
             answer = self._get(path, params)
             data = answer.get("data") if isinstance(answer, dict) else None
             if not isinstance(data, list):
@@ -174,13 +196,28 @@ class KlaviyoClient:
                                    transient=True)
             found.extend(item["attributes"] for item in data
                          if isinstance(item, dict) and isinstance(item.get("attributes"), dict))
-            following = answer.get("links", {}).get("next")
-            # The next page is a full URL on Klaviyo's host; only its path and
-            # query are used, so the key never goes anywhere else.
+            links = answer.get("links")
+            following = links.get("next") if isinstance(links, dict) else None
             path, params = None, None
-            if isinstance(following, str) and following.startswith(self.api_url):
-                path = following.removeprefix(self.api_url)
+            if isinstance(following, str):
+                path = self._own_path(following)
         return found
+
+    def _own_path(self, url: str) -> str | None:
+        """The path and query of ``url`` if it is on Klaviyo's own origin
+        (scheme, host and port exactly: the key goes nowhere else), else None."""
+        ours, theirs = urlsplit(self.api_url), urlsplit(url)
+        try:
+            same = (theirs.scheme, theirs.hostname, theirs.port or _PORTS.get(theirs.scheme)) == (
+                ours.scheme, ours.hostname, ours.port or _PORTS.get(ours.scheme))
+        except ValueError:  # a port that is not a number
+            return None
+        if not same or theirs.username is not None or theirs.password is not None:
+            return None
+        base = ours.path.rstrip("/")
+        if not theirs.path.startswith(base + "/"):
+            return None
+        return theirs.path[len(base):] + (f"?{theirs.query}" if theirs.query else "")
 
     def bulk_create_events(self, body: dict[str, Any]) -> None:
         self._post("/api/event-bulk-create-jobs", body)
@@ -192,9 +229,9 @@ class KlaviyoClient:
         could not be reached."""
         data = None if body is None else json.dumps(body).encode("utf-8")
         try:
-            response = self.session.request(method, self.api_url + path, data=data,
-                                            timeout=self.timeout)
-        except requests.RequestException:
+            response = transport.call(self.session, method, self.api_url + path, data=data,
+                                      timeout=self.timeout, deadline=sum(self.timeout))
+        except (requests.RequestException, transport.DeadlinePassed, transport.AnswerTooLarge):
             return None, None
         try:
             return response.status_code, response.json() if response.content else None
@@ -215,15 +252,23 @@ class KlaviyoClient:
         return self._send("GET", path, params=params)
 
     def _send(self, method: str, path: str, **arguments: Any) -> Any:
-        timeout = self._timeouts(path)
+        timeout, deadline = self._timeouts(path)
         endpoint = endpoint_template(path)
         try:
-            response = self.session.request(method, self.api_url + path, timeout=timeout,
-                                            **arguments)
-        except requests.Timeout:
+            response = transport.call(self.session, method, self.api_url + path,
+                                      timeout=timeout, deadline=deadline, **arguments)
+        except (requests.Timeout, transport.DeadlinePassed):
             metrics.klaviyo_call(method, endpoint, "timeout")
             raise KlaviyoError(
-                f"Klaviyo did not answer {method} {path} in time", transient=True
+                f"Klaviyo did not answer {method} {path} in time ({deadline:g} s at most)",
+                transient=True,
+            ) from None
+        except transport.AnswerTooLarge:
+            metrics.klaviyo_call(method, endpoint, "too_large")
+            raise KlaviyoError(
+                f"Klaviyo's answer to {method} {path} was longer than "
+                f"{transport.MAX_ANSWER_BYTES // 1024} KiB, more than it ever sends",
+                transient=True,
             ) from None
         except requests.RequestException as exc:
             metrics.klaviyo_call(method, endpoint, "unreachable")
@@ -234,7 +279,9 @@ class KlaviyoClient:
                 transient=True,
             ) from None
         metrics.klaviyo_call(method, endpoint, str(response.status_code))
-        if response.status_code >= 400:
+        if not 200 <= response.status_code < 300:
+            # Only a 2xx is Klaviyo taking the call: a redirect is not
+            # followed, and a page it leads to proves nothing.
             raise error_from_response(path, response, method)
         if not response.content:
             return None
@@ -278,7 +325,7 @@ def unserialisable(exc: Exception) -> DeliveryError:
     )
 
 
-def error_from_response(path: str, response: requests.Response,
+def error_from_response(path: str, response: requests.Response | transport.Answer,
                         method: str = "POST") -> KlaviyoError:
     """A :class:`KlaviyoError` from any failed answer, JSON:API or not.
 
@@ -304,14 +351,18 @@ def error_from_response(path: str, response: requests.Response,
     detail = _string(first.get("detail"))
     source = first.get("source")
     pointer = _string(source.get("pointer")) if isinstance(source, dict) else None
-    if not first and "html" in response.headers.get("Content-Type", ""):
+    if 300 <= status < 400:
+        title = "a redirect, not followed"
+    elif not first and "html" in response.headers.get("Content-Type", ""):
         title = "an HTML page instead of an API answer"
         if response.headers.get("cf-mitigated"):
             title += " (a bot challenge)"
     retry_after = None
     if status == 429:
         retry_after = _retry_after(response.headers.get("Retry-After"), detail)
-    transient = status == 429 or (status >= 500 and status != 501)
+    # A redirect is a proxy's, or a misconfigured api_url: not Klaviyo's
+    # answer, so asking again later may work (and it is never followed).
+    transient = status == 429 or (status >= 500 and status != 501) or 300 <= status < 400
     summary = f"Klaviyo answered {status}"
     if code:
         summary += f" {code}"
