@@ -30,6 +30,7 @@ SLOW_MODULES = frozenset({
     "test_packaging", "test_django", "test_batching", "test_spool_delivery",
     "test_person_order", "test_import_jobs", "test_metrics", "test_cli",
     "test_data_we_keep", "test_fake_klaviyo", "test_paste", "test_flask",
+    "test_hostile_upstream",
 })
 
 

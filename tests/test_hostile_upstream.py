@@ -150,3 +150,18 @@ def test_an_odd_job_answer_fails_that_job_alone(upstream, attributes, errors):
     else:
         assert outcome.unfinished == [member]
     assert outcome.imported == []
+
+
+@pytest.mark.parametrize(("path", "status", "call"), [
+    ("/api/events", 200, lambda client: client.create_event(EVENT)),
+    ("/api/lists/L1/relationships/profiles", 200,
+     lambda client: client.add_to_list("L1", {"data": []})),
+    ("/api/profile-subscription-bulk-create-jobs", 204, lambda client: client.subscribe({})),
+])
+def test_a_success_klaviyo_never_answers_is_not_taken_for_one(upstream, path, status, call):
+    """A captive portal's or a proxy's 200 page where Klaviyo answers 202
+    (or 204): not delivered, asked again later."""
+    upstream.behaviours[path] = json_answer(status, b"<html>Welcome</html>")
+    with pytest.raises(KlaviyoError) as failed:
+        call(client_for(upstream))
+    assert failed.value.transient and failed.value.status == status

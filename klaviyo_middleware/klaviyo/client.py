@@ -140,21 +140,22 @@ class KlaviyoClient:
 
     def import_profile(self, body: dict[str, Any]) -> str:
         """Create or update a profile; returns its Klaviyo id."""
-        return _new_id(self._post("/api/profile-import", body), "the profile")
+        return _new_id(self._post("/api/profile-import", body, (200, 201)), "the profile")
 
     def subscribe(self, body: dict[str, Any]) -> None:
-        self._post("/api/profile-subscription-bulk-create-jobs", body)
+        self._post("/api/profile-subscription-bulk-create-jobs", body, (202,))
 
     def add_to_list(self, list_id: str, body: dict[str, Any]) -> None:
-        self._post(f"/api/lists/{quote(list_id, safe='')}/relationships/profiles", body)
+        self._post(f"/api/lists/{quote(list_id, safe='')}/relationships/profiles", body, (204,))
 
     def create_event(self, body: dict[str, Any]) -> None:
-        self._post("/api/events", body)
+        self._post("/api/events", body, (202,))
 
     def bulk_import_profiles(self, body: dict[str, Any]) -> str:
         """Start a profile import job; returns the job's id, to follow it with
         :meth:`import_job` until Klaviyo has processed it."""
-        return _new_id(self._post("/api/profile-bulk-import-jobs", body), "the import job")
+        return _new_id(self._post("/api/profile-bulk-import-jobs", body, (202,)),
+                       "the import job")
 
     def import_job(self, job_id: str) -> dict[str, Any]:
         """The attributes of a profile import job (``status``, counts)."""
@@ -220,7 +221,7 @@ class KlaviyoClient:
         return theirs.path[len(base):] + (f"?{theirs.query}" if theirs.query else "")
 
     def bulk_create_events(self, body: dict[str, Any]) -> None:
-        self._post("/api/event-bulk-create-jobs", body)
+        self._post("/api/event-bulk-create-jobs", body, (202,))
 
     def probe(self, method: str, path: str,
               body: dict[str, Any] | None = None) -> tuple[int | None, Any]:
@@ -238,7 +239,7 @@ class KlaviyoClient:
         except ValueError:
             return response.status_code, None
 
-    def _post(self, path: str, body: dict[str, Any]) -> Any:
+    def _post(self, path: str, body: dict[str, Any], expect: tuple[int, ...]) -> Any:
         try:
             # Serialised here, strictly, rather than by requests: a value
             # JSON cannot hold is the submission's fault, and must not pass
@@ -246,12 +247,14 @@ class KlaviyoClient:
             data = json.dumps(body, allow_nan=False, separators=(",", ":")).encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise unserialisable(exc) from None
-        return self._send("POST", path, data=data)
+        return self._send("POST", path, expect, data=data)
 
     def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
-        return self._send("GET", path, params=params)
+        return self._send("GET", path, (200,), params=params)
 
-    def _send(self, method: str, path: str, **arguments: Any) -> Any:
+    def _send(self, method: str, path: str, expect: tuple[int, ...], **arguments: Any) -> Any:
+        """The call, and its answer's JSON (``None`` without one). Only the
+        statuses Klaviyo documents for the call (``expect``) are success."""
         timeout, deadline = self._timeouts(path)
         endpoint = endpoint_template(path)
         try:
@@ -283,6 +286,13 @@ class KlaviyoClient:
             # Only a 2xx is Klaviyo taking the call: a redirect is not
             # followed, and a page it leads to proves nothing.
             raise error_from_response(path, response, method)
+        if response.status_code not in expect:
+            # Another 2xx than Klaviyo answers this call with is not Klaviyo
+            # (a proxy's page, a captive portal): asking again may work.
+            raise KlaviyoError(
+                f"Klaviyo answered {response.status_code} to {method} {path}, where it "
+                f"answers {' or '.join(map(str, expect))}", status=response.status_code,
+                transient=True)
         if not response.content:
             return None
         try:
