@@ -9,7 +9,6 @@ consent, events and the spool updating live.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -204,33 +203,39 @@ def serve(host: str, port: int, real: bool = False) -> None:
     """Serve the demo until Ctrl+C. Raises ``OSError`` when the port is taken,
     before anything else is started; ``ConfigurationError`` for ``real``
     without a usable key."""
-    # SIGTERM (a container stopping, `kill`) ends it as Ctrl+C does: the
-    # senders closed and the scratch spool removed.
+    # SIGTERM (a container stopping, `kill`) ends it as Ctrl+C does, at any
+    # moment from here on: the senders closed and the scratch spool removed.
     signal.signal(signal.SIGTERM, _interrupt)
-    with make(host, port, _not_ready) as server:
-        port = server.server_port  # the one chosen, for --port 0
-        demo = build_demo(f"http://{host}:{port}", real=real)
-        server.set_app(demo)
-        settings = demo.middleware.settings  # type: ignore[attr-defined]
-        print(f"klaviyo_middleware demo on http://{host}:{port}/  (Ctrl+C stops it)")
-        if real:
-            key = settings.api_key
-            print(f"Delivering to YOUR Klaviyo account ({settings.api_url}, key "
-                  f"{key[:3]}…{key[-4:]}), list {os.environ.get(ENV_LIST_ID, 'Y6nRLr')}, "
-                  f"through the spool {settings.spool_path}")
-        else:
-            if os.environ.get(ENV_API_KEY):
-                print(f"{ENV_API_KEY} is set but not used: the demo delivers to its fake "
-                      "Klaviyo (`klaviyo-middleware demo --real` uses your account).")
-            print(f"Delivering to the fake Klaviyo at {FAKE_PREFIX}/ through a scratch "
-                  f"spool ({settings.spool_path}); watch http://{host}:{port}/dashboard")
-        try:
-            with contextlib.suppress(KeyboardInterrupt):
-                server.serve_forever()
-        finally:
-            demo.middleware.close()  # type: ignore[attr-defined]
-            if demo.scratch is not None:  # type: ignore[attr-defined]
-                shutil.rmtree(demo.scratch, ignore_errors=True)  # type: ignore[attr-defined]
+    demo: Any = None
+    try:
+        with make(host, port, _not_ready) as server:
+            port = server.server_port  # the one chosen, for --port 0
+            demo = build_demo(f"http://{host}:{port}", real=real)
+            server.set_app(demo)
+            _say_where(host, port, demo.middleware.settings, real)
+            server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if demo is not None:
+            demo.middleware.close()
+            if demo.scratch is not None:
+                shutil.rmtree(demo.scratch, ignore_errors=True)
+
+
+def _say_where(host: str, port: int, settings: Any, real: bool) -> None:
+    print(f"klaviyo_middleware demo on http://{host}:{port}/  (Ctrl+C stops it)")
+    if real:
+        key = settings.api_key
+        print(f"Delivering to YOUR Klaviyo account ({settings.api_url}, key "
+              f"{key[:3]}…{key[-4:]}), list {os.environ.get(ENV_LIST_ID, 'Y6nRLr')}, "
+              f"through the spool {settings.spool_path}")
+        return
+    if os.environ.get(ENV_API_KEY):
+        print(f"{ENV_API_KEY} is set but not used: the demo delivers to its fake "
+              "Klaviyo (`klaviyo-middleware demo --real` uses your account).")
+    print(f"Delivering to the fake Klaviyo at {FAKE_PREFIX}/ through a scratch "
+          f"spool ({settings.spool_path}); watch http://{host}:{port}/dashboard")
 
 
 def _interrupt(signum: int, frame: Any) -> None:
