@@ -252,3 +252,37 @@ def test_an_outage_is_a_few_truthful_lines(kept, recorder, klaviyo, caplog):
     ended = [record.getMessage() for record in caplog.records
              if record.levelname == "INFO" and "answers again" in record.getMessage()]
     assert len(ended) == 1
+
+
+def test_one_body_that_always_fails_does_not_hold_back_its_bulk_call(kept, recorder, klaviyo,
+                                                                     monkeypatch):
+    """A proxy that answers 503 to any event bulk job holding one member:
+    the call's other members go next time one call each, and get through;
+    the failure is about that call, not an outage (nothing paused, nothing
+    brought forward as if Klaviyo had been away)."""
+    handle = klaviyo.handle
+
+    def poisoned(method: str, path: str, headers: dict[str, str], body: Any, *rest: Any) -> Any:
+        if path in ("/api/event-bulk-create-jobs", "/api/events") \
+                and "p3@example.com" in json.dumps(body):
+            return 503, {}, json.dumps({"errors": []})
+        return handle(method, path, headers, body, *rest)
+
+    monkeypatch.setattr(klaviyo, "handle", poisoned)
+    items = [submission(number) for number in range(4)]
+    for item in items:
+        kept.enqueue(item)
+    sender = courier(kept, recorder)
+    sender.deliver_bulk(kept.claim())
+    assert klaviyo.events == {}
+    assert sender.outage_since is None and kept.store.paused_for() == 0
+    time.sleep(RETRY.base + 0.1)  # due again
+    again = kept.claim()
+    assert {item.submission.id for item in again} == {item.id for item in items}
+    assert all(item.progress.alone for item in again)
+    sender.deliver_bulk(again)
+    assert set(klaviyo.events) == {"u-0", "u-1", "u-2"}
+    assert list(kept.waiting()) == [items[3].id]
+    assert sender.outage_since is None
+    # Klaviyo "answering again" brings nothing forward: it never was away.
+    assert kept.store.bring_forward() == 0

@@ -132,8 +132,11 @@ _outage_said: dict[str, tuple[float, float]] = {}
 def put_off_by_outage(error: dict[str, Any]) -> bool:
     """Whether a recorded failure (``DeliveryError.to_dict()``) was Klaviyo
     failing — no status (a timeout, no connection) or a 5xx — rather than
-    refusing or throttling: what Klaviyo's return brings forward. The spool
-    says the same in SQL (``PUT_OFF_BY_OUTAGE``), the Redis pool in Lua."""
+    refusing or throttling, and not a call that failed while others were
+    going through (``isolated``): what Klaviyo's return brings forward. The
+    spool says the same in SQL (``PUT_OFF_BY_OUTAGE``), the Redis pool in Lua."""
+    if error.get("isolated"):
+        return False  # failed while other calls succeeded: not an outage
     status = error.get("status")
     return not isinstance(status, int) or status >= 500
 
@@ -246,7 +249,9 @@ class Courier:
             except DeliveryError as error:
                 if error.status == 404 and ":" in step:
                     _unknown_list(step.split(":", 1)[1], error)
-                self._failed(item, error)
+                # Alone since its bulk call failed while others went through:
+                # failing again, it is about this submission, not an outage.
+                self._failed(item, error, isolated=item.progress.alone)
                 return
             except Exception as exc:
                 log.exception("klaviyo_middleware: unexpected error delivering %s", submission.id)
@@ -315,7 +320,9 @@ class Courier:
         them (or given up on and sent one by one); then subscriptions and
         events for the submissions whose profile is in."""
         items = self._sendable(items)
-        round_ = _Round(items)
+        alone = [item for item in items if item.progress.alone]
+        round_ = _Round([item for item in items if not item.progress.alone])
+        round_.singles.extend(alone)
         profiles = self._profile_turns(round_)
         if not self._send_stage(round_, partial(bulk.profile_imports, profiles=profiles)):
             return
@@ -338,7 +345,14 @@ class Courier:
         for item in items:
             if item.submission.id in round_.failed:
                 cause, jitter = round_.failed[item.submission.id]
-                self._failed(item, cause, _SharedJitter(jitter), now)
+                if round_.answered:
+                    # Its call failed while others went through: about that
+                    # call's bodies, not Klaviyo. Next time each goes alone,
+                    # so that the body at fault holds back nobody else.
+                    item.progress.alone = True
+                    self._failed(item, cause, None, now, isolated=True)
+                else:
+                    self._failed(item, cause, _SharedJitter(jitter), now)
         for item, error in round_.refused:
             self._bury(item, error)
         for item in round_.singles:
@@ -356,6 +370,7 @@ class Courier:
             try:
                 job_id = call.send(self.client)
                 self._answered()
+                round_.answered = True
             except DeliveryError as error:
                 if error.status == 429:
                     self._throttled(error)
@@ -437,7 +452,10 @@ class Courier:
         return False
 
     def _failed(self, item: Leased, error: DeliveryError,
-                rng: random.Random | None = None, now: float | None = None) -> None:
+                rng: random.Random | None = None, now: float | None = None,
+                isolated: bool = False) -> None:
+        """``isolated``: it failed in a bulk call while other calls of its
+        round went through — about that call, not an outage."""
         submission = item.submission
         now = time.time() if now is None else now
         if error.key_refused:
@@ -449,7 +467,7 @@ class Courier:
             return
         if error.status == 429:
             self._throttled(error)
-        elif error.transient and error.code != "unexpected":
+        elif error.transient and error.code != "unexpected" and not isolated:
             # Klaviyo itself failing (5xx, a timeout, no connection), not a bug here.
             self._failing(now)
         delay = self.retry.later(error, item.attempts + 1, now - item.created_at,
@@ -469,7 +487,10 @@ class Courier:
                 delay,
                 error,
             )
-        self.store.reschedule(self.owner, item, now + delay, error.to_dict())
+        recorded = error.to_dict()
+        if isolated:
+            recorded["isolated"] = True
+        self.store.reschedule(self.owner, item, now + delay, recorded)
         self.hooks.retrying(submission, error, delay)
 
     def _failing(self, now: float) -> None:
@@ -589,6 +610,8 @@ class _Round:
         self.failed: dict[str, tuple[DeliveryError, float]] = {}
         self.singles: list[Leased] = []
         self.refused: list[tuple[Leased, DeliveryError]] = []
+        # Whether any call of the round went through.
+        self.answered = False
 
     def keep(self, kept: set[str], members: list[Leased]) -> None:
         """Leave out the members whose lease was lost (or who are undecided)."""

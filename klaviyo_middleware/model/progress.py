@@ -31,11 +31,16 @@ class Progress:
     done: list[str] = field(default_factory=list)
     profile_id: str | None = None
     job: ImportJob | None = None
+    # A bulk call with it failed while others succeeded: it goes alone, one
+    # call a step, so that whatever about it fails takes nobody with it.
+    alone: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"done": list(self.done), "profile_id": self.profile_id}
         if self.job is not None:
             data["job"] = self.job.to_dict()
+        if self.alone:
+            data["alone"] = True
         return data
 
     @classmethod
@@ -43,4 +48,4 @@ class Progress:
         job = data.get("job")
         return cls(done=list(data.get("done", [])), profile_id=data.get("profile_id"),
                    job=ImportJob(str(job["id"]), int(job["index"]), float(job["since"]))
-                   if isinstance(job, dict) else None)
+                   if isinstance(job, dict) else None, alone=data.get("alone") is True)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from klaviyo_middleware.delivery.courier import put_off_by_outage
 from klaviyo_middleware.klaviyo.limits import RateLimits
 from klaviyo_middleware.klaviyo.steps import PROFILE_STEP
 from klaviyo_middleware.model.lease import Leased
@@ -143,6 +144,16 @@ class MemoryStore:
             del self.rows[claimed.submission.id]
             self.dead[claimed.submission.id] = Dead(claimed.submission, claimed.progress,
                                                     claimed.attempts + 1, error)
+
+    def bring_forward(self) -> int:
+        """What an outage put off is due now (the courier's predicate, as the
+        spool's SQL and the pool's Lua say it)."""
+        now, moved = self.clock(), 0
+        for row in self.rows.values():
+            if row.owner is None and row.due_at > now and row.last_error is not None \
+                    and put_off_by_outage(row.last_error):
+                row.due_at, moved = now, moved + 1
+        return moved
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, self.clock() + seconds)

@@ -181,7 +181,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')) do
     local raw = redis.call('HGET', KEYS[1], id)
     if raw then
       local failed = cjson.decode(raw)['last_error']
-      if type(failed) == 'table' then
+      if type(failed) == 'table' and failed['isolated'] == nil then
         local status = failed['status']
         if type(status) ~= 'number' or status >= 500 then
           redis.call('ZADD', KEYS[2], now, id)

@@ -79,7 +79,8 @@ log = get_logger(__name__)
 MARK_GRACE = 600.0
 
 PUT_OFF_BY_OUTAGE = ("last_error IS NOT NULL "
-                      "AND coalesce(json_extract(last_error, '$.status'), 500) >= 500")
+                      "AND coalesce(json_extract(last_error, '$.status'), 500) >= 500 "
+                      "AND json_extract(last_error, '$.isolated') IS NULL")
 
 
 
