@@ -161,6 +161,36 @@ class TestSpoolFileDeletedUnderUs:
         assert restarted.outstanding() == 5
         restarted.close()
 
+    def test_two_processes_carrying_one_replaced_file_send_no_step_twice(self, tmp_path):
+        """Each process carries the old file when it notices. The one that
+        notices late must not bring back what was delivered since, nor lose
+        a step it sent meanwhile (three removals under two processes used to
+        subscribe 43 people twice)."""
+        path = tmp_path / "s.sqlite3"
+        first, second = Spool(path, ACCOUNT), Spool(path, ACCOUNT)
+        for number in range(3):
+            first.enqueue(identify(f"p{number}@example.com"))
+        first.move_intake()
+        # The second process holds one of them, mid-delivery, on the old file.
+        [held] = second.claim("second", 1, lease=60)
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{path}{suffix}").exists():
+                os.remove(f"{path}{suffix}")
+        # The first notices, carries the old file over, and delivers the rest.
+        rest = first.claim("first", 10, lease=60)
+        assert len(rest) == 2  # the held one keeps the second's lease
+        first.complete_many("first", rest)
+        # The second notices late: its step done meanwhile is kept; what
+        # the first delivered does not come back.
+        held.progress.done.append("profile")
+        assert second.save_progress_many("second", [held], 60) == {held.submission.id}
+        assert second.outstanding() == 1
+        with second.reading() as db:
+            [(progress,)] = db.execute("SELECT progress FROM submissions").fetchall()
+        assert "profile" in progress
+        for spool in (first, second):
+            spool.close_all()
+
     def test_a_file_swapped_in_keeps_its_rows_and_gains_ours(self, tmp_path):
         path = tmp_path / "s.sqlite3"
         spool = Spool(path, ACCOUNT)

@@ -14,13 +14,16 @@ as huey's ``BaseSqlStorage`` keeps connections apart from queue SQL:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from klaviyo_middleware.delivery.spool.connections import file_identity, immediate, open_wal
 from klaviyo_middleware.delivery.spool.schema import (
@@ -125,6 +128,8 @@ class SpoolFile:
         log.error("klaviyo_middleware: the spool file %s was deleted or replaced while in "
                   "use; moving what it held into the file now at that path", self.path)
         old = next(iter(self._connections.values()))
+        found = old.execute("SELECT id FROM spool_file").fetchone()
+        old_file = str(found[0]) if found else f"{self._file}"
         submissions = old.execute("SELECT * FROM submissions").fetchall()
         dead = old.execute("SELECT * FROM dead_letters").fetchall()
         people = old.execute("SELECT * FROM people").fetchall()
@@ -146,15 +151,15 @@ class SpoolFile:
         # through _transaction, which takes it.
         db = self._connection()
         with immediate(db, self.busy_timeout):
-            db.executemany("INSERT OR IGNORE INTO submissions VALUES "
-                           "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", submissions)
-            db.executemany("INSERT OR IGNORE INTO dead_letters VALUES "
-                           "(?, ?, ?, ?, ?, ?, ?, ?)", dead)
+            carried = _carry(db, old_file, submissions, dead)
             db.executemany("INSERT OR IGNORE INTO people VALUES (?, ?, ?)", people)
             db.executemany("INSERT OR IGNORE INTO profile_marks VALUES (?, ?, ?)", marks)
-            db.executemany("INSERT OR REPLACE INTO intakes VALUES (?, ?)", intakes)
+            # A watermark only moves forward: a row moved is never moved again.
+            db.executemany("INSERT INTO intakes VALUES (?, ?) ON CONFLICT (name) DO UPDATE "
+                           "SET moved_through = max(moved_through, excluded.moved_through)",
+                           intakes)
         log.warning("klaviyo_middleware: carried %d queued submissions and %d dead letters "
-                    "into the new spool file", len(submissions), len(dead))
+                    "into the new spool file", carried, len(dead))
 
     def _close_finished_threads(self) -> None:
         alive = {thread.ident for thread in threading.enumerate()}
@@ -268,6 +273,50 @@ def check_is_spool(path: str | os.PathLike[str]) -> None:
         raise NotASpool(f"{path} is not a spool file ({exc})") from None
     if found is None:
         raise NotASpool(f"{path} is an SQLite database but not a spool file")
+
+
+def _carry(db: sqlite3.Connection, old_file: str, submissions: list[Any],
+           dead: list[Any]) -> int:
+    """Put a replaced file's rows into the new one; how many were new here.
+
+    Every process on the old file carries it when it notices, and the new
+    file may by then have delivered (deleted) what the first one carried.
+    So a row carried before is not brought back; its steps done are joined
+    (a step Klaviyo accepted is never sent again), and one the old file no
+    longer holds — finished there by a process that noticed late — is
+    finished here too."""
+    before = {row[0] for row in db.execute("SELECT id FROM carried WHERE old_file = ?",
+                                           (old_file,))}
+    holding = {row[0] for row in submissions}
+    now = time.time()
+    carried = 0
+    for row in submissions:
+        if row[0] not in before:
+            carried += db.execute("INSERT OR IGNORE INTO submissions VALUES "
+                                  "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row).rowcount
+            continue
+        here = db.execute("SELECT progress FROM submissions WHERE id = ?", (row[0],)).fetchone()
+        if here is not None:
+            db.execute("UPDATE submissions SET progress = ? WHERE id = ?",
+                       (_joined(here[0], row[3]), row[0]))
+    db.executemany("DELETE FROM submissions WHERE id = ?",
+                   [(submission_id,) for submission_id in before - holding])
+    db.executemany("INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?)", dead)
+    db.executemany("INSERT OR IGNORE INTO carried (old_file, id, at) VALUES (?, ?, ?)",
+                   [(old_file, row[0], now) for row in submissions])
+    db.execute("DELETE FROM carried WHERE at < ?", (now - 86400.0,))
+    return carried
+
+
+def _joined(here: str, there: str) -> str:
+    """Two records of one submission's progress: the steps done in either."""
+    try:
+        mine, theirs = json.loads(here), json.loads(there)
+    except ValueError:
+        return here
+    done = list(mine.get("done", []))
+    done.extend(step for step in theirs.get("done", []) if step not in done)
+    return json.dumps({**theirs, **mine, "done": done})
 
 
 def _bring_columns_up_to_date(db: sqlite3.Connection) -> None:

@@ -4,7 +4,11 @@
 ``dead_letters``, ``people`` and ``profile_marks`` for per-person order,
 ``intakes`` (how far each process's intake was moved), ``senders`` (those
 running), ``pauses``, ``rate_events``, ``counters``, ``housekeeping``
-turns, and ``totals`` kept by triggers (the dead letters' bytes). Created
+turns, ``totals`` kept by triggers (the dead letters' bytes), the file's own
+random ``spool_file`` id, and ``carried``: which rows of a replaced file
+were carried into this one (so that a second process carrying the same
+old file neither brings back what was delivered since nor sends a step
+twice). Created
 if missing by every process that opens the file, in one transaction.
 """
 
@@ -83,6 +87,17 @@ CREATE TABLE IF NOT EXISTS totals (
     value INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_dead_at ON dead_letters (dead_at);
+CREATE TABLE IF NOT EXISTS spool_file (
+    id TEXT PRIMARY KEY
+);
+INSERT INTO spool_file (id) SELECT lower(hex(randomblob(8)))
+    WHERE NOT EXISTS (SELECT 1 FROM spool_file);
+CREATE TABLE IF NOT EXISTS carried (
+    old_file TEXT NOT NULL,
+    id TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (old_file, id)
+);
 """
 
 # Columns renamed since a spool file may have been made: (table, old, new).
