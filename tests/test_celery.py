@@ -882,3 +882,27 @@ def test_the_commands_say_when_there_is_nothing():
     out = io.StringIO()
     assert cli(["celery", "stats", "--state-url", REDIS], out=out) == 0
     assert out.getvalue() == "no Celery delivery state in this Redis\n"
+
+
+def test_a_drip_delays_a_worker_and_loses_nothing(loopback_klaviyo):
+    """A worker's call that meets a dripping upstream ends at its deadline
+    (connect + read timeout, 20 s); its submission is retried and, with the
+    others, reaches Klaviyo once the upstream heals."""
+    from support.hostile import HostileUpstream, drip, first, forward
+
+    with HostileUpstream() as upstream:
+        for path in ("/api/profile-import", "/api/profile-subscription-bulk-create-jobs",
+                     "/api/events", "/api/event-bulk-create-jobs",
+                     "/api/profile-bulk-import-jobs"):
+            upstream.behaviours[path] = first(1, drip(upstream, every=0.5, most=300),
+                                              forward(loopback_klaviyo.url))
+        app = web(upstream.url)
+        for number in range(3):
+            app.post(UPDATE, form(number))
+        worker = start_worker(upstream.url)
+        try:
+            wait_for(lambda: len(loopback_klaviyo.fake.events) == 3, timeout=240)
+        finally:
+            stop(worker)
+    state = RedisState(REDIS, account_fingerprint(upstream.url, API_KEY))
+    assert state.dead_letters() == []

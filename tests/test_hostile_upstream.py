@@ -19,7 +19,7 @@ from klaviyo_middleware.model.lease import Leased
 from klaviyo_middleware.model.progress import ImportJob, Progress
 
 from support.factories import submission
-from support.hostile import HostileUpstream, drip, huge, json_answer
+from support.hostile import HostileUpstream, drip, first, forward, huge, json_answer
 from support.klaviyo_fake import API_KEY
 
 EVENT = {"data": {"type": "event", "attributes": {}}}
@@ -165,3 +165,39 @@ def test_a_success_klaviyo_never_answers_is_not_taken_for_one(upstream, path, st
     with pytest.raises(KlaviyoError) as failed:
         call(client_for(upstream))
     assert failed.value.transient and failed.value.status == status
+
+
+UPDATE = "/klaviyoConnect/api/updateProfile"
+PATHS = ("/api/profile-import", "/api/profile-subscription-bulk-create-jobs", "/api/events",
+         "/api/event-bulk-create-jobs", "/api/profile-bulk-import-jobs")
+
+
+def dripping_then_klaviyo(upstream: HostileUpstream, klaviyo_url: str, drips: int) -> None:
+    """Every path of delivery drips for its first ``drips`` calls, then is
+    Klaviyo (the fake, behind this upstream)."""
+    for path in PATHS:
+        upstream.behaviours[path] = first(drips, drip(upstream, every=0.2, most=120),
+                                          forward(klaviyo_url))
+
+
+def test_a_drip_delays_the_spool_and_loses_nothing(upstream, loopback_klaviyo, tmp_path):
+    """Every sender thread meets a drip; each call ends at its deadline, and
+    everything accepted reaches Klaviyo once the upstream heals."""
+    from webtest import TestApp
+
+    from klaviyo_middleware import KlaviyoMiddleware
+
+    dripping_then_klaviyo(upstream, loopback_klaviyo.url, drips=1)
+    middleware = KlaviyoMiddleware(lambda environ, start: [], api_key=API_KEY,
+                                   api_url=upstream.url, timeout=(1.0, 1.0),
+                                   spool_path=str(tmp_path / "spool.sqlite3"))
+    try:
+        app = TestApp(middleware)
+        for number in range(4):
+            app.post(UPDATE, {"email": f"d{number}@example.com", "list": "L1",
+                              "event[name]": "Joined", "event[event_id]": f"d-{number}"})
+        assert middleware.flush(120), middleware.delivery.spool.outstanding()
+    finally:
+        middleware.close()
+    assert {f"d-{number}" for number in range(4)} <= set(loopback_klaviyo.fake.events)
+    assert middleware.delivery.spool.dead_letters() == []

@@ -44,8 +44,7 @@ class HostileUpstream:
 
             def _any(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
+                self.body = self.rfile.read(length) if length else b""
                 path = self.path.split("?", 1)[0]
                 upstream.seen.append(Seen(self.command, path, dict(self.headers)))
                 behaviour = upstream.behaviours.get(path, json_answer(404, b'{"errors":[]}'))
@@ -110,6 +109,34 @@ def drip(upstream: HostileUpstream, every: float = 0.2, most: float = 60.0,
             handler.wfile.write(body[index:index + 1])
             handler.wfile.flush()
             time.sleep(every)
+    return answer
+
+
+def forward(target: str) -> Behaviour:
+    """Pass the call on to ``target`` (a fake Klaviyo) and its answer back."""
+    import requests
+
+    wanted = ("authorization", "revision", "content-type", "accept")
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        headers = {name: value for name, value in handler.headers.items()
+                   if name.lower() in wanted}
+        passed = requests.request(handler.command, target + handler.path, headers=headers,
+                                  data=getattr(handler, "body", b""), timeout=30)
+        json_answer(passed.status_code, passed.content)(handler)
+    return answer
+
+
+def first(count: int, bad: Behaviour, then: Behaviour) -> Behaviour:
+    """``bad`` for the first ``count`` calls, ``then`` for the rest."""
+    lock = threading.Lock()
+    calls = [0]
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        with lock:
+            calls[0] += 1
+            chosen = bad if calls[0] <= count else then
+        chosen(handler)
     return answer
 
 
