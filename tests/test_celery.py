@@ -906,3 +906,36 @@ def test_a_drip_delays_a_worker_and_loses_nothing(loopback_klaviyo):
             stop(worker)
     state = RedisState(REDIS, account_fingerprint(upstream.url, API_KEY))
     assert state.dead_letters() == []
+
+
+def test_one_body_that_always_fails_holds_back_nobody_on_a_worker(loopback_klaviyo):
+    """A proxy answering 503 to any event call holding one person: the
+    others of its bulk round go alone next time and get through, and the
+    fleet does not take it for an outage."""
+    from support.hostile import HostileUpstream, forward, json_answer, unless
+
+    with HostileUpstream() as upstream:
+        passing = forward(loopback_klaviyo.url)
+        for path in ("/api/profile-import", "/api/profile-subscription-bulk-create-jobs",
+                     "/api/profile-bulk-import-jobs"):
+            upstream.behaviours[path] = passing
+        for path in ("/api/events", "/api/event-bulk-create-jobs"):
+            upstream.behaviours[path] = unless(b"c5@example.com",
+                                               json_answer(503, b'{"errors": []}'), passing)
+        app = web(upstream.url)
+        state = RedisState(REDIS, account_fingerprint(upstream.url, API_KEY))
+        pool = RedisPool(state)
+        # Six pooled at once, as a busy second leaves them: one bulk round.
+        for number in range(6):
+            pool.add(submission(number, email=f"c{number}@example.com"), Progress(), 0,
+                     time.time())
+        app.post(UPDATE, form(6))
+        worker = start_worker(upstream.url)
+        try:
+            wait_for(lambda: {"u-0", "u-1", "u-2", "u-3", "u-4", "order-6"}
+                     <= set(loopback_klaviyo.fake.events), timeout=120)
+        finally:
+            stop(worker)
+        assert "u-5" not in loopback_klaviyo.fake.events
+        assert state.outage_since() is None
+        assert state.dead_letters() == []

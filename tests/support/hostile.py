@@ -127,6 +127,13 @@ def forward(target: str) -> Behaviour:
     return answer
 
 
+def unless(poisoned: bytes, bad: Behaviour, then: Behaviour) -> Behaviour:
+    """``bad`` for any call whose body holds ``poisoned``, ``then`` for the rest."""
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        (bad if poisoned in getattr(handler, "body", b"") else then)(handler)
+    return answer
+
+
 def first(count: int, bad: Behaviour, then: Behaviour) -> Behaviour:
     """``bad`` for the first ``count`` calls, ``then`` for the rest."""
     lock = threading.Lock()
