@@ -141,7 +141,16 @@ class TestPauses:
         delivery = spool_delivery(spool, batch=5)
         try:
             delivery.submit(submission(1))
-            wait_for(lambda: spool.paused_for() > 0, timeout=10)
+
+            def put_off_by_the_429() -> bool:
+                with spool.reading() as db:
+                    return db.execute(
+                        "SELECT COUNT(*) FROM submissions WHERE lease_owner IS NULL AND "
+                        "json_extract(last_error, '$.status') = 429").fetchone()[0] == 1
+
+            # The pause, and the submission handed back behind it: what
+            # `spool resume` is for.
+            wait_for(lambda: spool.paused_for() > 0 and put_off_by_the_429(), timeout=10)
             assert spool.paused_for() <= MAX_RETRY_AFTER
             out = io.StringIO()
             assert main(["spool", "resume", "--spool", str(spool.path)], out=out) == 0
