@@ -1,7 +1,7 @@
 """The shipped fake answers as Klaviyo does, for any client: every answer of
 every operation it serves validates against Klaviyo's answer models (the
 official SDK's, which reads ``data.links``, for one; and the OpenAPI spec's
-response schemas too where a copy sits beside the repository)."""
+response schemas too when ``$KLAVIYO_OPENAPI_SPEC`` names a copy)."""
 
 from __future__ import annotations
 

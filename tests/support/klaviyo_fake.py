@@ -4,7 +4,7 @@ What Klaviyo does with a call is :class:`klaviyo_middleware.testing.FakeKlaviyo`
 business — the one fake, shipped for users too. This wrapper adds what only
 our own tests need: it records every call, validates each body against
 Klaviyo's request models (the official SDK's, see ``klaviyo_models``; and
-Klaviyo's OpenAPI spec too where a copy sits beside the repository —
+Klaviyo's OpenAPI spec too when ``$KLAVIYO_OPENAPI_SPEC`` names a copy —
 violations are collected and fail the test at teardown), lets a test script failures or
 latency, and shows what Klaviyo holds in the shapes the tests compare
 (profiles by email, subscribers by list, events by ``unique_id``). It is

@@ -1,10 +1,10 @@
 """An extra layer, where it can be had: Klaviyo's OpenAPI spec itself.
 
 The suite's contract is ``klaviyo_models`` (the official SDK's models, which
-``make test`` installs). Where a copy of the published spec sits beside the
-repository (``../klaviyo-openapi/`` or ``../shared/klaviyo-openapi/``, or
-``$KLAVIYO_OPENAPI_SPEC``), bodies are also held to it; without one nothing
-is skipped. The spec is never copied into this project.
+``make test`` installs). Where ``$KLAVIYO_OPENAPI_SPEC`` names a copy of the
+published spec (a trimmed one with the operations delivery uses will do),
+bodies and answers are also held to it; without it nothing is skipped. The
+spec is never copied into this project.
 
 Klaviyo rejects attributes it does not know, but its spec does not say
 ``additionalProperties: false``. To test the way Klaviyo behaves, every
@@ -25,18 +25,10 @@ from typing import Any
 from jsonschema.exceptions import ValidationError
 from openapi_schema_validator import OAS30WriteValidator, oas30_format_checker
 
-SPEC_NAME = "stable-forms-subset.json"
-
 
 def spec_path() -> Path | None:
-    override = os.environ.get("KLAVIYO_OPENAPI_SPEC")
-    if override:
-        return Path(override)
-    root = Path(__file__).resolve().parents[2]  # the repository (tests/support/../..)
-    for folder in (root.parent / "klaviyo-openapi", root.parent / "shared" / "klaviyo-openapi"):
-        if (folder / SPEC_NAME).exists():
-            return folder / SPEC_NAME
-    return None
+    named = os.environ.get("KLAVIYO_OPENAPI_SPEC")
+    return Path(named) if named else None
 
 
 @lru_cache(maxsize=1)
