@@ -450,7 +450,9 @@ class TestBacklog:
 
     def test_a_failed_bulk_call_is_retried_by_a_later_drain(self, loopback_klaviyo):
         fake = loopback_klaviyo.fake
-        fake.fail("/api/event-bulk-create-jobs", 503, times=2)
+        # Once: a call may fail once for any reason and goes in bulk again
+        # (failing twice while others go through, its members go apart).
+        fake.fail("/api/event-bulk-create-jobs", 503, times=1)
         app = web(loopback_klaviyo.url)
         for number in range(40):
             app.post(UPDATE, form(number))
@@ -461,7 +463,7 @@ class TestBacklog:
             stop(worker)
         # The drain that met the failures rescheduled those submissions and
         # left a successor counting down; only the events stage went again.
-        assert fake.paths().count("/api/event-bulk-create-jobs") >= 3
+        assert fake.paths().count("/api/event-bulk-create-jobs") >= 2
         assert "/api/events" not in fake.paths()
         assert fake.paths().count("/api/profile-subscription-bulk-create-jobs") == 1
 

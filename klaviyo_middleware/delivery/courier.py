@@ -345,14 +345,14 @@ class Courier:
         for item in items:
             if item.submission.id in round_.failed:
                 cause, jitter = round_.failed[item.submission.id]
-                if round_.answered:
-                    # Its call failed while others went through: about that
-                    # call's bodies, not Klaviyo. Next time each goes alone,
-                    # so that the body at fault holds back nobody else.
-                    item.progress.alone = True
-                    self._failed(item, cause, None, now, isolated=True)
-                else:
-                    self._failed(item, cause, _SharedJitter(jitter), now)
+                # Its call failed while others went through, or failed so
+                # before: about that call's bodies, not Klaviyo. The second
+                # time, each goes alone next, so the one at fault holds back
+                # nobody (progress.bulk_failures).
+                isolated = round_.answered or item.progress.bulk_failures > 0
+                if isolated:
+                    item.progress.bulk_failures += 1
+                self._failed(item, cause, _SharedJitter(jitter), now, isolated=isolated)
         for item, error in round_.refused:
             self._bury(item, error)
         for item in round_.singles:

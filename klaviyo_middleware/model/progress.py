@@ -31,21 +31,32 @@ class Progress:
     done: list[str] = field(default_factory=list)
     profile_id: str | None = None
     job: ImportJob | None = None
-    # A bulk call with it failed while others succeeded: it goes alone, one
-    # call a step, so that whatever about it fails takes nobody with it.
-    alone: bool = False
+    # How often a bulk call with it failed while other calls went through
+    # (or failed again): twice, and it goes alone, one call a step, so that
+    # whatever about it fails takes nobody with it.
+    bulk_failures: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"done": list(self.done), "profile_id": self.profile_id}
         if self.job is not None:
             data["job"] = self.job.to_dict()
-        if self.alone:
-            data["alone"] = True
+        if self.bulk_failures:
+            data["bulk_failures"] = self.bulk_failures
         return data
+
+    @property
+    def alone(self) -> bool:
+        """Whether it goes alone, not in bulk (see ``bulk_failures``)."""
+        return self.bulk_failures >= 2
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Progress:
         job = data.get("job")
         return cls(done=list(data.get("done", [])), profile_id=data.get("profile_id"),
                    job=ImportJob(str(job["id"]), int(job["index"]), float(job["since"]))
-                   if isinstance(job, dict) else None, alone=data.get("alone") is True)
+                   if isinstance(job, dict) else None,
+                   bulk_failures=_count(data.get("bulk_failures")))
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
