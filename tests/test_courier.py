@@ -290,3 +290,24 @@ def test_one_body_that_always_fails_does_not_hold_back_its_bulk_call(kept, recor
     assert sender.outage_since is None
     # Klaviyo "answering again" brings nothing forward: it never was away.
     assert kept.store.bring_forward() == 0
+
+
+def test_a_round_sent_one_by_one_keeps_the_leases_of_those_waiting(kept, recorder, klaviyo):
+    """One call a step can outlast a lease: the submissions waiting their
+    turn keep theirs, so no other sender takes them and sends them too."""
+    for number in range(3):
+        kept.enqueue(identify(f"p{number}@example.com"))
+    lease = 0.6
+    round_ = kept.store.claim(OWNER, 10, lease)
+    klaviyo.latency = 0.25  # each call; three submissions take 0.75 s or more
+    stolen: list[str] = []
+
+    def another_sender_looks(submission: Submission) -> None:
+        stolen.extend(item.submission.id for item in kept.store.claim("another", 10, 60.0))
+
+    hooks = HookRecorder()
+    hooks.hooks.on_delivered = another_sender_looks
+    courier(kept, hooks, lease=lease).deliver_round(round_, use_bulk=False)
+    assert stolen == []
+    assert kept.waiting() == {}
+    assert klaviyo.paths().count("/api/profile-import") == 3

@@ -166,8 +166,9 @@ def test_rate_limits_hold_across_threads(tmp_path, klaviyo, monkeypatch):
         assert backend.flush(30)
     finally:
         backend.close()
-    # Every call had its slot, and everyone was added.
-    assert len(klaviyo.times(r"/api/lists/L1/relationships/profiles")) == len(granted) >= 9
+    # Every call had its slot, and everyone was added once (the leases of
+    # those waiting their turn are kept meanwhile: nobody else sends them).
+    assert len(klaviyo.times(r"/api/lists/L1/relationships/profiles")) == len(granted) == 9
     assert len(klaviyo.members["L1"]) == 9
     # In the limiter's own time order (threads take their clock readings
     # before they wait for the spool's lock).

@@ -196,6 +196,11 @@ class Courier:
         self._outage_paused_at: float | None = None
         # When Klaviyo refused the key (None: it accepts it); see _key_refused.
         self.key_refused_since: float | None = None
+        # A one-by-one round's submissions still waiting their turn, whose
+        # leases _keep_turns renews; and those whose lease was lost meanwhile.
+        self._waiting_turn: list[Leased] = []
+        self._renewed_at = 0.0
+        self._lost: set[str] = set()
         # Whose refusal the log speaks of (a site has one key per API URL).
         self._account = client.api_url
         self._jobs = JobFollower(
@@ -209,9 +214,20 @@ class Courier:
         if use_bulk:
             self.deliver_bulk(items)
             return
+        self._waiting_turn = list(items)
+        self._renewed_at = time.monotonic()
+        self._lost = set()
+        try:
+            self._deliver_in_turn(items)
+        finally:
+            self._waiting_turn = []
+
+    def _deliver_in_turn(self, items: list[Leased]) -> None:
         for index, item in enumerate(items):
             if self.stopping.is_set():
                 return
+            if item.submission.id in self._lost:
+                continue  # another sender has it since (see _keep_turns)
             if (self.outage_since is not None or self.key_refused_since is not None) and index:
                 # Klaviyo just failed, or refused the key: the rest of the
                 # round waits rather than each taking its turn to fail.
@@ -221,6 +237,9 @@ class Courier:
                     self.store.postpone(self.owner, waiting, due)
                 return
             self.deliver(item)
+            # Done with (or handed back): no longer this round's to renew.
+            self._waiting_turn = [waiting for waiting in self._waiting_turn
+                                  if waiting is not item]
 
     def deliver(self, item: Leased) -> None:
         """Every pending step of one submission, one call each."""
@@ -244,6 +263,7 @@ class Courier:
                     continue
             if not self._wait_for_capacity([item], endpoint_for(step)):
                 return
+            self._keep_turns()
             try:
                 steps.run_step(self.client, sending, step, item.progress)
             except DeliveryError as error:
@@ -267,6 +287,22 @@ class Courier:
                 return
         self.store.complete_many(self.owner, [item])
         self.hooks.delivered(submission)
+
+    def _keep_turns(self) -> None:
+        """Renew the leases of the round's submissions not done yet, this one
+        and those waiting their turn behind it (when a third of a lease has
+        passed since the last renewal): one call a step, with rate limits,
+        can outlast a lease, and another sender would take them and send
+        what this one then sends too. Those whose lease is gone already are
+        left to their new holder."""
+        waiting = self._waiting_turn
+        if not waiting or time.monotonic() - self._renewed_at < self.lease / 3:
+            return
+        self._renewed_at = time.monotonic()
+        kept = self.store.save_progress_many(self.owner, waiting, self.lease)
+        self._lost.update(item.submission.id for item in waiting
+                          if item.submission.id not in kept)
+        self._waiting_turn = [item for item in waiting if item.submission.id in kept]
 
     def _profile_turn(self, item: Leased) -> dict[str, Any] | None:
         """The profile ``item`` may send now, or ``None`` when another
@@ -448,7 +484,8 @@ class Courier:
             kept = self.store.save_progress_many(self.owner, items, self.lease + wait)
             if len(kept) < len(items):
                 return False
-            self.stopping.wait(min(wait, self.lease / 2))
+            self._keep_turns()
+            self.stopping.wait(min(wait, self.lease / 3))
         return False
 
     def _failed(self, item: Leased, error: DeliveryError,
