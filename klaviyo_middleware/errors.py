@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# Klaviyo refusing the account's key (or its scopes), not a submission.
+KEY_REFUSED_STATUSES = (401, 403)
+
 
 class ConfigurationError(ValueError):
     """The middleware was configured in a way that cannot work (raised at
@@ -50,7 +53,7 @@ class DeliveryError(Exception):
     def key_refused(self) -> bool:
         """Klaviyo refused the account's key (401, 403), not this submission:
         delivery holds until the key is put right; nothing is dead-lettered."""
-        return self.status in (401, 403)
+        return self.status in KEY_REFUSED_STATUSES
 
     def to_dict(self) -> dict[str, Any]:
         return {

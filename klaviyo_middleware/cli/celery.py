@@ -8,7 +8,7 @@ import os
 import tempfile
 from typing import TextIO
 
-from klaviyo_middleware.cli.output import fail, person
+from klaviyo_middleware.cli.output import fail, person, requeued
 from klaviyo_middleware.cli.spool import describe
 from klaviyo_middleware.errors import ConfigurationError
 from klaviyo_middleware.redact import redact
@@ -85,10 +85,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if args.action == "retry":
         if not args.broker:
             return fail("retry needs --broker or KLAVIYO_BROKER_URL")
-        requeued = admin.retry(args.broker, args.ids, relist=args.relist)
-        print(f"re-queued {requeued} submission(s)"
-              + (" sent to list {1} instead of {0}".format(*args.relist) if args.relist else ""),
-              file=out)
+        count = admin.retry(args.broker, args.ids, relist=args.relist)
+        print(requeued(count, args.relist), file=out)
         return 0
     if args.action == "forget":
         try:

@@ -13,6 +13,12 @@ def fail(message: str, code: int = 2) -> int:
     return code
 
 
+def requeued(count: int, relist: tuple[str, str] | None) -> str:
+    """What ``retry`` did, in one line (both backends say it alike)."""
+    moved = f" sent to list {relist[1]} instead of {relist[0]}" if relist else ""
+    return f"re-queued {count} submission(s){moved}"
+
+
 def person(text: str) -> dict[str, str]:
     """``forget``'s argument, normalised as the form fields were: an email
     address or an E.164 phone number. Raises ``ValueError``."""

@@ -7,7 +7,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from klaviyo_middleware.cli.output import fail, person
+from klaviyo_middleware.cli.output import fail, person, requeued
 from klaviyo_middleware.delivery.dead_letters import DeadLetter
 from klaviyo_middleware.delivery.spool.admin import SpoolAdmin
 from klaviyo_middleware.redact import redact
@@ -37,13 +37,11 @@ def run(args: argparse.Namespace, admin: SpoolAdmin, out: TextIO) -> int:
             print(f"{len(letters)} dead letter(s)", file=out)
         return 0
     if args.action == "retry":
-        requeued = admin.retry(args.ids, relist=args.relist)
-        print(f"re-queued {requeued} submission(s)"
-              + (" sent to list {1} instead of {0}".format(*args.relist) if args.relist else ""),
-              file=out)
-        if args.ids and not args.relist and requeued < len(set(args.ids)):
+        count = admin.retry(args.ids, relist=args.relist)
+        print(requeued(count, args.relist), file=out)
+        if args.ids and not args.relist and count < len(set(args.ids)):
             # Named ones that are not dead letters (already retried, purged, a typo).
-            return fail(f"{len(set(args.ids)) - requeued} of the --id values named no "
+            return fail(f"{len(set(args.ids)) - count} of the --id values named no "
                          "dead letter (see `spool dead`)", code=1)
         return 0
     if args.action == "resume":

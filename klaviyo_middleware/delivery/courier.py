@@ -53,7 +53,7 @@ from typing import Any, Protocol
 
 from klaviyo_middleware.delivery.hooks import Hooks
 from klaviyo_middleware.delivery.import_jobs import JobFollow, JobFollower, JobOutcome
-from klaviyo_middleware.errors import DeliveryError
+from klaviyo_middleware.errors import KEY_REFUSED_STATUSES, DeliveryError
 from klaviyo_middleware.klaviyo import bulk, steps
 from klaviyo_middleware.klaviyo.client import KlaviyoClient, unserialisable
 from klaviyo_middleware.klaviyo.limits import RateLimits, endpoint_for
@@ -141,6 +141,12 @@ def put_off_by_outage(error: dict[str, Any]) -> bool:
     return not isinstance(status, int) or status >= 500
 
 
+def held_for_the_key(error: dict[str, Any]) -> bool:
+    """Whether a recorded failure was Klaviyo refusing the key
+    (:attr:`DeliveryError.key_refused`, said of its ``to_dict()``)."""
+    return error.get("status") in KEY_REFUSED_STATUSES
+
+
 class Postponed(Exception):
     """Capacity returns in :attr:`seconds`, later than the courier's patience:
     hand the submission back (progress is saved) and try again then."""
@@ -193,7 +199,8 @@ class Courier:
         # fleet's store knows of an outage its other workers met.
         shared = getattr(store, "outage_since", None)
         self.outage_since: float | None = shared() if shared is not None else None
-        self._outage_paused_at: float | None = None
+        # When this courier last wrote the account's pause (see _failing).
+        self._paused_at: float | None = None
         # When Klaviyo refused the key (None: it accepts it); see _key_refused.
         self.key_refused_since: float | None = None
         # A one-by-one round's submissions still waiting their turn, whose
@@ -201,8 +208,9 @@ class Courier:
         self._waiting_turn: list[Leased] = []
         self._renewed_at = 0.0
         self._lost: set[str] = set()
-        # Whose refusal the log speaks of (a site has one key per API URL).
-        self._account = client.api_url
+        # Whose refusal or outage the log speaks of (a site has one key per
+        # API URL); the process-wide memories of what was said are by it.
+        self._api_url = client.api_url
         self._jobs = JobFollower(
             client, jobs or JobFollow(), self._wait_for_capacity,
             lambda items, wait: self.store.save_progress_many(owner, items, self.lease + wait),
@@ -288,21 +296,24 @@ class Courier:
         self.store.complete_many(self.owner, [item])
         self.hooks.delivered(submission)
 
-    def _keep_turns(self) -> None:
+    def _keep_turns(self, besides: list[Leased] | None = None) -> None:
         """Renew the leases of the round's submissions not done yet, this one
         and those waiting their turn behind it (when a third of a lease has
         passed since the last renewal): one call a step, with rate limits,
         can outlast a lease, and another sender would take them and send
         what this one then sends too. Those whose lease is gone already are
-        left to their new holder."""
-        waiting = self._waiting_turn
+        left to their new holder. ``besides``: those whose leases the caller
+        has just renewed (for longer: a wait for capacity)."""
+        renewed = {item.submission.id for item in besides or []}
+        waiting = [item for item in self._waiting_turn if item.submission.id not in renewed]
         if not waiting or time.monotonic() - self._renewed_at < self.lease / 3:
             return
         self._renewed_at = time.monotonic()
         kept = self.store.save_progress_many(self.owner, waiting, self.lease)
-        self._lost.update(item.submission.id for item in waiting
-                          if item.submission.id not in kept)
-        self._waiting_turn = [item for item in waiting if item.submission.id in kept]
+        lost = {item.submission.id for item in waiting if item.submission.id not in kept}
+        self._lost.update(lost)
+        self._waiting_turn = [item for item in self._waiting_turn
+                              if item.submission.id not in lost]
 
     def _profile_turn(self, item: Leased) -> dict[str, Any] | None:
         """The profile ``item`` may send now, or ``None`` when another
@@ -484,7 +495,7 @@ class Courier:
             kept = self.store.save_progress_many(self.owner, items, self.lease + wait)
             if len(kept) < len(items):
                 return False
-            self._keep_turns()
+            self._keep_turns(besides=items)
             self.stopping.wait(min(wait, self.lease / 3))
         return False
 
@@ -536,20 +547,20 @@ class Courier:
             self.outage_since = now
         # Once when it starts and once a minute at most while it lasts, for
         # the whole process (a Celery worker builds a courier a task).
-        said = _outage_said.get(self._account)
+        said = _outage_said.get(self._api_url)
         if said is None:
-            _outage_said[self._account] = (now, now)
+            _outage_said[self._api_url] = (now, now)
             log.warning("klaviyo_middleware: Klaviyo is not answering; delivery waits, "
                         "trying one call every %.0f s", PROBE_INTERVAL)
         elif now - said[1] >= OUTAGE_REMINDER:
-            _outage_said[self._account] = (said[0], now)
+            _outage_said[self._api_url] = (said[0], now)
             log.warning("klaviyo_middleware: Klaviyo still not answering after %.0f s; "
                         "delivery waits, trying one call every %.0f s", now - said[0],
                         PROBE_INTERVAL)
         # The failed members of one bulk round arrive here with one ``now``:
         # one write of the shared pause serves them all.
-        if now != self._outage_paused_at:
-            self._outage_paused_at = now
+        if now != self._paused_at:
+            self._paused_at = now
             self.store.pause(PROBE_INTERVAL)
             note = getattr(self.store, "note_outage", None)
             if note is not None:
@@ -558,11 +569,11 @@ class Courier:
     def _key_refused(self, error: DeliveryError, now: float) -> None:
         """Klaviyo refused the key: the account waits :data:`KEY_RECHECK`,
         and the log says so at once and every :data:`KEY_REMINDER` after."""
-        if now != self._outage_paused_at:
-            self._outage_paused_at = now
+        if now != self._paused_at:
+            self._paused_at = now
             self.store.pause(KEY_RECHECK)
         self.key_refused_since = self.key_refused_since or now
-        account = self._account
+        account = self._api_url
         if now - _key_refusal_said.get(account, 0.0) >= KEY_REMINDER:
             _key_refusal_said[account] = now
             log.error(
@@ -577,14 +588,14 @@ class Courier:
         """Klaviyo answered: if it had not been, what it put off is due now."""
         if self.key_refused_since is not None:
             self.key_refused_since = None
-            if _key_refusal_said.pop(self._account, None) is not None:
+            if _key_refusal_said.pop(self._api_url, None) is not None:
                 log.info("klaviyo_middleware: Klaviyo accepts the API key again; "
                          "delivery goes on")
         since = self.outage_since
         if since is None:
             return
         self.outage_since = None
-        said = _outage_said.pop(self._account, None)
+        said = _outage_said.pop(self._api_url, None)
         if said is not None:
             since = min(since, said[0])
         end = getattr(self.store, "end_outage", None)

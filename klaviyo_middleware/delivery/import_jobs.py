@@ -123,8 +123,7 @@ class JobFollower:
                     if not self.wait_for_capacity(members, ERRORS_ENDPOINT):
                         return None
                     errors = self.client.import_errors(job_id)
-                self._decide(job_id, members, int(status.get("failed_count") or 0), errors,
-                             outcome)
+                self._decide(job_id, members, status.get("failed_count", 0), errors, outcome)
                 return True
         except Exception as exc:  # an odd answer fails this job alone, never the round
             error = exc if isinstance(exc, DeliveryError) else DeliveryError(

@@ -57,16 +57,18 @@ class CeleryAdmin:
         try:
             for state in self.states():
                 chosen = ids
+                changed: dict[str, dict[str, Any]] = {}
                 if relist is not None:
-                    chosen = [letter["id"] for letter in state.dead_letters()
-                              if (ids is None or letter["id"] in ids)
-                              and relisted(letter["submission"], *relist) is not None]
-                    if not chosen:
+                    for letter in state.dead_letters():
+                        moved = relisted(letter["submission"], *relist)
+                        if moved is not None and (ids is None or letter["id"] in ids):
+                            changed[letter["id"]] = moved
+                    if not changed:
                         continue
+                    chosen = list(changed)
                 for letter in state.take_dead(chosen):
-                    if relist is not None:
-                        letter["submission"] = relisted(letter["submission"], *relist)
-                    submission = Submission.from_dict(letter["submission"])
+                    submission = Submission.from_dict(changed.get(letter["id"],
+                                                                  letter["submission"]))
                     progress = Progress.from_dict(letter["progress"])
                     state.save_progress(submission.id, progress)
                     state.unfinish(submission.id)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 from typing import Any
-from urllib.parse import urlsplit
+
+from kombu.utils.url import maybe_sanitize_url
 
 from klaviyo_middleware.delivery.protocol import Outcome
 from klaviyo_middleware.errors import DeliveryError
@@ -43,7 +44,8 @@ class CeleryDelivery:
         # With a Redis broker, a task a worker took can vanish with it: keep
         # a ledger entry the workers can recover it from (see ledger.py).
         broker = str(app.conf.broker_url or "")
-        self.broker_address = _address(broker)
+        # For log lines: kombu's own rendering, the password masked.
+        self.broker_address = maybe_sanitize_url(broker) or "(no broker_url set)"
         self.ledger = Ledger(broker, timeout=BROKER_TIMEOUT) if wants_ledger(broker) else None
         # One publishing connection per request thread, with short socket
         # timeouts of its own: a site's app (also its workers' app) keeps
@@ -134,13 +136,3 @@ def _release(connection: Any) -> None:
     except Exception:
         log.debug("klaviyo_middleware: closing a broker connection failed", exc_info=True)
 
-
-def _address(url: str) -> str:
-    """A broker URL fit for a log line: scheme, host and port; no password."""
-    parts = urlsplit(url)
-    if not parts.scheme:
-        return "(no broker_url set)"
-    where = parts.hostname or "localhost"
-    if ":" in where:
-        where = f"[{where}]"
-    return f"{parts.scheme}://{where}" + (f":{parts.port}" if parts.port else "")

@@ -36,7 +36,7 @@ from typing import Any
 
 from klaviyo_middleware.delivery.celery.state import PROGRESS_TTL, RedisState, SharedCapacity
 from klaviyo_middleware.delivery.celery.turns import PersonTurns
-from klaviyo_middleware.delivery.courier import KEY_RECHECK
+from klaviyo_middleware.delivery.courier import KEY_RECHECK, held_for_the_key
 from klaviyo_middleware.model.lease import Leased
 from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.model.submission import Submission, is_about
@@ -354,19 +354,20 @@ class RedisPool(SharedCapacity, PersonTurns):
 
     def reschedule(self, owner: str, claimed: Leased, due_at: float,
                    error: dict[str, Any]) -> None:
-        if error.get("status") in (401, 403) and self.state.note_key_refused(KEY_RECHECK):
-            self.hand_back_all()
-        if error.get("status") in (401, 403) and self.hand_back is not None and \
-                self._scripts["release"](keys=self._keys, args=[owner, claimed.submission.id]):
-            # Klaviyo refused the key: the pool is the key's (its Redis keys
-            # carry its fingerprint), the broker's queue is not, so a worker
-            # restarted with the key put right delivers it from there.
-            self.let_go(owner, claimed)
-            if self.hand_back(claimed.submission, claimed.progress):
+        if held_for_the_key(error):
+            if self.state.note_key_refused(KEY_RECHECK):
+                self.hand_back_all()
+            if self.hand_back is not None and self._scripts["release"](
+                    keys=self._keys, args=[owner, claimed.submission.id]):
+                # Klaviyo refused the key: the pool is the key's (its Redis
+                # keys carry its fingerprint), the broker's queue is not, so
+                # a worker restarted with the key put right delivers it there.
+                self.let_go(owner, claimed)
+                if self.hand_back(claimed.submission, claimed.progress):
+                    return
+                self.add(claimed.submission, claimed.progress, claimed.attempts + 1,
+                         claimed.created_at, due_at, error)
                 return
-            self.add(claimed.submission, claimed.progress, claimed.attempts + 1,
-                     claimed.created_at, due_at, error)
-            return
         self.let_go(owner, claimed)
         retried = Leased(claimed.submission, claimed.progress, claimed.attempts + 1,
                           claimed.created_at)

@@ -19,7 +19,11 @@ from celery import Task
 from klaviyo_middleware.delivery.celery.ledger import Ledger
 from klaviyo_middleware.delivery.celery.state import RedisState, SharedCapacity
 from klaviyo_middleware.delivery.celery.turns import PersonTurns
-from klaviyo_middleware.delivery.courier import KEY_RECHECK, put_off_by_outage
+from klaviyo_middleware.delivery.courier import (
+    KEY_RECHECK,
+    held_for_the_key,
+    put_off_by_outage,
+)
 from klaviyo_middleware.model.lease import Leased
 
 if TYPE_CHECKING:
@@ -64,7 +68,7 @@ class TaskLease(SharedCapacity, PersonTurns):
 
     def reschedule(self, owner: str, claimed: Leased, due_at: float,
                    error: dict[str, Any]) -> None:
-        if error.get("status") in (401, 403) and self.state.note_key_refused(KEY_RECHECK) \
+        if held_for_the_key(error) and self.state.note_key_refused(KEY_RECHECK) \
                 and self.pool is not None:
             # The key is refused: the pool is the key's (its Redis keys carry
             # its fingerprint), the broker's queue is not, so what the pool

@@ -32,6 +32,7 @@ from klaviyo_middleware.delivery.spool.schema import (
     SCHEMA,
     TOTALS,
 )
+from klaviyo_middleware.model.progress import Progress
 from klaviyo_middleware.redact import get_logger
 
 log = get_logger(__name__)
@@ -311,12 +312,12 @@ def _carry(db: sqlite3.Connection, old_file: str, submissions: list[Any],
 def _joined(here: str, there: str) -> str:
     """Two records of one submission's progress: the steps done in either."""
     try:
-        mine, theirs = json.loads(here), json.loads(there)
-    except ValueError:
+        mine, theirs = Progress.from_dict(json.loads(here)), Progress.from_dict(json.loads(there))
+    except (ValueError, TypeError, KeyError):
         return here
-    done = list(mine.get("done", []))
-    done.extend(step for step in theirs.get("done", []) if step not in done)
-    return json.dumps({**theirs, **mine, "done": done})
+    mine.done.extend(step for step in theirs.done if step not in mine.done)
+    mine.profile_id = mine.profile_id or theirs.profile_id
+    return json.dumps(mine.to_dict())
 
 
 def _bring_columns_up_to_date(db: sqlite3.Connection) -> None:
